@@ -1,0 +1,293 @@
+"""The typed SSA IR: values, instructions, functions, and the time loop as one structured op.
+
+Text form, one instruction per line (modelled on Autodidax's jaxprs):
+
+    func NAME(%arg : TYPE, ...) {
+      %out : TYPE = op %arg1, %arg2 {attr=value}      # file.cell:LINE
+      %a : TYPE, %b : TYPE = split %t {parts=2}
+      return %x, %y
+    }
+
+    TYPE := '[' (BATCH ',')? DIM (',' DIM)* ']'     BATCH := 'B' | 'T*B'     DIM := 4*H, H + I, ...
+
+The time loop is one `scan` instruction. Its arguments are, in order, the initial carry, the
+sequences sliced per step (`xs`) and loop-invariant values (`consts`); its outputs are the final
+carry, the per-step outputs stacked over time (`ys`) and per-step outputs summed over time
+(`accs`). Its `step` attribute is a `Func` with parameters (carry, x_t, consts) and results
+(next carry, y_t, acc_t). `reverse=True` runs t = T-1 down to 0 (the backward pass).
+
+Values are compared by identity, so a pass can rebuild a function while reusing the values it
+does not touch. Every instruction keeps the source span it came from; backward instructions keep
+the span of the forward instruction they differentiate, with `grad=True`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Iterator, Mapping
+
+from .ops import OPS
+from .shapes import Batch, Dim, ShapeMismatch, TensorType
+from .source import InternalError, Span
+
+
+@dataclass(frozen=True, eq=False)
+class Value:
+    name: str
+    type: TensorType
+
+    def __repr__(self) -> str:
+        return f"%{self.name}"
+
+
+@dataclass(frozen=True, eq=False)
+class Instr:
+    op: str
+    args: tuple[Value, ...]
+    outs: tuple[Value, ...]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    span: Span | None = None
+    grad: bool = False  # part of a derivative: printed as "(grad)" after the span
+
+    @property
+    def out(self) -> Value:
+        assert len(self.outs) == 1, self
+        return self.outs[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Func:
+    name: str
+    params: tuple[Value, ...]
+    body: tuple[Instr, ...]
+    results: tuple[Value, ...]
+
+    def __str__(self) -> str:
+        return print_func(self)
+
+
+@dataclass(frozen=True)
+class ScanParts:
+    """How a scan instruction's arguments and outputs divide into carry/xs/consts/ys/accs."""
+
+    n_carry: int
+    n_xs: int
+    n_ys: int
+
+    def split_args(self, args):
+        c, x = self.n_carry, self.n_xs
+        return args[:c], args[c : c + x], args[c + x :]
+
+    def split_outs(self, outs):
+        c, y = self.n_carry, self.n_ys
+        return outs[:c], outs[c : c + y], outs[c + y :]
+
+
+def scan_parts(instr: Instr) -> ScanParts:
+    a = instr.attrs
+    return ScanParts(a["n_carry"], a["n_xs"], a["n_ys"])
+
+
+def scan_out_types(step: Func, n_carry: int, n_ys: int) -> list[TensorType]:
+    """Output types of a scan: final carry, ys stacked over time (batch T*B), accs (no batch)."""
+    res = [r.type for r in step.results]
+    carry = res[:n_carry]
+    ys = [t.with_batch(Batch.SEQ if t.batch is Batch.STEP else Batch.NONE) for t in res[n_carry : n_carry + n_ys]]
+    accs = res[n_carry + n_ys :]
+    assert all(t.batch is Batch.NONE for t in accs), "scan accumulators must be per-batch sums"
+    return carry + ys + accs
+
+
+class Builder:
+    """Appends instructions, inferring output types from the op table.
+
+    Used by lowering, by the VJP rules (which read as math: `b.mul(dy, b.sub(b.const(1), y))`)
+    and by passes that rewrite functions.
+    """
+
+    def __init__(self, names: Iterable[str] = (), prefix: str = "t"):
+        self.body: list[Instr] = []
+        self.span: Span | None = None
+        self.grad = False
+        self.prefix = prefix
+        self._taken = set(names)
+        self._counter = itertools.count()
+
+    def fresh(self, hint: str | None = None) -> str:
+        if hint and hint not in self._taken:
+            self._taken.add(hint)
+            return hint
+        base = hint or self.prefix
+        while True:
+            name = f"{base}{next(self._counter)}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def emit(self, op: str, args, attrs=None, name: str | None = None) -> list[Value]:
+        attrs = dict(attrs or {})
+        types = OPS[op].shape([a.type for a in args], attrs)  # may raise ShapeMismatch
+        outs = tuple(Value(self.fresh(name if len(types) == 1 else None), t) for t in types)
+        self.body.append(Instr(op, tuple(args), outs, attrs, self.span, self.grad))
+        return list(outs)
+
+    def op(self, op: str, *args: Value, name: str | None = None, **attrs) -> Value:
+        (out,) = self.emit(op, args, attrs, name)
+        return out
+
+    def const(self, value: float | Dim, like: TensorType | None = None) -> Value:
+        t = like if like is not None else TensorType((), Batch.NONE)
+        return self.op("const", value=value, type=t)
+
+    # Arithmetic that VJP rules use; each is one instruction.
+    def add(self, a, b): return self.op("add", a, b)
+    def sub(self, a, b): return self.op("sub", a, b)
+    def mul(self, a, b): return self.op("mul", a, b)
+    def div(self, a, b): return self.op("div", a, b)
+    def neg(self, a): return self.op("neg", a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing
+
+
+def _attr_text(k: str, v: Any) -> str:
+    if isinstance(v, float):
+        return f"{k}={v!r}"
+    if isinstance(v, (TensorType, Func)) or k == "out_types":
+        return ""
+    return f"{k}={v}"
+
+
+def format_instr(instr: Instr, indent: str = "  ") -> list[str]:
+    outs = ", ".join(f"%{v.name} : {v.type}" for v in instr.outs)
+    args = ", ".join(f"%{a.name}" for a in instr.args)
+    attrs = ", ".join(t for k, v in instr.attrs.items() if (t := _attr_text(k, v)))
+    text = f"{indent}{outs} = {instr.op}" + (f" {args}" if args else "") + (f" {{{attrs}}}" if attrs else "")
+    if instr.span is not None:
+        text = f"{text:<64} # {instr.span.source.name.rsplit('/', 1)[-1]}:{instr.span.line}"
+        if instr.grad:
+            text += " (grad)"
+    lines = [text.rstrip()]
+    if instr.op == "scan":
+        lines += [indent + "  " + line for line in print_func(instr.attrs["step"]).splitlines()]
+    return lines
+
+
+def print_func(f: Func) -> str:
+    params = ", ".join(f"%{p.name} : {p.type}" for p in f.params)
+    lines = [f"func {f.name}({params}) {{"]
+    for instr in f.body:
+        lines += format_instr(instr)
+    lines.append("  return " + ", ".join(f"%{r.name}" for r in f.results))
+    lines.append("}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+def verify(f: Func) -> Func:
+    """Check single assignment, definition before use, and re-run every shape rule.
+
+    Raises InternalError: a failure here is a bug in a pass, never a user mistake.
+    """
+    defined: set[int] = set()
+    names: set[str] = set()
+
+    def define(v: Value):
+        if id(v) in defined or v.name in names:
+            raise InternalError(f"{f.name}: %{v.name} is assigned twice")
+        defined.add(id(v))
+        names.add(v.name)
+
+    for p in f.params:
+        define(p)
+    for instr in f.body:
+        if instr.op not in OPS:
+            raise InternalError(f"{f.name}: unknown op '{instr.op}'")
+        opdef = OPS[instr.op]
+        if opdef.arity is not None and len(instr.args) != opdef.arity:
+            raise InternalError(f"{f.name}: {instr.op} takes {opdef.arity} arguments")
+        for a in instr.args:
+            if id(a) not in defined:
+                raise InternalError(f"{f.name}: %{a.name} is used before it is defined ({instr.op})")
+        if instr.op == "scan":
+            _verify_scan(instr)
+        try:
+            types = opdef.shape([a.type for a in instr.args], instr.attrs)
+        except (ShapeMismatch, AssertionError) as e:
+            raise InternalError(f"{f.name}: {instr.op} fails its shape rule: {e}") from None
+        if [o.type for o in instr.outs] != list(types):
+            raise InternalError(
+                f"{f.name}: {instr.op} declares {[str(o.type) for o in instr.outs]},"
+                f" rule gives {[str(t) for t in types]}"
+            )
+        for o in instr.outs:
+            define(o)
+    for r in f.results:
+        if id(r) not in defined:
+            raise InternalError(f"{f.name}: returns undefined %{r.name}")
+    return f
+
+
+def _verify_scan(instr: Instr):
+    step: Func = instr.attrs["step"]
+    verify(step)
+    parts = scan_parts(instr)
+    carry, xs, consts = parts.split_args(instr.args)
+    p_carry, p_xs, p_consts = parts.split_args(step.params)
+    if len(step.params) != len(instr.args):
+        raise InternalError("scan: step takes a different number of arguments")
+    for a, p in zip(carry, p_carry):
+        if a.type != p.type:
+            raise InternalError(f"scan: carry %{a.name} is {a.type}, step expects {p.type}")
+    for a, p in zip(xs, p_xs):
+        if a.type.batch is not Batch.SEQ or a.type.with_batch(Batch.STEP) != p.type:
+            raise InternalError(f"scan: sequence %{a.name} is {a.type}, step expects {p.type}")
+    for a, p in zip(consts, p_consts):
+        if a.type != p.type:
+            raise InternalError(f"scan: const %{a.name} is {a.type}, step expects {p.type}")
+    for p, r in zip(p_carry, step.results):
+        if p.type != r.type:
+            raise InternalError(f"scan: carry {p.name} is {p.type} but step returns {r.type}")
+    if list(instr.attrs["out_types"]) != scan_out_types(step, parts.n_carry, parts.n_ys):
+        raise InternalError("scan: out_types do not match its step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for passes
+
+
+def uses(f: Func) -> dict[int, list[Instr]]:
+    """For each value (by id), the instructions that read it."""
+    out: dict[int, list[Instr]] = {}
+    for instr in f.body:
+        for a in instr.args:
+            out.setdefault(id(a), []).append(instr)
+    return out
+
+
+def substitute(f: Func, mapping: Mapping[int, Value], body: Iterable[Instr] | None = None) -> Func:
+    """Rebuild f with every use of a value in `mapping` (by id) replaced."""
+
+    def m(v: Value) -> Value:
+        while id(v) in mapping:
+            v = mapping[id(v)]
+        return v
+
+    new_body = []
+    for instr in f.body if body is None else body:
+        args = tuple(m(a) for a in instr.args)
+        new_body.append(instr if args == instr.args else replace(instr, args=args))
+    return replace(f, body=tuple(new_body), results=tuple(m(r) for r in f.results))
+
+
+def all_instrs(f: Func) -> Iterator[Instr]:
+    """Every instruction, including those inside scan steps."""
+    for instr in f.body:
+        yield instr
+        if instr.op == "scan":
+            yield from all_instrs(instr.attrs["step"])

@@ -1,0 +1,140 @@
+"""The op registry: every IR op, its arity and its shape rule.
+
+Ops are plain strings; this table is the one place that says which exist. Every other table
+(VJP rules, NumPy, torch and LLVM translations) is keyed by the same names, and
+`tests/test_coverage.py` checks that each table covers each op it must.
+
+A shape rule takes the argument types and the attributes and returns the output types, or raises
+`ShapeMismatch` with a message that lowering attaches to the user's source span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType, broadcast
+
+ShapeRule = Callable[[list[TensorType], Mapping[str, Any]], list[TensorType]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: int | None  # None: any number of arguments
+    shape: ShapeRule
+    kind: str  # "elementwise" (row-wise, same shape), "rowwise", "reduce_batch", "other"
+    commutative: bool = False
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def _register(name: str, arity: int | None, shape: ShapeRule, kind: str, commutative=False):
+    OPS[name] = OpDef(name, arity, shape, kind, commutative)
+
+
+def _same(args, attrs):
+    return [args[0]]
+
+
+def _broadcast(args, attrs):
+    return [broadcast(args[0], args[1])]
+
+
+def _const(args, attrs):
+    return [attrs["type"]]
+
+
+def _matmul(args, attrs):
+    w, x = args
+    if w.rank != 2 or w.batch is not Batch.NONE:
+        raise ShapeMismatch(f"the left side of @ must be a parameter matrix, not {w}")
+    if x.rank != 1:
+        raise ShapeMismatch(f"the right side of @ must be a vector, not {x}")
+    if w.shape[1] != x.shape[0]:
+        raise ShapeMismatch(f"cannot multiply {w} by {x}: {w.shape[1]} != {x.shape[0]}")
+    return [TensorType((w.shape[0],), x.batch)]
+
+
+def _matmul_t(args, attrs):
+    w, y = args
+    assert w.rank == 2 and y.rank == 1 and w.shape[0] == y.shape[0], (w, y)
+    return [TensorType((w.shape[1],), y.batch)]
+
+
+def _outer(args, attrs):
+    a, b = args
+    assert a.rank == 1 and b.rank == 1 and a.batch == b.batch, (a, b)
+    return [TensorType((a.shape[0], b.shape[0]), Batch.NONE)]
+
+
+def _reduce_features(args, attrs):
+    (x,) = args
+    if x.rank != 1:
+        raise ShapeMismatch(f"can only reduce a vector over its features, not {x}")
+    return [x.with_shape((ONE,))]
+
+
+def _broadcast_to(args, attrs):
+    (x,) = args
+    assert x.shape == (ONE,), x
+    return [x.with_shape((attrs["size"],))]
+
+
+def _sum_batch(args, attrs):
+    (x,) = args
+    assert x.batch is not Batch.NONE, x
+    return [x.with_batch(Batch.NONE)]
+
+
+def _split(args, attrs):
+    (x,) = args
+    parts = attrs["parts"]
+    if x.rank == 0:
+        raise ShapeMismatch("cannot split a scalar")
+    return [x.with_shape((x.shape[0].divide(parts),) + x.shape[1:])] * parts
+
+
+def _concat(args, attrs):
+    if not args:
+        raise ShapeMismatch("concat needs at least one operand")
+    first = args[0]
+    batch = Batch.NONE
+    for a in args:
+        if a.rank != first.rank or a.rank == 0 or a.shape[1:] != first.shape[1:]:
+            raise ShapeMismatch(f"cannot concatenate {first} and {a}")
+        if a.batch is not Batch.NONE:
+            if batch is not Batch.NONE and a.batch != batch:
+                raise ShapeMismatch("per-step and whole-sequence values cannot be mixed")
+            batch = a.batch
+    if batch is not Batch.NONE and any(a.batch is Batch.NONE for a in args):
+        raise ShapeMismatch("concat mixes per-example values and parameters; add them first")
+    total = sum((a.shape[0] for a in args), start=Dim.of(0))
+    return [TensorType((total,) + first.shape[1:], batch)]
+
+
+_register("const", 0, _const, "other")
+for _name in ("neg", "sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs",
+              "pow", "heaviside", "sign"):
+    _register(_name, 1, _same, "elementwise")
+for _name in ("add", "mul", "min", "max"):
+    _register(_name, 2, _broadcast, "elementwise", commutative=True)
+for _name in ("sub", "div", "ge"):
+    _register(_name, 2, _broadcast, "elementwise")
+_register("matmul", 2, _matmul, "rowwise")
+_register("matmul_t", 2, _matmul_t, "rowwise")
+_register("sum", 1, _reduce_features, "rowwise")
+_register("mean", 1, _reduce_features, "rowwise")
+_register("broadcast", 1, _broadcast_to, "rowwise")
+_register("split", 1, _split, "rowwise")
+_register("concat", None, _concat, "rowwise")
+_register("outer", 2, _outer, "reduce_batch")
+_register("sum_batch", 1, _sum_batch, "reduce_batch")
+# scan's shape rule lives in ir.py: its output types come from its step function.
+_register("scan", None, lambda args, attrs: list(attrs["out_types"]), "other")
+
+# Functions a .cell file may call, with the op each lowers to.
+UNARY_FUNCTIONS = ("sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs")
+BINARY_FUNCTIONS = ("min", "max")
+REDUCTIONS = ("sum", "mean")

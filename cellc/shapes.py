@@ -1,0 +1,162 @@
+"""Symbolic sizes and tensor types.
+
+A `Dim` is a polynomial in the cell's size symbols with rational coefficients (`4*H`, `H + I`,
+`H/2`), so shapes are checked once, symbolically, for every size a user may later pick. Two dims
+are equal when their polynomials are equal.
+
+A `TensorType` is a feature shape (rank 0, 1 or 2) plus where the batch is:
+
+    Batch.NONE   parameters and anything computed from them only        [4*H,I]
+    Batch.STEP   one time step of a batch of sequences (states, x_t)    [B,H]
+    Batch.SEQ    every time step at once, rows ordered (t, b)           [T*B,4*H]
+
+Values carry no dtype: a cell runs in float32 or float64, chosen when it is run.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Mapping
+
+Monomial = tuple[str, ...]  # sorted symbol names; () is the constant term
+
+
+@dataclass(frozen=True)
+class Dim:
+    terms: tuple[tuple[Monomial, Fraction], ...]  # sorted, no zero coefficients
+
+    @staticmethod
+    def of(x: int | str | Fraction | Dim) -> Dim:
+        if isinstance(x, Dim):
+            return x
+        if isinstance(x, str):
+            return Dim((((x,), Fraction(1)),))
+        return Dim._make({(): Fraction(x)})
+
+    @staticmethod
+    def _make(d: Mapping[Monomial, Fraction]) -> Dim:
+        return Dim(tuple(sorted((m, c) for m, c in d.items() if c != 0)))
+
+    def __add__(self, other: Dim | int) -> Dim:
+        d = dict(self.terms)
+        for m, c in Dim.of(other).terms:
+            d[m] = d.get(m, Fraction(0)) + c
+        return Dim._make(d)
+
+    def __neg__(self) -> Dim:
+        return Dim(tuple((m, -c) for m, c in self.terms))
+
+    def __sub__(self, other: Dim | int) -> Dim:
+        return self + (-Dim.of(other))
+
+    def __mul__(self, other: Dim | int) -> Dim:
+        d: dict[Monomial, Fraction] = {}
+        for m1, c1 in self.terms:
+            for m2, c2 in Dim.of(other).terms:
+                m = tuple(sorted(m1 + m2))
+                d[m] = d.get(m, Fraction(0)) + c1 * c2
+        return Dim._make(d)
+
+    def divide(self, n: int) -> Dim:
+        return Dim(tuple((m, c / n) for m, c in self.terms))
+
+    @property
+    def constant(self) -> Fraction | None:
+        """The value if the dim has no symbols, else None."""
+        if not self.terms:
+            return Fraction(0)
+        if len(self.terms) == 1 and self.terms[0][0] == ():
+            return self.terms[0][1]
+        return None
+
+    @property
+    def symbols(self) -> set[str]:
+        return {s for m, _ in self.terms for s in m}
+
+    def evaluate(self, sizes: Mapping[str, int]) -> Fraction:
+        return sum(
+            (c * math.prod(sizes[s] for s in m) for m, c in self.terms), start=Fraction(0)
+        )
+
+    def __int__(self) -> int:
+        v = self.constant
+        assert v is not None and v.denominator == 1, f"dim {self} is not a constant integer"
+        return int(v)
+
+    def __str__(self) -> str:
+        if not self.terms:
+            return "0"
+        parts = []
+        for m, c in reversed(self.terms):  # symbols first, constant last
+            sym = "*".join(m)
+            if not m:
+                text = str(abs(c))
+            elif abs(c) == 1:
+                text = sym
+            elif c.denominator == 1:
+                text = f"{abs(c.numerator)}*{sym}"
+            else:
+                text = f"{sym}*{abs(c.numerator)}/{c.denominator}" if abs(c.numerator) != 1 else f"{sym}/{c.denominator}"
+            sign = "-" if c < 0 else "+"
+            parts.append(("-" if sign == "-" else "") + text if not parts else f" {sign} {text}")
+        return "".join(parts)
+
+    __repr__ = __str__
+
+
+ONE = Dim.of(1)
+
+
+class Batch(enum.Enum):
+    NONE = ""
+    STEP = "B"
+    SEQ = "T*B"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    batch: Batch = Batch.STEP
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def with_batch(self, batch: Batch) -> TensorType:
+        return TensorType(self.shape, batch)
+
+    def with_shape(self, shape: tuple[Dim, ...]) -> TensorType:
+        return TensorType(shape, self.batch)
+
+    def concrete(self, sizes: Mapping[str, int], steps: int = 1, batch: int = 1) -> tuple[int, ...]:
+        """The numpy shape of a value of this type, for bound sizes."""
+        rows = {Batch.NONE: (), Batch.STEP: (batch,), Batch.SEQ: (steps * batch,)}[self.batch]
+        return rows + tuple(int(d.evaluate(sizes)) for d in self.shape)
+
+    def __str__(self) -> str:
+        dims = ([self.batch.value] if self.batch is not Batch.NONE else []) + [str(d) for d in self.shape]
+        return "[" + ",".join(dims) + "]"
+
+
+class ShapeMismatch(Exception):
+    """Raised by shape rules; lowering turns it into a located CellShapeError."""
+
+
+def broadcast(a: TensorType, b: TensorType) -> TensorType:
+    """Elementwise result type: numpy broadcasting of feature shapes, and of the batch."""
+    if Batch.NONE not in (a.batch, b.batch) and a.batch != b.batch:
+        raise ShapeMismatch("per-step and whole-sequence values cannot be mixed")
+    batch = b.batch if a.batch is Batch.NONE else a.batch
+    if batch is not Batch.NONE and max(a.rank, b.rank) > 1:
+        raise ShapeMismatch("a matrix cannot be combined elementwise with a per-example vector")
+    shape = []
+    for i in range(1, max(a.rank, b.rank) + 1):
+        da = a.shape[-i] if i <= a.rank else ONE
+        db = b.shape[-i] if i <= b.rank else ONE
+        if da != db and ONE not in (da, db):
+            raise ShapeMismatch("feature sizes differ")
+        shape.append(db if da == ONE else da)
+    return TensorType(tuple(reversed(shape)), batch)

@@ -1,0 +1,192 @@
+"""Parse `.cell` text into the AST (`ast_nodes.py`).
+
+Lark (LALR, grammar in `cell.lark`) does the parsing; this module owns every Lark exception and
+turns each into a located `CellSyntaxError`, so no Lark type escapes it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ast_nodes as A
+from .source import CellSyntaxError, Source, Span
+
+# Words the user knows, for tokens Lark names (e.g. "expected ')'" rather than "expected RPAR").
+TOKEN_WORDS = {
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "COLON": "':'",
+    "EQUAL": "'='", "TILDE": "'~'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
+    "AT": "'@'", "CIRCUMFLEX": "'^'", "__ANON_0": "'**'", "NAME": "a name", "NUMBER": "a number",
+    "_NL": "end of line", "$END": "end of file", "DECL_KIND": "a declaration",
+    "CELL": "'cell'", "OUTPUT": "'output'",
+}
+
+
+class _BracketNewlines(lark.lark.PostLex):
+    """Drop newlines inside (...) and [...], so long expressions may span lines."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        for tok in stream:
+            if tok.type in ("LPAR", "LSQB"):
+                depth += 1
+            elif tok.type in ("RPAR", "RSQB"):
+                depth = max(0, depth - 1)
+            elif tok.type == "_NL" and depth > 0:
+                continue
+            yield tok
+
+
+@cache
+def _parser() -> Lark:
+    return Lark.open(
+        "cell.lark",
+        rel_to=__file__,
+        parser="lalr",
+        propagate_positions=True,
+        postlex=_BracketNewlines(),
+        maybe_placeholders=True,
+    )
+
+
+def parse(source: Source) -> A.Cell:
+    """Parse one `.cell` file; raise CellSyntaxError with a span on any mistake."""
+    text = source.text if source.text.endswith("\n") else source.text + "\n"
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(source, e) from None
+    except lark.exceptions.LarkError as e:  # anything else Lark may raise is still a syntax error
+        raise CellSyntaxError(f"cannot parse: {e}", None, source.name) from None
+    return _ToAst(source).transform(tree)
+
+
+def _syntax_error(source: Source, e: UnexpectedInput) -> CellSyntaxError:
+    line, col = max(1, e.line), max(1, e.column)
+    if isinstance(e, UnexpectedCharacters):
+        char = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else "?"
+        span = Span(source, line, col, line, col + 1)
+        if char == "'":
+            return CellSyntaxError("a prime (') must directly follow a name, as in h'", span)
+        return CellSyntaxError(f"unexpected character {char!r}", span)
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        last = source.text.rstrip().splitlines() or [""]
+        n = len(source.text.rstrip().splitlines())
+        span = Span(source, n, len(last[-1]) + 1, n, len(last[-1]) + 2)
+        return CellSyntaxError("unexpected end of file" + _expected(e), span)
+    assert isinstance(e, UnexpectedToken)
+    tok = e.token
+    if tok.type == "_NL":
+        # Point just past the end of the line's text, where something is missing.
+        text = source.line(line).split("#", 1)[0].rstrip()
+        span = Span(source, line, len(text) + 1, line, len(text) + 2)
+        return CellSyntaxError("unexpected end of line" + _expected(e), span)
+    width = max(1, len(str(tok)))
+    span = Span(source, line, col, line, col + width)
+    accepts = e.accepts or e.expected
+    if "CELL" in accepts:
+        return CellSyntaxError(f"unexpected {_describe(tok)}; a file starts with 'cell NAME(...):'", span)
+    if tok.type == "NAME" and "_NL" in accepts:
+        return CellSyntaxError(f"unexpected name '{tok}'; expected end of line (missing operator?)", span)
+    return CellSyntaxError(f"unexpected {_describe(tok)}" + _expected(e), span)
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "NAME":
+        return f"name '{tok}'"
+    if tok.type == "NUMBER":
+        return f"number {tok}"
+    if tok.type == "DECL_KIND":
+        return f"'{tok}'"
+    return f"'{tok}'"
+
+
+def _expected(e) -> str:
+    # `accepts` is exact; `expected` also lists the newline the post-lexer always lets through.
+    names = getattr(e, "accepts", None) or getattr(e, "expected", None) or ()
+    expected = sorted({TOKEN_WORDS.get(t, t) for t in names})
+    expected = [x for x in expected if not x.startswith("__")]
+    if not expected or len(expected) > 6:
+        return ""
+    if len(expected) == 1:
+        return f"; expected {expected[0]}"
+    return "; expected " + ", ".join(expected[:-1]) + " or " + expected[-1]
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree -> AST. Raises nothing: all checks happen in lowering."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _span(self, meta) -> Span:
+        return Span(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok(self, tok: Token) -> A.Name:
+        return A.Name(str(tok), Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column))
+
+    def start(self, meta, children):
+        return children[-1]
+
+    def cell(self, meta, children):
+        name, *rest = children
+        sizes = tuple(c for c in rest if isinstance(c, A.SizeArg))
+        body = tuple(c for c in rest if c is not None and not isinstance(c, A.SizeArg))
+        return A.Cell(self._tok(name), sizes, body, self._span(meta))
+
+    def size_arg(self, meta, children):
+        return A.SizeArg(self._tok(children[0]), self._tok(children[1]))
+
+    def decl(self, meta, children):
+        kind, *rest = children
+        kind = kind.children[0]
+        init = rest.pop() if rest and (rest[-1] is None or isinstance(rest[-1], A.Call)) else None
+        return A.Decl(str(kind), tuple(rest), init, self._span(meta))
+
+    def declared(self, meta, children):
+        name, lsqb, *dims = children
+        dims = [d for d in dims if d is not None and not isinstance(d, Token)]
+        return A.Declared(self._tok(name), tuple(dims) if lsqb is not None else None, self._span(meta))
+
+    def assign(self, meta, children):
+        *targets, value = children
+        return A.Assign(tuple(targets), value, self._span(meta))
+
+    def target(self, meta, children):
+        return self._tok(children[0])
+
+    def output(self, meta, children):
+        return A.Output(tuple(children), self._span(meta))
+
+    def number(self, meta, children):
+        return A.Num(float(children[0]), self._span(meta))
+
+    def name(self, meta, children):
+        return self._tok(children[0])
+
+    def call(self, meta, children):
+        fn, *args = children
+        return A.Call(self._tok(fn), tuple(a for a in args if a is not None), self._span(meta))
+
+    def neg(self, meta, children):
+        return A.Neg(children[0], self._span(meta))
+
+    def _binop(op):
+        def rule(self, meta, children):
+            return A.BinOp(op, children[0], children[-1], self._span(meta))
+
+        return rule
+
+    add = _binop("add")
+    sub = _binop("sub")
+    mul = _binop("mul")
+    div = _binop("div")
+    matmul = _binop("matmul")
+    pow = _binop("pow")
