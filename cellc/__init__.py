@@ -1,0 +1,19 @@
+"""cellc: a compiler for recurrent neural-network cells.
+
+Write a cell's equations in a `.cell` file; cellc parses and checks them into a typed IR, runs
+them with a NumPy reference interpreter, and (see the README) differentiates them symbolically.
+
+    import cellc
+    cell = cellc.load_cell("cells/lstm.cell")          # CellIR, or a located CellError
+    sizes = cell.bind(input_size=8, hidden_size=16)
+    params = cellc.reference.init_params(cell, sizes, rng=0)
+    ys, final_states = cellc.reference.forward(cell, sizes, xs, params)   # xs: (T, B, 8)
+"""
+
+__version__ = "0.1.0"
+
+from .frontend import load_file as load_cell, load_source  # noqa: E402
+from .source import CellError, InternalError, Source  # noqa: E402
+from .backends import numpy_ref as reference  # noqa: E402
+
+__all__ = ["load_cell", "load_source", "CellError", "InternalError", "Source", "reference"]

@@ -95,7 +95,8 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, Name):
         return e.id
     if isinstance(e, Neg):
-        return f"-({format_expr(e.operand)})"
+        inner = format_expr(e.operand)
+        return f"-{inner}" if isinstance(e.operand, (Num, Name, Call)) else f"-({inner})"
     if isinstance(e, Call):
         return f"{e.fn.id}({', '.join(format_expr(a) for a in e.args)})"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^"}[e.op]

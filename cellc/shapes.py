@@ -89,20 +89,22 @@ class Dim:
     def __str__(self) -> str:
         if not self.terms:
             return "0"
-        parts = []
-        for m, c in reversed(self.terms):  # symbols first, constant last
-            sym = "*".join(m)
+        text = ""
+        # Highest degree first, then by name: 4*H*I + 4*H^2 + 8*H + 1
+        for m, c in sorted(self.terms, key=lambda mc: (-len(mc[0]), mc[0])):
+            powers = [s if m.count(s) == 1 else f"{s}^{m.count(s)}" for s in sorted(set(m))]
+            mag = abs(c)
             if not m:
-                text = str(abs(c))
-            elif abs(c) == 1:
-                text = sym
-            elif c.denominator == 1:
-                text = f"{abs(c.numerator)}*{sym}"
+                term = str(mag)
             else:
-                text = f"{sym}*{abs(c.numerator)}/{c.denominator}" if abs(c.numerator) != 1 else f"{sym}/{c.denominator}"
-            sign = "-" if c < 0 else "+"
-            parts.append(("-" if sign == "-" else "") + text if not parts else f" {sign} {text}")
-        return "".join(parts)
+                sym = "*".join(powers)
+                num, den = mag.numerator, mag.denominator
+                term = (f"{num}*" if num != 1 else "") + sym + (f"/{den}" if den != 1 else "")
+            if not text:
+                text = ("-" if c < 0 else "") + term
+            else:
+                text += (" - " if c < 0 else " + ") + term
+        return text
 
     __repr__ = __str__
 
