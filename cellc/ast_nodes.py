@@ -96,7 +96,8 @@ def format_expr(e: Expr) -> str:
         return e.id
     if isinstance(e, Neg):
         inner = format_expr(e.operand)
-        return f"-{inner}" if isinstance(e.operand, (Num, Name, Call)) else f"-({inner})"
+        # A BinOp prints its own parentheses; only a nested negation needs more.
+        return f"-({inner})" if isinstance(e.operand, Neg) else f"-{inner}"
     if isinstance(e, Call):
         return f"{e.fn.id}({', '.join(format_expr(a) for a in e.args)})"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^"}[e.op]

@@ -427,10 +427,17 @@ class _Lowerer:
             v = self._rename(v, name, start)
             if name.endswith("'"):
                 base = self.env.get(name[:-1])
-                if base is None or base.kind != "state":
+                if base is None:
                     raise CellNameError(
-                        f"'{name}' names the next value of a state, but '{name[:-1]}' is not a state",
-                        target.span)
+                        f"{name} names the next value of a state, but there is no state"
+                        f" '{name[:-1]}'", target.span)
+                if base.kind != "state":
+                    what = {"value": "a computed value", "input": "an input"}.get(
+                        base.kind, f"a {base.kind}")
+                    how = "defined" if base.kind == "value" else "declared"
+                    raise CellNameError(
+                        f"{name} names the next value of a state, but '{name[:-1]}' is {what}",
+                        target.span).note(how, base.span)
                 if v.type != base.value.type:
                     raise CellShapeError(
                         f"the next value of state '{name[:-1]}' must be {base.value.type}, not {v.type}",

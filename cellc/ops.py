@@ -89,11 +89,14 @@ def _sum_batch(args, attrs):
 
 
 def _split(args, attrs):
+    """split {parts=N}: N equal parts; split {sizes=(D1, D2, ...)}: parts of those sizes."""
     (x,) = args
-    parts = attrs["parts"]
     if x.rank == 0:
         raise ShapeMismatch("cannot split a scalar")
-    return [x.with_shape((x.shape[0].divide(parts),) + x.shape[1:])] * parts
+    sizes = attrs.get("sizes") or (x.shape[0].divide(attrs["parts"]),) * attrs["parts"]
+    if sum(sizes, start=Dim.of(0)) != x.shape[0]:
+        raise ShapeMismatch(f"split sizes {[str(d) for d in sizes]} do not add up to {x.shape[0]}")
+    return [x.with_shape((d,) + x.shape[1:]) for d in sizes]
 
 
 def _concat(args, attrs):

@@ -46,13 +46,16 @@ class Source:
                 None,
                 filename=str(path),
             ) from None
+        # Some editors start UTF-8 files with a byte-order mark; it is not part of the text.
+        text = text.removeprefix("\ufeff")
         if not text.strip():
             raise CellError("file is empty; expected a cell definition", None, str(path))
         return Source(str(path), text)
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
-        return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+        # Split on "\n" only, as the lexer counts lines (str.splitlines also splits on \f).
+        lines = self.text.split("\n")
+        return lines[lineno - 1].rstrip("\r") if 0 < lineno <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,13 @@ class Span:
 
     def context(self) -> str:
         """The source line followed by a caret line under the span (first line only)."""
-        text = self.source.line(self.line).expandtabs(4)
-        end = self.end_col if self.end_line == self.line else len(text) + 1
-        width = max(1, min(end, len(text) + 1) - self.col)
-        return f"    {text}\n    {' ' * (self.col - 1)}{'^' * width}"
+        raw = self.source.line(self.line)
+        text = raw.expandtabs(4)
+        # Columns count a tab as one character; the caret goes under the expanded text.
+        start = len(raw[: self.col - 1].expandtabs(4))
+        end = len(raw[: self.end_col - 1].expandtabs(4)) if self.end_line == self.line else len(text)
+        width = max(1, min(end, len(text)) - start)
+        return f"    {text}\n    {' ' * start}{'^' * width}"
 
     def to(self, other: Span) -> Span:
         """The span from the start of self to the end of other."""
@@ -102,7 +108,7 @@ class CellError(Exception):
         if self.span:
             out.append(self.span.context())
         for message, span in self.notes:
-            out.append(f"note: {message}" + (f", at {span}" if span else ""))
+            out.append(f"note: {message}" + (f" at {span}" if span else ""))
         return "\n".join(out)
 
 

@@ -22,7 +22,10 @@ TOKEN_WORDS = {
     "AT": "'@'", "CIRCUMFLEX": "'^'", "__ANON_0": "'**'", "NAME": "a name", "NUMBER": "a number",
     "_NL": "end of line", "$END": "end of file", "DECL_KIND": "a declaration",
     "CELL": "'cell'", "OUTPUT": "'output'",
+    # The declaration keywords: Lark names each literal of `!decl_kind` after its text.
+    "INPUT": "'input'", "STATE": "'state'", "PARAM": "'param'", "BIAS": "'bias'",
 }
+CLOSERS = {"(": ")", "[": "]"}
 
 
 class _BracketNewlines(lark.lark.PostLex):
@@ -78,7 +81,12 @@ def _syntax_error(source: Source, e: UnexpectedInput) -> CellSyntaxError:
         last = source.text.rstrip().splitlines() or [""]
         n = len(source.text.rstrip().splitlines())
         span = Span(source, n, len(last[-1]) + 1, n, len(last[-1]) + 2)
-        return CellSyntaxError("unexpected end of file" + _expected(e), span)
+        unclosed = _unclosed(source, len(source.text))
+        if unclosed is None:
+            return CellSyntaxError("unexpected end of file" + _expected(e), span)
+        expected = _expected(e) or f"; expected '{CLOSERS[unclosed[0]]}'"
+        err = CellSyntaxError("unexpected end of file" + expected, span)
+        return err.note(f"unclosed '{unclosed[0]}'", unclosed[1])
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     if tok.type == "_NL":
@@ -93,7 +101,30 @@ def _syntax_error(source: Source, e: UnexpectedInput) -> CellSyntaxError:
         return CellSyntaxError(f"unexpected {_describe(tok)}; a file starts with 'cell NAME(...):'", span)
     if tok.type == "NAME" and "_NL" in accepts:
         return CellSyntaxError(f"unexpected name '{tok}'; expected end of line (missing operator?)", span)
-    return CellSyntaxError(f"unexpected {_describe(tok)}" + _expected(e), span)
+    err = CellSyntaxError(f"unexpected {_describe(tok)}" + _expected(e), span)
+    unclosed = _unclosed(source, tok.start_pos)
+    if unclosed is not None and unclosed[1].line < tok.line:
+        # Newlines inside brackets are dropped, so a missing ')' shows up lines later.
+        err.note(f"unclosed '{unclosed[0]}'", unclosed[1])
+    return err
+
+
+def _unclosed(source: Source, pos: int) -> tuple[str, Span] | None:
+    """The innermost bracket still open at offset pos of the text, with its span."""
+    stack: list[tuple[str, Span]] = []
+    line, col, comment = 1, 1, False
+    for ch in source.text[:pos]:
+        if ch == "\n":
+            line, col, comment = line + 1, 1, False
+            continue
+        if ch == "#":
+            comment = True
+        elif not comment and ch in "([":
+            stack.append((ch, Span(source, line, col, line, col + 1)))
+        elif not comment and ch in ")]" and stack:
+            stack.pop()
+        col += 1
+    return stack[-1] if stack else None
 
 
 def _describe(tok: Token) -> str:

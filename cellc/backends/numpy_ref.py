@@ -24,6 +24,7 @@ class Context:
     steps: int  # T
     batch: int  # B
     dtype: np.dtype
+    detach_at: int | None = None  # reverse scans: no cotangent flows from step t into t-1
 
 
 def _feature_axis(t: TensorType) -> int:
@@ -45,7 +46,8 @@ def _outer(args, instr, ctx):
 
 def _split(args, instr, ctx):
     (x,) = args
-    return np.split(x, instr.attrs["parts"], axis=_feature_axis(instr.args[0].type))
+    ends = np.cumsum([int(o.type.shape[0].evaluate(ctx.sizes)) for o in instr.outs])[:-1]
+    return np.split(x, ends, axis=_feature_axis(instr.args[0].type))
 
 
 def _concat(args, instr, ctx):
@@ -113,6 +115,8 @@ def _scan(args, instr: Instr, ctx: Context):
         x_t = [x[t * B : (t + 1) * B] for x in xs]
         res = run(step, carry + x_t + list(consts), ctx)
         carry = res[: parts.n_carry]
+        if instr.attrs["reverse"] and t == ctx.detach_at:
+            carry = [np.zeros_like(c) for c in carry]
         for k, y in enumerate(res[parts.n_carry : parts.n_carry + parts.n_ys]):
             ys[k][t] = y
         acc_t = res[parts.n_carry + parts.n_ys :]
@@ -202,6 +206,44 @@ def forward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapp
     n = len(cell.states)
     final = {s.name: r for s, r in zip(cell.states, res[:n])}
     return res[n].reshape(T, B, -1), final
+
+
+def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapping[str, np.ndarray],
+             states: Mapping[str, np.ndarray] | None = None, d_ys: np.ndarray | None = None,
+             d_states: Mapping[str, np.ndarray] | None = None, dtype=None,
+             detach_at: int | None = None, optimize: bool = True):
+    """Forward and symbolic backward over a sequence.
+
+    d_ys (T, B, H_out) and d_states {name: (B, H)} are the cotangents of the outputs and final
+    states (zero where not given). Returns (ys, final states, grads) where grads maps "xs", each
+    state name (the initial state) and each parameter name to its cotangent. With detach_at=t,
+    no gradient flows from step t back into step t-1 (truncated backpropagation through time),
+    as if the state entering step t were detached.
+    """
+    from ..pipeline import compile_program
+
+    dtype = check_dtype(dtype if dtype is not None else xs.dtype)
+    T, B = xs.shape[:2]
+    ctx = Context(dict(sizes), T, B, dtype, detach_at)
+    prog = compile_program(cell, optimize=optimize)
+    args = _program_args(cell, prog.fwd, ctx, xs, params, states)
+    out = run(prog.fwd, args, ctx)
+    n = len(cell.states)
+    ys = out[n].reshape(T, B, -1)
+    final = {s.name: r for s, r in zip(cell.states, out[:n])}
+    d_states = dict(d_states or {})
+    seeds = [np.asarray(d_states.pop(s.name, np.zeros_like(final[s.name])), dtype) for s in cell.states]
+    if d_states:
+        raise ValueError(f"unknown states {sorted(d_states)}")
+    d_ys = np.zeros_like(ys) if d_ys is None else np.asarray(d_ys, dtype)
+    if d_ys.shape != ys.shape:
+        raise ValueError(f"d_ys must have shape {ys.shape}, got {d_ys.shape}")
+    seeds.append(d_ys.reshape(T * B, -1))
+    grads = run(prog.bwd, out[prog.n_results :] + seeds, ctx)
+    names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
+    grads = dict(zip(names, grads))
+    grads["xs"] = grads["xs"].reshape(xs.shape)
+    return ys, final, grads
 
 
 def _program_args(cell, prog, ctx, xs, params, states):

@@ -1,0 +1,173 @@
+"""Reverse mode: a function -> (forward that also returns residuals, backward).
+
+`vjp(f)` walks f's instructions in reverse with a map from each forward value to its cotangent,
+applying the rule from `vjp.VJP` to each instruction, summing fan-in with `add`, and summing a
+cotangent down to its value's type after a broadcast (`vjp.unbroadcast`). The backward function
+reads forward values directly; those it reads are the *residuals*, which the forward must return:
+
+    fwd(params...)                      -> (results..., residuals...)
+    bwd(residuals..., d_results...)     -> (d_params...)
+
+The time loop is where this gets interesting. A `scan` is differentiated by differentiating its
+step, then running the step's backward in a reverse scan (t = T-1..0):
+
+  * the reverse scan's carry is the cotangent of the forward carry, starting from the cotangent
+    of the final state;
+  * its per-step inputs are the step's residuals at time t and the cotangent of the output y_t;
+  * its per-step outputs are the cotangents of the forward's per-step inputs x_t, and its
+    accumulators (summed over time) are the cotangents of the loop-invariant values (weights).
+
+The step's residuals are of three kinds. A step input x_t is already a sequence outside the loop;
+a loop-invariant value (a weight) is passed to the reverse loop unchanged; anything else -- a value
+computed in the step, or the carry at time t -- must be saved per step, so the forward scan gets
+an extra stacked output for it. That set is exactly what the forward pass saves for the backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .ir import Builder, Func, Instr, Value, scan_out_types, scan_parts
+from .shapes import Batch
+from .source import InternalError
+from .vjp import VJP, unbroadcast
+
+
+@dataclass(frozen=True)
+class Vjp:
+    fwd: Func  # f's results, then the residuals
+    bwd: Func  # (residuals..., cotangents of f's results...) -> cotangents of f's params
+    n_results: int
+    adjoint_names: dict[int, str] = field(default_factory=dict)  # id(bwd value) -> forward name
+
+    @property
+    def residuals(self) -> tuple[Value, ...]:
+        return self.fwd.results[self.n_results :]
+
+
+def active_values(f: Func) -> set[int]:
+    """Values that depend on a parameter of f (constants and their combinations do not)."""
+    active = {id(p) for p in f.params}
+    for instr in f.body:
+        if any(id(a) in active for a in instr.args):
+            active.update(id(o) for o in instr.outs)
+    return active
+
+
+def _names(f: Func) -> list[str]:
+    return [p.name for p in f.params] + [o.name for i in f.body for o in i.outs]
+
+
+def vjp(f: Func) -> Vjp:
+    active = active_values(f)
+    b = Builder(names=_names(f), prefix="t")
+    cotangent: dict[int, Value] = {}
+    adjoint_names: dict[int, str] = {}
+
+    def accumulate(v: Value, g: Value):
+        prev = cotangent.get(id(v))
+        cotangent[id(v)] = g if prev is None else b.add(prev, g)
+
+    seeds = tuple(Value(b.fresh("d" + r.name), r.type) for r in f.results)
+    for r, s in zip(f.results, seeds):
+        accumulate(r, s)
+
+    forward_body = list(f.body)
+    for pos in range(len(f.body) - 1, -1, -1):
+        instr = f.body[pos]
+        for o in instr.outs:  # o's cotangent is complete now: every use of o came later
+            if id(o) in cotangent:
+                adjoint_names.setdefault(id(cotangent[id(o)]), o.name)
+        dys = [cotangent.get(id(o)) for o in instr.outs]
+        if all(d is None for d in dys) or not any(id(a) in active for a in instr.args):
+            continue
+        b.span, b.grad = instr.span, True
+        if instr.op == "scan":
+            grads, forward_body[pos] = _scan_vjp(b, instr, dys)
+        else:
+            rule = VJP.get(instr.op)
+            if rule is None:
+                raise InternalError(f"no VJP rule for op '{instr.op}'")
+            grads = rule(b, instr, dys)
+        for a, g in zip(instr.args, grads, strict=True):
+            if g is not None and id(a) in active:
+                accumulate(a, unbroadcast(b, g, a))
+
+    b.span, b.grad = None, True
+    results = []
+    for p in f.params:
+        g = cotangent.get(id(p))
+        if g is None:
+            g = b.const(0.0, like=p.type)
+        adjoint_names.setdefault(id(g), p.name)
+        results.append(g)
+
+    forward_ids = {id(p) for p in f.params} | {id(o) for i in forward_body for o in i.outs}
+    residuals: list[Value] = []
+    seen: set[int] = set()
+    for instr in b.body:
+        for a in instr.args:
+            if id(a) in forward_ids and id(a) not in seen:
+                seen.add(id(a))
+                residuals.append(a)
+    bwd = Func(f.name + "_bwd", tuple(residuals) + seeds, tuple(b.body), tuple(results))
+    fwd = Func(f.name, f.params, tuple(forward_body), f.results + tuple(residuals))
+    return Vjp(fwd, bwd, len(f.results), adjoint_names)
+
+
+def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None]) -> tuple[list[Value], Instr]:
+    """Cotangents of a scan's arguments, and the forward scan rewritten to save residuals."""
+    step: Func = instr.attrs["step"]
+    parts = scan_parts(instr)
+    nc, ny = parts.n_carry, parts.n_ys
+    if len(step.results) != nc + ny:
+        raise InternalError("differentiating a scan with accumulators (second order) is not supported")
+    if instr.attrs["reverse"]:
+        raise InternalError("differentiating a reverse scan is not supported")
+    carry_args, xs_args, const_args = parts.split_args(instr.args)
+    carry_p, xs_p, const_p = parts.split_args(step.params)
+    g = vjp(step)
+    step_residuals = g.bwd.params[: len(g.residuals)]
+    seeds = g.bwd.params[len(g.residuals) :]
+
+    # Sort the step's residuals: sequences we already have, weights, and values to save.
+    per_step: list[tuple[Value, Value]] = []  # (value inside the step, its sequence outside)
+    consts: list[tuple[Value, Value]] = []
+    saved: list[Value] = []
+    for r in step_residuals:
+        if r in xs_p:
+            per_step.append((r, xs_args[xs_p.index(r)]))
+        elif r in const_p:
+            consts.append((r, const_args[const_p.index(r)]))
+        else:
+            saved.append(r)
+    stacked = [Value(b.fresh(r.name.replace("'", "_next") + "_seq"), r.type.with_batch(Batch.SEQ)) for r in saved]
+    per_step += list(zip(saved, stacked))
+
+    # The forward scan, now also stacking the saved values as extra per-step outputs.
+    fwd_step = Func(step.name, step.params, g.fwd.body, step.results + tuple(saved))
+    forward = replace(
+        instr,
+        outs=instr.outs + tuple(stacked),
+        attrs={**instr.attrs, "step": fwd_step, "n_ys": ny + len(saved),
+               "out_types": tuple(scan_out_types(fwd_step, nc, ny + len(saved)))},
+    )
+
+    # The reverse scan: carry = d(carry); xs = residuals at t and d(y_t); consts = weights.
+    d_final = [d if d is not None else b.const(0.0, like=c.type) for d, c in zip(dys[:nc], carry_args)]
+    d_ys = [d if d is not None else b.const(0.0, like=o.type)
+            for d, o in zip(dys[nc:nc + ny], instr.outs[nc:nc + ny])]
+    rev_params = seeds[:nc] + tuple(v for v, _ in per_step) + seeds[nc:] + tuple(v for v, _ in consts)
+    rev_step = Func(step.name + "_bwd", rev_params, g.bwd.body, g.bwd.results)
+    args = [*d_final, *(s for _, s in per_step), *d_ys, *(c for _, c in consts)]
+    n_xs = len(per_step) + ny
+    outs = b.emit("scan", args, {
+        "step": rev_step, "n_carry": nc, "n_xs": n_xs, "n_ys": len(xs_p), "reverse": True,
+        "out_types": tuple(scan_out_types(rev_step, nc, len(xs_p))),
+    })
+    return outs, forward
+
+
+def grad_instrs(f: Func):
+    """Instructions of a backward function, for tests: those marked as derivatives."""
+    return [i for i in f.body if i.grad]

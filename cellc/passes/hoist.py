@@ -1,0 +1,82 @@
+"""Hoist loop-invariant and input-only work out of the time loop.
+
+Step work that does not read the carried state runs once over all T*B rows before the loop:
+
+    scan(%h0, %xs, %W, %b):                        %p = matmul %W, %xs        : [T*B,4*H]
+      step(%h, %x, %W, %b):                        %q = add %p, %b            : [T*B,4*H]
+        %p = matmul %W, %x      : [B,4*H]    ->    scan(%h0, %q, ...):
+        %q = add %p, %b                              step(%h, %q, ...):
+        %r = add %q, (W_hh @ %h)                       %r = add %q, (W_hh @ %h)
+
+Per-step values become sequences (the loop then reads row block t); work on parameters only
+(e.g. a weight concatenation made by `fuse_matmul`) runs once. Batch reductions are never
+hoisted: summing over B rows is not summing over T*B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ir import Func, Instr, scan_parts
+from ..ops import OPS
+from ..shapes import Batch
+from .util import all_names, moved_instr, with_step
+
+
+def hoist(f: Func) -> Func:
+    names = all_names(f)
+    body: list[Instr] = []
+    changed = False
+    for instr in f.body:
+        if instr.op == "scan":
+            pre, new = _hoist_scan(instr, names)
+            body += pre
+            changed |= new is not instr
+            instr = new
+        body.append(instr)
+    return replace(f, body=tuple(body)) if changed else f
+
+
+def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
+    step: Func = instr.attrs["step"]
+    parts = scan_parts(instr)
+    carry_p, xs_p, const_p = parts.split_args(step.params)
+    carry_a, xs_a, const_a = parts.split_args(instr.args)
+    outer = {id(p): a for p, a in zip(xs_p + const_p, xs_a + const_a)}
+    const_instrs = {id(i.out): i for i in step.body if i.op == "const"}
+    pre: list[Instr] = []
+    hoisted: set[int] = set()
+    for i in step.body:
+        if i.op in ("const", "scan") or not any(id(a) in outer for a in i.args):
+            continue
+        if not all(id(a) in outer or id(a) in const_instrs for a in i.args):
+            continue
+        if OPS[i.op].kind == "reduce_batch" and any(a.type.batch is not Batch.NONE for a in i.args):
+            continue
+        args = []
+        for a in i.args:
+            if id(a) not in outer:  # a constant: copy it out
+                copy, (v,) = moved_instr(const_instrs[id(a)], (), names)
+                pre.append(copy)
+                outer[id(a)] = v
+            args.append(outer[id(a)])
+        new, outs = moved_instr(i, args, names)
+        pre.append(new)
+        outer.update((id(o), n) for o, n in zip(i.outs, outs))
+        hoisted.add(id(i))
+    if not hoisted:
+        return [], instr
+    body = tuple(i for i in step.body if id(i) not in hoisted)
+    used = {id(a) for i in body for a in i.args} | {id(r) for r in step.results}
+    new_xs, new_consts = [], []
+    for i in step.body:
+        if id(i) in hoisted:
+            for o in i.outs:
+                if id(o) in used:
+                    (new_xs if o.type.batch is Batch.STEP else new_consts).append(o)
+    # The hoisted values themselves become the step's new inputs.
+    params = (*carry_p, *xs_p, *new_xs, *const_p, *new_consts)
+    args = (*carry_a, *xs_a, *(outer[id(o)] for o in new_xs), *const_a,
+            *(outer[id(o)] for o in new_consts))
+    step = replace(step, params=params, body=body)
+    return pre, with_step(instr, step, args=args, n_xs=len(xs_p) + len(new_xs))

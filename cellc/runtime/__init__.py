@@ -1,0 +1,6 @@
+"""Runtime support that generated code and backends share.
+
+`torch_layers` holds the torch.nn-compatible layer machinery (LSTM-style layers and cells for any
+cell). It imports only torch, math and the standard library, because backends paste its source
+verbatim into the single-file modules they generate; nothing here may import the rest of cellc.
+"""

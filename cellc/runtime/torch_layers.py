@@ -1,0 +1,574 @@
+"""torch.nn-compatible recurrent layers and cells for any cell, written once for every backend.
+
+HARD RULE: this module imports only torch, math and the Python standard library, and has no
+`from __future__` line, because backends paste its source verbatim into the single-file PyTorch
+modules they generate. It knows nothing of cellc: a backend describes a cell with a *spec* (plain
+data and small lambdas, so it can be written out as Python source) and supplies the time loop.
+
+    LSTM, LSTMCell = make_layer(spec, run_direction_for)
+
+gives two torch.nn.Module classes that mirror torch.nn.LSTM and torch.nn.LSTMCell: the same
+constructor, parameter names (`weight_ih_l0`, `bias_hh_l1_reverse`, so `load_state_dict` works
+both ways with torch's modules), input forms (time-major, batch_first, unbatched, PackedSequence),
+hidden-state forms, shapes, inter-layer dropout and argument errors.
+
+The spec
+--------
+A dict. Every function in it takes `s`, the sizes of one layer as a dict from size symbol to int
+(`{"I": 8, "H": 16}`), and returns whole numbers (int, or a Fraction or float with a whole value):
+
+    {
+        "name": "LSTM",                                       # classes LSTM and LSTMCell
+        "sizes": [("input_size", "I"), ("hidden_size", "H")], # header order: (argument, symbol)
+        "input_size": "input_size",                           # the argument sizing the input x
+        "states": ["h", "c"],                                 # state names, in order
+        "state_sizes": lambda s: (s["H"], s["H"]),            # feature size of each state
+        "output_size": lambda s: s["H"],                      # feature size of the output
+        "params": [                                           # in the order run_direction takes
+            {"name": "weight_ih", "kind": "param", "shape": lambda s: (4 * s["H"], s["I"]),
+             "init": "uniform",
+             "init_args": lambda s: (-1 / math.sqrt(s["H"]), 1 / math.sqrt(s["H"]))},
+            {"name": "bias_ih", "kind": "bias", "shape": lambda s: (4 * s["H"],),
+             "init": "zeros"},                                # "init_args" may be left out
+            ...
+        ],
+    }
+
+`kind` is "param" or "bias"; a layer built with bias=False has no bias-kind parameters (as in
+torch). Initializers, with the arguments `init_args` returns: uniform(low, high),
+normal(mean, std), zeros(), ones(), constant(value), orthogonal() or orthogonal(gain).
+
+Constructor arguments: the input-size argument, then the first other size argument (normally
+hidden_size), then torch's (num_layers, bias, batch_first, dropout, bidirectional, device, dtype;
+the cell class takes bias, device, dtype); any further size arguments are keyword-only. Layer
+l > 0 reads the outputs of layer l-1 of both directions, so its input-size symbol is bound to
+output_size * num_directions; its initializer arguments are evaluated with those sizes.
+
+The run_direction contract
+--------------------------
+`run_direction_for(sizes)` returns the time loop for one set of layer sizes (a backend may compile
+per size); it is called once per distinct set and cached on the class. Calls happen in the
+constructor, so a backend may reject sizes there (ValueError).
+
+    run_direction(xs, states, params, batch_sizes) -> (ys, final_states)
+
+- xs: (T, B, I) tensor. The loop always runs forward in time: the layer reverses the sequences
+  itself for the reverse direction (each within its own length for packed input).
+- states: tuple of (B, H_k) tensors, one per spec state.
+- params: list of tensors in spec order. A bias-kind parameter that a bias=False layer lacks is
+  passed as zeros of its shape (same dtype and device as xs, not requiring grad), so the list is
+  always complete.
+- batch_sizes: None (every row runs every step), or a Python list of T non-increasing ints: rows
+  are sorted by decreasing length and step t updates only rows b < batch_sizes[t]; the other rows
+  keep their state and output zeros. The layer passes None whenever every row is active.
+- Returns ys (T, B, H_out) and the tuple of final (B, H_k) states.
+
+The layer never differentiates anything: run_direction must be autograd-aware, as a plain torch
+loop or a torch.autograd.Function is.
+"""
+
+import inspect
+import math
+import numbers
+import warnings
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+__all__ = ["make_layer"]
+
+_INITIALIZERS = {  # name -> (number of arguments allowed, fill function)
+    "uniform": ((2,), lambda w, a: torch.nn.init.uniform_(w, a[0], a[1])),
+    "normal": ((2,), lambda w, a: torch.nn.init.normal_(w, a[0], a[1])),
+    "zeros": ((0,), lambda w, a: torch.nn.init.zeros_(w)),
+    "ones": ((0,), lambda w, a: torch.nn.init.ones_(w)),
+    "constant": ((1,), lambda w, a: torch.nn.init.constant_(w, a[0])),
+    "orthogonal": ((0, 1), lambda w, a: torch.nn.init.orthogonal_(w, a[0] if a else 1.0)),
+}
+
+
+def make_layer(spec, run_direction_for):
+    """Build (LayerClass, CellClass) for a cell described by `spec` (see the module docstring)."""
+    s = _Spec(spec)
+    layer_sig = _signature(s, cell=False)
+    cell_sig = _signature(s, cell=True)
+
+    def layer_init(self, *args, **kwargs):
+        _RNNLayer.__init__(self, *args, **kwargs)
+
+    def cell_init(self, *args, **kwargs):
+        _RNNCell.__init__(self, *args, **kwargs)
+
+    layer_init.__signature__ = layer_sig.replace(parameters=[_SELF, *layer_sig.parameters.values()])
+    cell_init.__signature__ = cell_sig.replace(parameters=[_SELF, *cell_sig.parameters.values()])
+    shared = {"_spec": s, "_run_direction_for": staticmethod(run_direction_for), "_runs": {}}
+    layer = type(s.name, (_RNNLayer,), {
+        **shared, "__init__": layer_init, "_ctor_signature": layer_sig,
+        "__doc__": f"{s.name} layer, torch.nn.{_TORCH_NAMES.get(s.name, 'LSTM')}-compatible.",
+    })
+    cell = type(s.name + "Cell", (_RNNCell,), {
+        **shared, "__init__": cell_init, "_ctor_signature": cell_sig,
+        "__doc__": f"One step of {s.name}, torch.nn.{_TORCH_NAMES.get(s.name, 'LSTM')}Cell-compatible.",
+    })
+    return layer, cell
+
+
+_TORCH_NAMES = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN"}
+_SELF = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class _Spec:
+    """A checked, normalised spec with helpers that turn its lambdas into checked ints."""
+
+    def __init__(self, spec):
+        def get(key):
+            try:
+                return spec[key]
+            except (KeyError, TypeError):
+                raise TypeError(f"spec has no {key!r} entry") from None
+
+        self.name = str(get("name"))
+        self.sizes = [(str(a), str(sym)) for a, sym in get("sizes")]
+        args = [a for a, _ in self.sizes]
+        self.input_arg = str(get("input_size"))
+        if self.input_arg not in args:
+            raise TypeError(f"spec {self.name}: input_size {self.input_arg!r} is not one of {args}")
+        self.input_symbol = dict(self.sizes)[self.input_arg]
+        others = [a for a in args if a != self.input_arg]
+        self.positional = [self.input_arg] + others[:1]
+        self.keyword = others[1:]
+        self.states = [str(x) for x in get("states")]
+        if not self.states:
+            raise TypeError(f"spec {self.name}: a cell needs at least one state")
+        self._state_sizes = get("state_sizes")
+        self._output_size = get("output_size")
+        self.params = []
+        for p in get("params"):
+            p = dict(p)
+            p.setdefault("init_args", None)
+            if p.get("kind") not in ("param", "bias"):
+                raise TypeError(f"spec {self.name}: parameter {p.get('name')!r} has kind"
+                                f" {p.get('kind')!r}; expected 'param' or 'bias'")
+            if p.get("init") not in _INITIALIZERS:
+                raise TypeError(f"spec {self.name}: parameter {p['name']!r} has unknown"
+                                f" initializer {p.get('init')!r}; known: {sorted(_INITIALIZERS)}")
+            self.params.append(p)
+
+    def _whole(self, value, what, sizes) -> int:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not ok or value != int(value) or value <= 0:
+            args = ", ".join(f"{a}={sizes[sym]}" for a, sym in self.sizes)
+            raise ValueError(f"{self.name}: with {args}, {what} would be {value}; choose sizes that"
+                             " make it a positive whole number")
+        return int(value)
+
+    def state_sizes(self, sizes) -> list[int]:
+        got = list(self._state_sizes(sizes))
+        assert len(got) == len(self.states), "spec: state_sizes gives one size per state"
+        return [self._whole(v, f"the size of state {n!r}", sizes) for n, v in zip(self.states, got)]
+
+    def output_size(self, sizes) -> int:
+        return self._whole(self._output_size(sizes), "the output size", sizes)
+
+    def param_shape(self, p, sizes) -> tuple[int, ...]:
+        return tuple(self._whole(v, f"a dimension of {p['name']!r}", sizes) for v in p["shape"](sizes))
+
+    def init(self, p, weight, sizes):
+        args = tuple(p["init_args"](sizes)) if p["init_args"] is not None else ()
+        counts, fill = _INITIALIZERS[p["init"]]
+        assert len(args) in counts, f"spec: {p['init']} of {p['name']!r} takes {counts} arguments"
+        fill(weight, args)
+
+
+def _signature(spec: _Spec, cell: bool) -> inspect.Signature:
+    P = inspect.Parameter
+    params = [P(a, P.POSITIONAL_OR_KEYWORD) for a in spec.positional]
+    if not cell:
+        params += [P("num_layers", P.POSITIONAL_OR_KEYWORD, default=1)]
+    params += [P("bias", P.POSITIONAL_OR_KEYWORD, default=True)]
+    if not cell:
+        params += [P("batch_first", P.POSITIONAL_OR_KEYWORD, default=False),
+                   P("dropout", P.POSITIONAL_OR_KEYWORD, default=0.0),
+                   P("bidirectional", P.POSITIONAL_OR_KEYWORD, default=False)]
+    params += [P("device", P.POSITIONAL_OR_KEYWORD, default=None),
+               P("dtype", P.POSITIONAL_OR_KEYWORD, default=None)]
+    params += [P(a, P.KEYWORD_ONLY) for a in spec.keyword]
+    return inspect.Signature(params)
+
+
+def _bind(module, args, kwargs) -> dict:
+    try:
+        bound = module._ctor_signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{type(module).__name__}(): {e}") from None
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def _bind_sizes(module, a) -> dict:
+    """Check each size argument as torch does, keep it as an attribute, and map symbol -> int."""
+    sizes = {}
+    for arg, sym in module._spec.sizes:
+        v = a[arg]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{arg} should be of type int, got: {type(v).__name__}")
+        if v <= 0:
+            raise ValueError(f"{arg} must be greater than zero")
+        setattr(module, arg, v)
+        sizes[sym] = v
+    return sizes
+
+
+def _check_bool(name, v):
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
+
+
+def _run_for(module, sizes):
+    """The (cached) run_direction for one set of layer sizes."""
+    key = tuple(sorted(sizes.items()))
+    cache = type(module)._runs
+    if key not in cache:
+        cache[key] = type(module)._run_direction_for(dict(sizes))
+    return cache[key]
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _check_dtype(module, x, what):
+    w = next(module.parameters(), None)
+    if w is not None and x.dtype != w.dtype:
+        raise ValueError(
+            f"{type(module).__name__}: {what} dtype ({_dtype_name(x.dtype)}) does not match weight"
+            f" dtype ({_dtype_name(w.dtype)}). Convert it with .to({w.dtype}), or the module with"
+            f" .to({x.dtype})")
+    if w is not None and x.device != w.device:
+        raise RuntimeError(f"{type(module).__name__}: {what} is on {x.device} but the weights are"
+                           f" on {w.device}")
+
+
+class _RNNLayer(torch.nn.Module):
+    """Base of every generated layer class (see make_layer)."""
+
+    _spec: _Spec
+    _ctor_signature: inspect.Signature
+
+    def __init__(self, *args, **kwargs):
+        a = _bind(self, args, kwargs)
+        super().__init__()
+        spec, name = self._spec, type(self).__name__
+        sizes = _bind_sizes(self, a)
+        num_layers, dropout = a["num_layers"], a["dropout"]
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the"
+                             " probability of an element being zeroed")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so"
+                          " non-zero dropout expects num_layers greater than 1, but got"
+                          f" dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+        for flag in ("bias", "batch_first", "bidirectional"):
+            _check_bool(flag, a[flag])
+        self.num_layers = num_layers
+        self.bias = a["bias"]
+        self.batch_first = a["batch_first"]
+        self.dropout = float(dropout)
+        self.bidirectional = a["bidirectional"]
+        directions = 2 if self.bidirectional else 1
+
+        # Layer l > 0 reads the concatenated outputs of layer l-1's directions.
+        self._layer_sizes = [sizes]
+        for _ in range(1, num_layers):
+            prev = self._layer_sizes[-1]
+            self._layer_sizes.append({**sizes, spec.input_symbol: spec.output_size(prev) * directions})
+        self._state_sizes = spec.state_sizes(sizes)
+        for ls in self._layer_sizes[1:]:
+            if spec.state_sizes(ls) != self._state_sizes:
+                raise ValueError(f"{name}: state sizes depend on {spec.input_arg}, so layers"
+                                 " cannot be stacked (num_layers must be 1)")
+        self._output_sizes = [spec.output_size(ls) for ls in self._layer_sizes]
+        self._param_shapes = [[spec.param_shape(p, ls) for p in spec.params]
+                              for ls in self._layer_sizes]
+        for ls in self._layer_sizes:
+            _run_for(self, ls)  # let the backend reject sizes now, not at the first forward
+
+        factory = {"device": a["device"], "dtype": a["dtype"]}
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            for direction in range(directions):
+                names = []
+                for p, shape in zip(spec.params, self._param_shapes[layer]):
+                    if p["kind"] == "bias" and not self.bias:
+                        continue
+                    pname = f"{p['name']}_l{layer}{'_reverse' if direction else ''}"
+                    self.register_parameter(pname, torch.nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(pname)
+                self._flat_weights_names += names
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from its spec initializer, evaluated with its layer's sizes."""
+        with torch.no_grad():
+            for layer, sizes in enumerate(self._layer_sizes):
+                for suffix in ("", "_reverse") if self.bidirectional else ("",):
+                    for p in self._spec.params:
+                        w = getattr(self, f"{p['name']}_l{layer}{suffix}", None)
+                        if w is not None:
+                            self._spec.init(p, w, sizes)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against torch.nn.LSTM."""
+
+    @property
+    def all_weights(self) -> list[list[torch.nn.Parameter]]:
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = ", ".join(str(getattr(self, a)) for a in self._spec.positional)
+        s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def forward(self, input, hx=None):
+        name = type(self).__name__
+        packed = isinstance(input, PackedSequence)
+        sorted_indices = unsorted_indices = rev = None
+        if packed:
+            data, batch_sizes_t, sorted_indices, unsorted_indices = input
+            if data.dim() != 2:
+                raise RuntimeError(f"{name}: packed input data must have 2 dimensions, got {data.dim()}")
+            batch_sizes = [int(n) for n in batch_sizes_t]
+            T, B = len(batch_sizes), batch_sizes[0]
+            is_batched = True
+        elif isinstance(input, torch.Tensor):
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            x = input if is_batched else input.unsqueeze(batch_dim)
+            x = x.transpose(0, 1) if self.batch_first else x
+            T, B = x.shape[:2]
+            batch_sizes = None
+            data = x
+        else:
+            raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got"
+                            f" {type(input).__name__}")
+        _check_dtype(self, data, "input")
+        if data.size(-1) != self.input_size_value:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to {self._spec.input_arg}."
+                               f" Expected {self.input_size_value}, got {data.size(-1)}")
+        if packed:
+            index = _packed_index(batch_sizes, B, data.device)
+            x = data.new_zeros(T * B, data.size(1)).index_copy(0, index, data).view(T, B, -1)
+        h0 = self._initial_states(hx, is_batched, B, data, sorted_indices)
+        if batch_sizes is not None and all(n == B for n in batch_sizes):
+            batch_sizes = None  # every row runs every step
+        if batch_sizes is not None:
+            rev = _reverse_index(batch_sizes, B, data.device)
+
+        directions = 2 if self.bidirectional else 1
+        finals = [[] for _ in self._spec.states]
+        layer_input = x
+        for layer in range(self.num_layers):
+            run = _run_for(self, self._layer_sizes[layer])
+            outs = []
+            for direction in range(directions):
+                k = layer * directions + direction
+                states = tuple(h[k] for h in h0)
+                params = self._direction_params(layer, direction, layer_input)
+                if direction == 0:
+                    ys, fin = run(layer_input, states, params, batch_sizes)
+                elif batch_sizes is None:
+                    ys, fin = run(layer_input.flip(0), states, params, None)
+                    ys = ys.flip(0)
+                else:  # reverse each sequence within its own length; rev is its own inverse
+                    cols = torch.arange(B, device=data.device)
+                    ys, fin = run(layer_input[rev, cols], states, params, batch_sizes)
+                    ys = ys[rev, cols]
+                outs.append(ys)
+                for f, h in zip(finals, fin):
+                    f.append(h)
+            layer_input = outs[0] if directions == 1 else torch.cat(outs, dim=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = torch.nn.functional.dropout(layer_input, self.dropout, True)
+        h_n = [torch.stack(f, 0) for f in finals]
+
+        if packed:
+            output = PackedSequence(layer_input.reshape(T * B, -1).index_select(0, index),
+                                    batch_sizes_t, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = [h.index_select(1, unsorted_indices) for h in h_n]
+        else:
+            output = layer_input.transpose(0, 1) if self.batch_first else layer_input
+            if not is_batched:
+                output = output.squeeze(0 if self.batch_first else 1)
+                h_n = [h.squeeze(1) for h in h_n]
+        return output, (h_n[0] if len(h_n) == 1 else tuple(h_n))
+
+    @property
+    def input_size_value(self) -> int:
+        return getattr(self, self._spec.input_arg)
+
+    def _direction_params(self, layer, direction, like):
+        suffix = "_reverse" if direction else ""
+        out = []
+        for p, shape in zip(self._spec.params, self._param_shapes[layer]):
+            w = getattr(self, f"{p['name']}_l{layer}{suffix}", None)
+            out.append(w if w is not None else like.new_zeros(shape))
+        return out
+
+    def _initial_states(self, hx, is_batched, B, like, sorted_indices):
+        """hx in torch's form -> one (num_layers*num_directions, B, H_k) tensor per state."""
+        name, states = type(self).__name__, self._spec.states
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        expected = [(LD, B, h) for h in self._state_sizes]
+        if hx is None:
+            return [like.new_zeros(e) for e in expected]
+        hxs = _hx_list(name, states, hx)
+        want = 3 if is_batched else 2
+        out = []
+        for k, h in enumerate(hxs):
+            label = "hx" if len(states) == 1 else f"hx[{k}] ({states[k]}_0)"
+            if h.dim() != want:
+                raise RuntimeError(
+                    f"{name}: For {'batched 3-D' if is_batched else 'unbatched 2-D'} input,"
+                    f" {label} should also be {want}-D but got {h.dim()}-D tensor")
+            h = h if is_batched else h.unsqueeze(1)
+            if tuple(h.shape) != expected[k]:
+                e = expected[k] if is_batched else (expected[k][0], expected[k][2])
+                got = list(h.shape) if is_batched else [h.shape[0], h.shape[2]]
+                raise RuntimeError(f"{name}: Expected {label} size {e}, got {got}")
+            _check_dtype(self, h, label)
+            out.append(h if sorted_indices is None else h.index_select(1, sorted_indices))
+        return out
+
+
+def _hx_list(name, states, hx) -> list:
+    if len(states) == 1:
+        if not isinstance(hx, torch.Tensor):
+            raise TypeError(f"{name}: hx must be a Tensor (the initial state {states[0]}_0), got"
+                            f" {type(hx).__name__}")
+        return [hx]
+    want = f"a tuple of {len(states)} tensors ({', '.join(s + '_0' for s in states)})"
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{name}: hx must be {want}, got {type(hx).__name__}")
+    if len(hx) != len(states):
+        raise ValueError(f"{name}: hx must be {want}, got {len(hx)} items")
+    for k, h in enumerate(hx):
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"{name}: hx[{k}] must be a Tensor, got {type(h).__name__}")
+    return list(hx)
+
+
+def _packed_index(batch_sizes, B, device) -> torch.Tensor:
+    """Row of each packed element in the padded (T*B, F) layout, in packed order."""
+    rows = [t * B + b for t, n in enumerate(batch_sizes) for b in range(n)]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _reverse_index(batch_sizes, B, device) -> torch.Tensor:
+    """(T, B) time index that reverses each column within its length and leaves padding alone."""
+    lengths = [sum(1 for n in batch_sizes if n > b) for b in range(B)]
+    rows = [[lengths[b] - 1 - t if t < lengths[b] else t for b in range(B)]
+            for t in range(len(batch_sizes))]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+class _RNNCell(torch.nn.Module):
+    """Base of every generated cell class: one step, like torch.nn.LSTMCell."""
+
+    _spec: _Spec
+    _ctor_signature: inspect.Signature
+
+    def __init__(self, *args, **kwargs):
+        a = _bind(self, args, kwargs)
+        super().__init__()
+        spec = self._spec
+        sizes = _bind_sizes(self, a)
+        _check_bool("bias", a["bias"])
+        self.bias = a["bias"]
+        self._sizes = sizes
+        self._state_sizes = spec.state_sizes(sizes)
+        self._param_shapes = [spec.param_shape(p, sizes) for p in spec.params]
+        _run_for(self, sizes)
+        factory = {"device": a["device"], "dtype": a["dtype"]}
+        for p, shape in zip(spec.params, self._param_shapes):
+            if p["kind"] == "bias" and not self.bias:
+                self.register_parameter(p["name"], None)  # as torch.nn.LSTMCell(bias=False)
+            else:
+                self.register_parameter(p["name"], torch.nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for p in self._spec.params:
+                w = getattr(self, p["name"])
+                if w is not None:
+                    self._spec.init(p, w, self._sizes)
+
+    def extra_repr(self) -> str:
+        s = ", ".join(str(getattr(self, a)) for a in self._spec.positional)
+        s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        return s
+
+    def forward(self, input, hx=None):
+        """input (B, I) or (I,); hx in the layer's form without the layer axis. Returns the next
+        state, or the tuple of next states (for an LSTM, (h', c')), as torch's cells do."""
+        name, spec = type(self).__name__, self._spec
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        _check_dtype(self, x, "input")
+        I = self._sizes[spec.input_symbol]
+        if x.size(1) != I:
+            raise RuntimeError(f"{name}: input has inconsistent {spec.input_arg}: got {x.size(1)},"
+                               f" expected {I}")
+        B = x.size(0)
+        if hx is None:
+            states = tuple(x.new_zeros(B, h) for h in self._state_sizes)
+        else:
+            hxs = _hx_list(name, spec.states, hx)
+            states = []
+            for k, h in enumerate(hxs):
+                label = "hx" if len(hxs) == 1 else f"hx[{k}]"
+                if h.dim() != input.dim():
+                    raise ValueError(f"{name}: Expected {label} to be {input.dim()}D like the input,"
+                                     f" got {h.dim()}D instead")
+                h = h if is_batched else h.unsqueeze(0)
+                if h.size(0) != B:
+                    raise RuntimeError(f"{name}: Input batch size {B} doesn't match {label} batch"
+                                       f" size {h.size(0)}")
+                if h.size(1) != self._state_sizes[k]:
+                    raise RuntimeError(f"{name}: {label} has inconsistent size: got {h.size(1)},"
+                                       f" expected {self._state_sizes[k]}")
+                _check_dtype(self, h, label)
+                states.append(h)
+            states = tuple(states)
+        params = [getattr(self, p["name"]) for p in spec.params]
+        params = [w if w is not None else x.new_zeros(s) for w, s in zip(params, self._param_shapes)]
+        _, final = _run_for(self, self._sizes)(x.unsqueeze(0), states, params, None)
+        final = [h if is_batched else h.squeeze(0) for h in final]
+        return final[0] if len(final) == 1 else tuple(final)

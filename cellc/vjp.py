@@ -1,0 +1,192 @@
+"""Vector-Jacobian products: one rule per op, written with the IR Builder.
+
+A rule gets the builder, the forward instruction and the cotangents of its outputs (None where an
+output has none) and returns one cotangent per argument (None: no contribution). Rules read the
+forward *results* where the math allows (sigmoid' = y(1 - y), tanh' = 1 - y^2, exp' = y), so the
+backward pass reads saved activations instead of recomputing transcendental functions.
+
+A cotangent may come back broader than its argument (a bias broadcast over the batch, a [1]
+statistic broadcast over features); `grad.py` sums it back down to the argument's type.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .ir import Builder, Instr, Value
+from .shapes import Batch
+
+VjpRule = Callable[[Builder, Instr, list[Value | None]], list[Value | None]]
+VJP: dict[str, VjpRule] = {}
+
+# Ops whose derivative is zero almost everywhere: their arguments get no cotangent.
+NOT_DIFFERENTIABLE = ("heaviside", "sign", "ge", "const")
+
+
+def vjp_rule(*ops: str):
+    def register(fn: VjpRule) -> VjpRule:
+        for op in ops:
+            VJP[op] = fn
+        return fn
+
+    return register
+
+
+def _one(b: Builder, dys):
+    return dys[0]
+
+
+@vjp_rule(*NOT_DIFFERENTIABLE)
+def _no_cotangent(b, instr, dys):
+    return [None] * len(instr.args)
+
+
+@vjp_rule("neg")
+def _neg(b, instr, dys):
+    return [b.neg(dys[0])]
+
+
+@vjp_rule("sigmoid")
+def _sigmoid(b, instr, dys):
+    y = instr.out
+    return [b.mul(dys[0], b.mul(y, b.sub(b.const(1.0), y)))]
+
+
+@vjp_rule("tanh")
+def _tanh(b, instr, dys):
+    y = instr.out
+    return [b.mul(dys[0], b.sub(b.const(1.0), b.op("pow", y, exponent=2.0)))]
+
+
+@vjp_rule("relu")
+def _relu(b, instr, dys):
+    return [b.mul(dys[0], b.op("heaviside", instr.out))]
+
+
+@vjp_rule("exp")
+def _exp(b, instr, dys):
+    return [b.mul(dys[0], instr.out)]
+
+
+@vjp_rule("log")
+def _log(b, instr, dys):
+    return [b.div(dys[0], instr.args[0])]
+
+
+@vjp_rule("softplus")
+def _softplus(b, instr, dys):
+    return [b.mul(dys[0], b.op("sigmoid", instr.args[0]))]
+
+
+@vjp_rule("sqrt")
+def _sqrt(b, instr, dys):
+    return [b.div(dys[0], b.mul(b.const(2.0), instr.out))]
+
+
+@vjp_rule("abs")
+def _abs(b, instr, dys):
+    return [b.mul(dys[0], b.op("sign", instr.args[0]))]
+
+
+@vjp_rule("pow")
+def _pow(b, instr, dys):
+    p = instr.attrs["exponent"]
+    (x,) = instr.args
+    slope = x if p == 2.0 else b.op("pow", x, exponent=p - 1.0)
+    return [b.mul(dys[0], b.mul(b.const(p), slope))]
+
+
+@vjp_rule("add")
+def _add(b, instr, dys):
+    return [dys[0], dys[0]]
+
+
+@vjp_rule("sub")
+def _sub(b, instr, dys):
+    return [dys[0], b.neg(dys[0])]
+
+
+@vjp_rule("mul")
+def _mul(b, instr, dys):
+    x, y = instr.args
+    return [b.mul(dys[0], y), b.mul(dys[0], x)]
+
+
+@vjp_rule("div")
+def _div(b, instr, dys):
+    x, y = instr.args
+    dx = b.div(dys[0], y)
+    return [dx, b.neg(b.mul(dx, instr.out))]  # d(x/y)/dy = -(x/y)/y
+
+
+@vjp_rule("max", "min")
+def _minmax(b, instr, dys):
+    # Ties send the whole cotangent to the first argument.
+    x, y = instr.args
+    first = b.op("ge", x, y) if instr.op == "max" else b.op("ge", y, x)
+    dx = b.mul(dys[0], first)
+    return [dx, b.sub(dys[0], dx)]
+
+
+@vjp_rule("matmul")
+def _matmul(b, instr, dys):
+    w, x = instr.args  # y = W x
+    return [b.op("outer", dys[0], x), b.op("matmul_t", w, dys[0])]
+
+
+@vjp_rule("matmul_t")
+def _matmul_t(b, instr, dys):
+    w, y = instr.args  # z = W^T y
+    return [b.op("outer", y, dys[0]), b.op("matmul", w, dys[0])]
+
+
+@vjp_rule("outer")
+def _outer(b, instr, dys):
+    x, y = instr.args  # Z = sum over rows of x y^T
+    return [b.op("matmul", dys[0], y), b.op("matmul_t", dys[0], x)]
+
+
+@vjp_rule("sum")
+def _sum(b, instr, dys):
+    return [b.op("broadcast", dys[0], size=instr.args[0].type.shape[0])]
+
+
+@vjp_rule("mean")
+def _mean(b, instr, dys):
+    n = instr.args[0].type.shape[0]
+    return [b.div(b.op("broadcast", dys[0], size=n), b.const(n))]
+
+
+@vjp_rule("broadcast")
+def _broadcast(b, instr, dys):
+    return [b.op("sum", dys[0])]
+
+
+@vjp_rule("sum_batch")
+def _sum_batch(b, instr, dys):
+    ones = b.const(1.0, like=instr.args[0].type)
+    return [b.mul(ones, dys[0])]
+
+
+@vjp_rule("split")
+def _split(b, instr, dys):
+    parts = [d if d is not None else b.const(0.0, like=o.type) for d, o in zip(dys, instr.outs)]
+    return [b.op("concat", *parts)]
+
+
+@vjp_rule("concat")
+def _concat(b, instr, dys):
+    sizes = tuple(a.type.shape[0] for a in instr.args)
+    return b.emit("split", [dys[0]], {"sizes": sizes})
+
+
+def unbroadcast(b: Builder, g: Value, like: Value) -> Value:
+    """Sum a cotangent down to the type of the value it belongs to."""
+    t = like.type
+    if g.type.rank == 1 and t.rank == 1 and g.type.shape != t.shape:
+        g = b.op("sum", g)  # [n] -> [1]
+    if g.type.batch is not Batch.NONE and t.batch is Batch.NONE:
+        g = b.op("sum_batch", g)
+    if g.type != t:  # a narrower cotangent (e.g. scalar) for a broader value
+        g = b.mul(b.const(1.0, like=t), g)
+    return g
