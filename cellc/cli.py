@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .source import CellError, InternalError, Source
 
-STAGES = ("ast", "ir", "seq")
+STAGES = ("ast", "ir", "seq", "opt", "grad")
 
 
 def _summary(path: str) -> str:

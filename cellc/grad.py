@@ -38,7 +38,9 @@ class Vjp:
     fwd: Func  # f's results, then the residuals
     bwd: Func  # (residuals..., cotangents of f's results...) -> cotangents of f's params
     n_results: int
-    adjoint_names: dict[int, str] = field(default_factory=dict)  # id(bwd value) -> forward name
+    # id(backward value) -> (that value, the forward value it is the cotangent of); both are
+    # kept so that their ids cannot be reused while the table lives.
+    adjoint_names: dict[int, tuple[Value, Value]] = field(default_factory=dict)
 
     @property
     def residuals(self) -> tuple[Value, ...]:
@@ -58,11 +60,13 @@ def _names(f: Func) -> list[str]:
     return [p.name for p in f.params] + [o.name for i in f.body for o in i.outs]
 
 
-def vjp(f: Func) -> Vjp:
+def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
+    """Differentiate f. `adjoint_names` collects, for printing, which backward value is the
+    complete cotangent of which named forward value (loop bodies included)."""
     active = active_values(f)
     b = Builder(names=_names(f), prefix="t")
     cotangent: dict[int, Value] = {}
-    adjoint_names: dict[int, str] = {}
+    adjoint_names = {} if adjoint_names is None else adjoint_names
 
     def accumulate(v: Value, g: Value):
         prev = cotangent.get(id(v))
@@ -77,13 +81,14 @@ def vjp(f: Func) -> Vjp:
         instr = f.body[pos]
         for o in instr.outs:  # o's cotangent is complete now: every use of o came later
             if id(o) in cotangent:
-                adjoint_names.setdefault(id(cotangent[id(o)]), o.name)
+                g = cotangent[id(o)]
+                adjoint_names.setdefault(id(g), (g, o))
         dys = [cotangent.get(id(o)) for o in instr.outs]
         if all(d is None for d in dys) or not any(id(a) in active for a in instr.args):
             continue
         b.span, b.grad = instr.span, True
         if instr.op == "scan":
-            grads, forward_body[pos] = _scan_vjp(b, instr, dys)
+            grads, forward_body[pos] = _scan_vjp(b, instr, dys, adjoint_names)
         else:
             rule = VJP.get(instr.op)
             if rule is None:
@@ -99,7 +104,7 @@ def vjp(f: Func) -> Vjp:
         g = cotangent.get(id(p))
         if g is None:
             g = b.const(0.0, like=p.type)
-        adjoint_names.setdefault(id(g), p.name)
+        adjoint_names.setdefault(id(g), (g, p))
         results.append(g)
 
     forward_ids = {id(p) for p in f.params} | {id(o) for i in forward_body for o in i.outs}
@@ -115,7 +120,7 @@ def vjp(f: Func) -> Vjp:
     return Vjp(fwd, bwd, len(f.results), adjoint_names)
 
 
-def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None]) -> tuple[list[Value], Instr]:
+def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) -> tuple[list[Value], Instr]:
     """Cotangents of a scan's arguments, and the forward scan rewritten to save residuals."""
     step: Func = instr.attrs["step"]
     parts = scan_parts(instr)
@@ -126,7 +131,7 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None]) -> tuple[list[V
         raise InternalError("differentiating a reverse scan is not supported")
     carry_args, xs_args, const_args = parts.split_args(instr.args)
     carry_p, xs_p, const_p = parts.split_args(step.params)
-    g = vjp(step)
+    g = vjp(step, adjoint_names)
     step_residuals = g.bwd.params[: len(g.residuals)]
     seeds = g.bwd.params[len(g.residuals) :]
 

@@ -61,7 +61,7 @@ def simplify(f: Func) -> Func:
             mapping[id(instr.out)] = new
             changed = True
             continue
-        else:  # a replacement constant
+        else:  # a replacement instruction
             instr = new
             body.append(instr)
             changed = True
@@ -80,7 +80,7 @@ def _const(instr: Instr, value: float) -> Instr:
 
 
 def _rewrite(instr: Instr, const_of, defs) -> Value | Instr | None:
-    """A value to use instead, a replacement instruction, or None."""
+    """A value to use instead, a replacement instruction (same outputs), or None."""
     op, args = instr.op, instr.args
     if op in ("const", "scan") or len(instr.outs) != 1:
         if op == "split" and const_of(args[0]) == 0.0:
@@ -103,6 +103,10 @@ def _rewrite(instr: Instr, const_of, defs) -> Value | Instr | None:
     if op == "div" and cs[0] == 0.0:
         return _const(instr, 0.0)
     if op == "add":
+        for x, y in ((args[0], args[1]), (args[1], args[0])):
+            inner = defs.get(id(y))
+            if inner is not None and inner.op == "neg":  # x + -y -> x - y
+                return replace(instr, op="sub", args=(x, inner.args[0]))
         if cs[1] == 0.0:
             return same(args[0])
         if cs[0] == 0.0:
