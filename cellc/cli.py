@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", metavar="FILE")
     s.add_argument(
         "--emit", choices=STAGES, default="ir",
-        help="ast: syntax tree; ir: the step function; seq: the time loop"
-        " (default: ir)",
+        help="ast: syntax tree; ir: the step function; seq: the time loop; opt: after the forward"
+        " passes; grad: the forward saving residuals and the optimized backward (default: ir)",
     )
     s.set_defaults(fn=cmd_show)
 

@@ -77,7 +77,9 @@ class Span:
         text = raw.expandtabs(4)
         # Columns count a tab as one character; the caret goes under the expanded text.
         start = len(raw[: self.col - 1].expandtabs(4))
-        end = len(raw[: self.end_col - 1].expandtabs(4)) if self.end_line == self.line else len(text)
+        end = len(text)
+        if self.end_line == self.line:
+            end = len(raw[: self.end_col - 1].expandtabs(4))
         width = max(1, min(end, len(text)) - start)
         return f"    {text}\n    {' ' * start}{'^' * width}"
 

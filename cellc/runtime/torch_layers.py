@@ -113,6 +113,9 @@ def make_layer(spec, run_direction_for):
     return layer, cell
 
 
+# Attributes the modules set or torch.nn.Module owns; no parameter may take these names.
+_RESERVED = {"num_layers", "batch_first", "dropout", "bidirectional", "device", "dtype",
+             "training", "forward", "all_weights", "reset_parameters", "extra_repr"}
 _TORCH_NAMES = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN"}
 _SELF = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -149,6 +152,9 @@ class _Spec:
             if p.get("kind") not in ("param", "bias"):
                 raise TypeError(f"spec {self.name}: parameter {p.get('name')!r} has kind"
                                 f" {p.get('kind')!r}; expected 'param' or 'bias'")
+            if p.get("name") in args or p.get("name") in _RESERVED:
+                raise TypeError(f"spec {self.name}: parameter name {p.get('name')!r} clashes with"
+                                " a constructor argument or module attribute")
             if p.get("init") not in _INITIALIZERS:
                 raise TypeError(f"spec {self.name}: parameter {p['name']!r} has unknown"
                                 f" initializer {p.get('init')!r}; known: {sorted(_INITIALIZERS)}")
@@ -504,14 +510,18 @@ class _RNNCell(torch.nn.Module):
         spec = self._spec
         sizes = _bind_sizes(self, a)
         _check_bool("bias", a["bias"])
-        self.bias = a["bias"]
+        # A cell may name a parameter `bias` (unsuffixed here, unlike in the layer): then the
+        # parameter owns the attribute and the flag lives only in `_bias`.
+        self._bias = a["bias"]
+        if all(p["name"] != "bias" for p in spec.params):
+            self.bias = self._bias
         self._sizes = sizes
         self._state_sizes = spec.state_sizes(sizes)
         self._param_shapes = [spec.param_shape(p, sizes) for p in spec.params]
         _run_for(self, sizes)
         factory = {"device": a["device"], "dtype": a["dtype"]}
         for p, shape in zip(spec.params, self._param_shapes):
-            if p["kind"] == "bias" and not self.bias:
+            if p["kind"] == "bias" and not self._bias:
                 self.register_parameter(p["name"], None)  # as torch.nn.LSTMCell(bias=False)
             else:
                 self.register_parameter(p["name"], torch.nn.Parameter(torch.empty(shape, **factory)))
@@ -527,8 +537,8 @@ class _RNNCell(torch.nn.Module):
     def extra_repr(self) -> str:
         s = ", ".join(str(getattr(self, a)) for a in self._spec.positional)
         s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
-        if self.bias is not True:
-            s += f", bias={self.bias}"
+        if self._bias is not True:
+            s += f", bias={self._bias}"
         return s
 
     def forward(self, input, hx=None):
