@@ -95,8 +95,10 @@ class CellIR:
             if s.arg not in args:
                 raise TypeError(f"{self.name}: missing size argument {s.arg!r}")
             v = args[s.arg]
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{self.name}: {s.arg} must be a positive int, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{self.name}: {s.arg} must be an int, got {type(v).__name__} {v!r}")
+            if v <= 0:
+                raise ValueError(f"{self.name}: {s.arg} must be positive, got {v}")
             sizes[s.symbol] = v
         for v in (*self.step.params, *(i for ins in self.step.body for i in ins.outs)):
             for d in v.type.shape:

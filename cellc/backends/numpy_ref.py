@@ -198,14 +198,14 @@ def forward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapp
     Returns (outputs (T, B, H_out), final states {name: (B, H)}). Initial states default to zero.
     """
     dtype = check_dtype(dtype if dtype is not None else xs.dtype)
-    T, B = xs.shape[:2]
+    T, B = _sequence_dims(xs)
     ctx = Context(dict(sizes), T, B, dtype)
     prog = sequence_program(cell)
     args = _program_args(cell, prog, ctx, xs, params, states)
     res = run(prog, args, ctx)
     n = len(cell.states)
     final = {s.name: r for s, r in zip(cell.states, res[:n])}
-    return res[n].reshape(T, B, -1), final
+    return res[n].reshape(T, B, res[n].shape[-1]), final
 
 
 def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapping[str, np.ndarray],
@@ -223,13 +223,13 @@ def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Map
     from ..pipeline import compile_program
 
     dtype = check_dtype(dtype if dtype is not None else xs.dtype)
-    T, B = xs.shape[:2]
+    T, B = _sequence_dims(xs)
     ctx = Context(dict(sizes), T, B, dtype, detach_at)
     prog = compile_program(cell, optimize=optimize)
     args = _program_args(cell, prog.fwd, ctx, xs, params, states)
     out = run(prog.fwd, args, ctx)
     n = len(cell.states)
-    ys = out[n].reshape(T, B, -1)
+    ys = out[n].reshape(T, B, out[n].shape[-1])
     final = {s.name: r for s, r in zip(cell.states, out[:n])}
     d_states = dict(d_states or {})
     seeds = [np.asarray(d_states.pop(s.name, np.zeros_like(final[s.name])), dtype) for s in cell.states]
@@ -244,6 +244,13 @@ def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Map
     grads = dict(zip(names, grads))
     grads["xs"] = grads["xs"].reshape(xs.shape)
     return ys, final, grads
+
+
+def _sequence_dims(xs) -> tuple[int, int]:
+    shape = np.shape(xs)
+    if len(shape) != 3:
+        raise ValueError(f"xs must have shape (T, B, features), got {shape}")
+    return shape[0], shape[1]
 
 
 def _program_args(cell, prog, ctx, xs, params, states):
