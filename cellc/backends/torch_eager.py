@@ -56,8 +56,9 @@ def _outer(args, instr, ctx):
 
 
 def _split(args, instr, ctx):
-    (x,) = args
-    return list(torch.tensor_split(x, instr.attrs["parts"], dim=_feature_axis(instr.args[0].type)))
+    (x,) = args  # equal parts {parts=N} or given sizes {sizes=(...)}: the output types say which
+    sizes = [int(o.type.shape[0].evaluate(ctx.sizes)) for o in instr.outs]
+    return list(torch.split(x, sizes, dim=_feature_axis(instr.args[0].type)))
 
 
 def _concat(args, instr, ctx):
@@ -159,7 +160,8 @@ def run_direction_eager(cell: CellIR, sizes: Mapping[str, int]):
             elif active == 0:
                 y = xs.new_zeros(B, out_size)
             else:  # rows are sorted by length: the first `active` rows are still running
-                res = run_step(step, [*(s[:active] for s in states), xs[t, :active], *params], sizes)
+                running = [s[:active] for s in states]
+                res = run_step(step, [*running, xs[t, :active], *params], sizes)
                 states = [torch.cat([new, old[active:]]) for new, old in zip(res[:n], states)]
                 y = torch.cat([res[n], res[n].new_zeros(B - active, out_size)])
             ys.append(y)

@@ -104,11 +104,11 @@ def make_layer(spec, run_direction_for):
     shared = {"_spec": s, "_run_direction_for": staticmethod(run_direction_for), "_runs": {}}
     layer = type(s.name, (_RNNLayer,), {
         **shared, "__init__": layer_init, "_ctor_signature": layer_sig,
-        "__doc__": f"{s.name} layer, torch.nn.{_TORCH_NAMES.get(s.name, 'LSTM')}-compatible.",
+        "__doc__": f"The {s.name} cell as a layer, with the interface of torch.nn.LSTM.",
     })
     cell = type(s.name + "Cell", (_RNNCell,), {
         **shared, "__init__": cell_init, "_ctor_signature": cell_sig,
-        "__doc__": f"One step of {s.name}, torch.nn.{_TORCH_NAMES.get(s.name, 'LSTM')}Cell-compatible.",
+        "__doc__": f"One step of the {s.name} cell, with the interface of torch.nn.LSTMCell.",
     })
     return layer, cell
 
@@ -116,7 +116,6 @@ def make_layer(spec, run_direction_for):
 # Attributes the modules set or torch.nn.Module owns; no parameter may take these names.
 _RESERVED = {"num_layers", "batch_first", "dropout", "bidirectional", "device", "dtype",
              "training", "forward", "all_weights", "reset_parameters", "extra_repr"}
-_TORCH_NAMES = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "RNN"}
 _SELF = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -177,7 +176,8 @@ class _Spec:
         return self._whole(self._output_size(sizes), "the output size", sizes)
 
     def param_shape(self, p, sizes) -> tuple[int, ...]:
-        return tuple(self._whole(v, f"a dimension of {p['name']!r}", sizes) for v in p["shape"](sizes))
+        what = f"a dimension of {p['name']!r}"
+        return tuple(self._whole(v, what, sizes) for v in p["shape"](sizes))
 
     def init(self, p, weight, sizes):
         args = tuple(p["init_args"](sizes)) if p["init_args"] is not None else ()
@@ -271,7 +271,8 @@ class _RNNLayer(torch.nn.Module):
             raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
         if num_layers <= 0:
             raise ValueError("num_layers must be greater than zero")
-        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        number = isinstance(dropout, numbers.Number) and not isinstance(dropout, bool)
+        if not number or not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the"
                              " probability of an element being zeroed")
         if dropout > 0 and num_layers == 1:
@@ -291,7 +292,8 @@ class _RNNLayer(torch.nn.Module):
         self._layer_sizes = [sizes]
         for _ in range(1, num_layers):
             prev = self._layer_sizes[-1]
-            self._layer_sizes.append({**sizes, spec.input_symbol: spec.output_size(prev) * directions})
+            width = spec.output_size(prev) * directions
+            self._layer_sizes.append({**sizes, spec.input_symbol: width})
         self._state_sizes = spec.state_sizes(sizes)
         for ls in self._layer_sizes[1:]:
             if spec.state_sizes(ls) != self._state_sizes:
@@ -313,7 +315,8 @@ class _RNNLayer(torch.nn.Module):
                     if p["kind"] == "bias" and not self.bias:
                         continue
                     pname = f"{p['name']}_l{layer}{'_reverse' if direction else ''}"
-                    self.register_parameter(pname, torch.nn.Parameter(torch.empty(shape, **factory)))
+                    weight = torch.nn.Parameter(torch.empty(shape, **factory))
+                    self.register_parameter(pname, weight)
                     names.append(pname)
                 self._flat_weights_names += names
                 self._all_weights.append(names)
@@ -360,13 +363,15 @@ class _RNNLayer(torch.nn.Module):
         if packed:
             data, batch_sizes_t, sorted_indices, unsorted_indices = input
             if data.dim() != 2:
-                raise RuntimeError(f"{name}: packed input data must have 2 dimensions, got {data.dim()}")
+                raise RuntimeError(
+                    f"{name}: packed input data must have 2 dimensions, got {data.dim()}")
             batch_sizes = [int(n) for n in batch_sizes_t]
             T, B = len(batch_sizes), batch_sizes[0]
             is_batched = True
         elif isinstance(input, torch.Tensor):
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise ValueError(
+                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             x = input if is_batched else input.unsqueeze(batch_dim)
@@ -378,9 +383,10 @@ class _RNNLayer(torch.nn.Module):
             raise TypeError(f"{name}: input must be a Tensor or a PackedSequence, got"
                             f" {type(input).__name__}")
         _check_dtype(self, data, "input")
-        if data.size(-1) != self.input_size_value:
+        features = getattr(self, self._spec.input_arg)
+        if data.size(-1) != features:
             raise RuntimeError(f"{name}: input.size(-1) must be equal to {self._spec.input_arg}."
-                               f" Expected {self.input_size_value}, got {data.size(-1)}")
+                               f" Expected {features}, got {data.size(-1)}")
         if packed:
             index = _packed_index(batch_sizes, B, data.device)
             x = data.new_zeros(T * B, data.size(1)).index_copy(0, index, data).view(T, B, -1)
@@ -428,10 +434,6 @@ class _RNNLayer(torch.nn.Module):
                 output = output.squeeze(0 if self.batch_first else 1)
                 h_n = [h.squeeze(1) for h in h_n]
         return output, (h_n[0] if len(h_n) == 1 else tuple(h_n))
-
-    @property
-    def input_size_value(self) -> int:
-        return getattr(self, self._spec.input_arg)
 
     def _direction_params(self, layer, direction, like):
         suffix = "_reverse" if direction else ""
@@ -524,7 +526,8 @@ class _RNNCell(torch.nn.Module):
             if p["kind"] == "bias" and not self._bias:
                 self.register_parameter(p["name"], None)  # as torch.nn.LSTMCell(bias=False)
             else:
-                self.register_parameter(p["name"], torch.nn.Parameter(torch.empty(shape, **factory)))
+                weight = torch.nn.Parameter(torch.empty(shape, **factory))
+                self.register_parameter(p["name"], weight)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -565,8 +568,8 @@ class _RNNCell(torch.nn.Module):
             for k, h in enumerate(hxs):
                 label = "hx" if len(hxs) == 1 else f"hx[{k}]"
                 if h.dim() != input.dim():
-                    raise ValueError(f"{name}: Expected {label} to be {input.dim()}D like the input,"
-                                     f" got {h.dim()}D instead")
+                    raise ValueError(f"{name}: Expected {label} to be {input.dim()}D like the"
+                                     f" input, got {h.dim()}D instead")
                 h = h if is_batched else h.unsqueeze(0)
                 if h.size(0) != B:
                     raise RuntimeError(f"{name}: Input batch size {B} doesn't match {label} batch"
@@ -578,7 +581,8 @@ class _RNNCell(torch.nn.Module):
                 states.append(h)
             states = tuple(states)
         params = [getattr(self, p["name"]) for p in spec.params]
-        params = [w if w is not None else x.new_zeros(s) for w, s in zip(params, self._param_shapes)]
+        params = [w if w is not None else x.new_zeros(shape)
+                  for w, shape in zip(params, self._param_shapes)]
         _, final = _run_for(self, self._sizes)(x.unsqueeze(0), states, params, None)
         final = [h if is_batched else h.squeeze(0) for h in final]
         return final[0] if len(final) == 1 else tuple(final)
