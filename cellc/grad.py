@@ -144,6 +144,9 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
             per_step.append((r, xs_args[xs_p.index(r)]))
         elif r in const_p:
             consts.append((r, const_args[const_p.index(r)]))
+        elif any(r is y for y in step.results[nc:]):  # an output the loop stacks anyway
+            k = next(k for k, y in enumerate(step.results) if k >= nc and y is r)
+            per_step.append((r, instr.outs[k]))
         else:
             saved.append(r)
     stacked = [Value(b.fresh(r.name.replace("'", "_next") + "_seq"), r.type.with_batch(Batch.SEQ)) for r in saved]

@@ -98,14 +98,17 @@ def residual_summary(prog: Program) -> list[str]:
     exprs = forward_expressions(step)
     parts = scan_parts(scan)
     by_out = {id(o): r for o, r in zip(scan.outs, step.results)}
+    output = scan.outs[parts.n_carry]  # the cell's output sequence, stored anyway
     saved, reads, total = [], [], Dim.of(0)
     for r in prog.residuals:
-        if id(r) in by_out:
+        if r is output:
+            reads.append(f"{prog.cell.output} (the output)")
+        elif id(r) in by_out:
             v = by_out[id(r)]
             saved.append(exprs.get(id(v), (v.name, 0))[0])
             total = total + v.type.shape[0]
         else:
-            reads.append(r.name)
+            reads.append(r.name if r is not prog.fwd.params[0] else prog.cell.input.name)
     lines = [f"# Saved per time step for the backward ({len(saved)} values, {total} numbers per batch"
              f" row, {total * 4} bytes in float32):"]
     lines += [f"#   {s}" for s in saved]

@@ -1,0 +1,283 @@
+"""IR -> readable PyTorch source: one table from op to Python expression, and one loop.
+
+The emitted functions work on 2-D tensors: a whole sequence is (T*B, features) with rows ordered
+(t, b), one step is (n, features) where n is the number of sequences still running at that step
+(`batch_sizes[t]`, sorted longest first as in a PackedSequence). Rows past n keep their state and
+get zero outputs. Every statement carries a comment with the `.cell` line it comes from.
+
+Names from the `.cell` file become Python identifiers only after checking: the grammar admits
+nothing but [A-Za-z_][A-Za-z0-9_]*' (a prime becomes `_next`), and any name that is a keyword, a
+builtin, or one of the emitted code's own names gets a trailing underscore. Nothing from the
+file is ever written into the source except as such an identifier or inside a comment that a
+newline cannot end (comments are single source lines).
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+from typing import Callable
+
+from ..ir import Func, Instr, Value, scan_parts
+from ..shapes import Batch, Dim, TensorType
+from ..source import InternalError
+
+# Names the emitted code uses itself; a .cell name equal to one of these is renamed.
+RESERVED = {"torch", "math", "F", "S", "T", "B", "t", "n", "r", "dtype", "device", "batch_sizes",
+            "xs", "ctx", "self", "grads", "outs", "saved"}
+
+
+class Names:
+    """Python identifiers for IR values, unique within one emitted function."""
+
+    def __init__(self):
+        self.of: dict[int, str] = {}
+        self.taken = set(RESERVED)
+
+    def __call__(self, v: Value) -> str:
+        if id(v) not in self.of:
+            base = v.name.replace("'", "_next")
+            if keyword.iskeyword(base) or hasattr(builtins, base) or base.startswith("__"):
+                base += "_"
+            name = base
+            while name in self.taken:
+                name += "_"
+            self.taken.add(name)
+            self.of[id(v)] = name
+        return self.of[id(v)]
+
+    def fresh(self, base: str) -> str:
+        name = base
+        k = 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}{k}"
+        self.taken.add(name)
+        return name
+
+
+def size_expr(d: Dim) -> str:
+    """Python for a symbolic size, reading symbols from the dict S."""
+    terms = []
+    for m, c in d.terms:
+        factors = [f"S[{s!r}]" for s in m]
+        if c.denominator != 1:
+            text = "*".join(factors + [str(c.numerator)]) if c.numerator != 1 or not factors else "*".join(factors)
+            text = f"({text}) // {c.denominator}"
+        else:
+            text = "*".join(([str(c.numerator)] if c != 1 or not factors else []) + factors)
+        terms.append(text)
+    return " + ".join(terms) if terms else "0"
+
+
+def shape_expr(t: TensorType, rows: str) -> str:
+    dims = ([rows] if t.batch is not Batch.NONE else []) + [size_expr(d) for d in t.shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _float(x: float) -> str:
+    return repr(float(x))
+
+
+Emit = Callable[[list[str], Instr], str]
+
+
+def _unary(fmt: str) -> Emit:
+    return lambda a, i: fmt.format(*a)
+
+
+def _feature_dim(t: TensorType) -> int:
+    return -t.rank
+
+
+def _minmax(fn: str, clamp: str) -> Emit:
+    def emit(a, i):
+        x, y = a
+        if _is_literal(y):
+            return f"torch.clamp({x}, {clamp}={y})"
+        if _is_literal(x):
+            return f"torch.clamp({y}, {clamp}={x})"
+        return f"torch.{fn}({x}, {y})"
+
+    return emit
+
+
+def _is_literal(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _outer(a, i):
+    x, y = a
+    return f"{x}.T @ {y}" if i.args[0].type.batch is not Batch.NONE else f"torch.outer({x}, {y})"
+
+
+def _broadcast(a, i):
+    n = size_expr(i.attrs["size"])
+    return f"{a[0]}.expand({a[0]}.shape[:-1] + ({n},))"
+
+
+def _split(a, i):
+    sizes = ", ".join(size_expr(o.type.shape[0]) for o in i.outs)
+    return f"torch.split({a[0]}, [{sizes}], dim={_feature_dim(i.args[0].type)})"
+
+
+def _concat(a, i):
+    return f"torch.cat([{', '.join(a)}], dim={_feature_dim(i.args[0].type)})"
+
+
+def _pow(a, i):
+    p = i.attrs["exponent"]
+    return f"torch.square({a[0]})" if p == 2.0 else f"{a[0]} ** {_float(p)}"
+
+
+TORCH: dict[str, Emit] = {
+    "neg": _unary("-{0}"),
+    "sigmoid": _unary("torch.sigmoid({0})"),
+    "tanh": _unary("torch.tanh({0})"),
+    "relu": _unary("torch.relu({0})"),
+    "exp": _unary("torch.exp({0})"),
+    "log": _unary("torch.log({0})"),
+    "softplus": _unary("torch.logaddexp({0}, torch.zeros_like({0}))"),
+    "sqrt": _unary("torch.sqrt({0})"),
+    "abs": _unary("torch.abs({0})"),
+    "heaviside": _unary("({0} > 0).to(dtype)"),
+    "sign": _unary("torch.sign({0})"),
+    "pow": _pow,
+    "add": _unary("{0} + {1}"),
+    "sub": _unary("{0} - {1}"),
+    "mul": _unary("{0} * {1}"),
+    "div": _unary("{0} / {1}"),
+    "min": _minmax("minimum", "max"),
+    "max": _minmax("maximum", "min"),
+    "ge": _unary("({0} >= {1}).to(dtype)"),
+    "matmul": _unary("{1} @ {0}.T"),
+    "matmul_t": _unary("{1} @ {0}"),
+    "outer": _outer,
+    "sum": _unary("{0}.sum(-1, keepdim=True)"),
+    "mean": _unary("{0}.mean(-1, keepdim=True)"),
+    "broadcast": _broadcast,
+    "sum_batch": _unary("{0}.sum(0)"),
+    "split": _split,
+    "concat": _concat,
+    # "const" and "scan" are statements, written by the emitter below.
+}
+
+
+class FunctionEmitter:
+    """Writes one IR function (with its loops) as a Python function over 2-D tensors."""
+
+    def __init__(self, source_lines: list[str]):
+        self.source_lines = source_lines
+        self.names = Names()
+        self.lines: list[str] = []
+
+    def comment(self, instr: Instr) -> str:
+        if instr.span is None:
+            return ""
+        text = self.source_lines[instr.span.line - 1].strip() if instr.span.line <= len(self.source_lines) else ""
+        text = text.replace("\r", " ")
+        return f"  # {instr.span.line}: {text}" + (" (grad)" if instr.grad else "")
+
+    def emit_function(self, f: Func, py_name: str, doc: str) -> str:
+        params = [self.names(p) for p in f.params]
+        out = [f"def {py_name}(S, T, B, batch_sizes, {', '.join(params)}):", f'    """{doc}"""']
+        out.append("    dtype, device = {0}.dtype, {0}.device".format(params[0]))
+        self.lines = []
+        self.body(f.body, indent="    ", rows="B", seq_rows="T * B")
+        out += self.lines
+        out.append(f"    return ({', '.join(self.names(r) for r in f.results)},)")
+        return "\n".join(out)
+
+    def body(self, instrs, indent: str, rows: str, seq_rows: str):
+        for instr in instrs:
+            if instr.op == "scan":
+                self.scan(instr, indent)
+                continue
+            outs = ", ".join(self.names(o) for o in instr.outs)
+            if instr.op == "const":
+                expr = self.const(instr, rows, seq_rows)
+            else:
+                emit = TORCH.get(instr.op)
+                if emit is None:
+                    raise InternalError(f"torch backend: no rule for op '{instr.op}'")
+                expr = emit([self.ref(a) for a in instr.args], instr)
+            if len(instr.outs) > 1:
+                outs += ","
+            self.lines.append(f"{indent}{outs} = {expr}{self.comment(instr)}")
+
+    def ref(self, v: Value) -> str:
+        return self.names(v)
+
+    def const(self, instr: Instr, rows: str, seq_rows: str) -> str:
+        value = instr.attrs["value"]
+        t: TensorType = instr.attrs["type"]
+        v = f"float({size_expr(value)})" if isinstance(value, Dim) else _float(value)
+        if t.rank == 0 and t.batch is Batch.NONE:
+            return v
+        shape = shape_expr(t, seq_rows if t.batch is Batch.SEQ else rows)
+        return f"torch.full({shape}, {v}, dtype=dtype, device=device)"
+
+    def scan(self, instr: Instr, indent: str):
+        """The time loop. Carries live in full-batch tensors; step t works on the first n rows."""
+        step: Func = instr.attrs["step"]
+        parts = scan_parts(instr)
+        carry_a, xs_a, const_a = parts.split_args(instr.args)
+        carry_p, xs_p, const_p = parts.split_args(step.params)
+        res = step.results
+        nc, ny = parts.n_carry, parts.n_ys
+        carry_outs, ys_outs, acc_outs = parts.split_outs(instr.outs)
+        i2 = indent + "    "
+        reverse = instr.attrs["reverse"]
+        what = "backward through time" if reverse else "the time loop"
+        self.lines.append(f"{indent}# {what}: step t reads rows t*B .. t*B+n of each sequence")
+        for a, o in zip(carry_a, carry_outs):
+            self.lines.append(f"{indent}{self.names(o)} = {self.ref(a)}")
+        for p, a in zip(const_p, const_a):
+            self.names.of[id(p)] = self.ref(a)
+        ys_lists = [self.names.fresh(self.names(o) + "_steps") for o in ys_outs]
+        for lst in ys_lists:
+            self.lines.append(f"{indent}{lst} = [None] * T")
+        for o in acc_outs:
+            self.lines.append(f"{indent}{self.names(o)} = 0.0")
+        order = "range(T - 1, -1, -1)" if reverse else "range(T)"
+        self.lines.append(f"{indent}for t in {order}:")
+        self.lines.append(f"{i2}n = batch_sizes[t]")
+        self.lines.append(f"{i2}r = t * B")
+        for p, o in zip(carry_p, carry_outs):
+            self.lines.append(f"{i2}{self.names(p)} = {self.names(o)}[:n]")
+        for p, a in zip(xs_p, xs_a):
+            self.lines.append(f"{i2}{self.names(p)} = {self.ref(a)}[r : r + n]")
+        self.body(step.body, i2, rows="n", seq_rows="T * B")
+        for lst, y in zip(ys_lists, res[nc : nc + ny]):
+            self.lines.append(f"{i2}{lst}[t] = {self.ref(y)}")
+        for o, acc in zip(acc_outs, res[nc + ny :]):
+            self.lines.append(f"{i2}{self.names(o)} = {self.names(o)} + {self.ref(acc)}")
+        for o, new in zip(carry_outs, res[:nc]):
+            c = self.names(o)
+            self.lines.append(f"{i2}{c} = {self.ref(new)} if n == B else torch.cat([{self.ref(new)}, {c}[n:]])")
+        for lst, o in zip(ys_lists, ys_outs):
+            self.lines.append(f"{indent}{self.names(o)} = stack_steps({lst}, B)")
+
+
+HELPERS = '''
+def stack_steps(steps, B):
+    """Per-step (n, k) blocks -> one (T*B, k) tensor, rows past n zero."""
+    full = [y if y.shape[0] == B else torch.cat([y, y.new_zeros((B - y.shape[0],) + y.shape[1:])])
+            for y in steps]
+    return torch.cat(full) if full else None
+'''
+
+
+def emit_functions(fwd: Func, bwd: Func, source_lines: list[str], prefix: str) -> str:
+    """Python source of `{prefix}_forward` and `{prefix}_backward`."""
+    f = FunctionEmitter(source_lines).emit_function(
+        fwd, f"{prefix}_forward",
+        "The whole-sequence forward; returns final states, outputs, then residuals.")
+    b = FunctionEmitter(source_lines).emit_function(
+        bwd, f"{prefix}_backward",
+        "The symbolic backward: (residuals, d final states, d outputs) -> d inputs.")
+    return HELPERS.strip() + "\n\n\n" + f + "\n\n\n" + b
