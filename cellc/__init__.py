@@ -8,6 +8,9 @@ them with a NumPy reference interpreter, and (see the README) differentiates the
     sizes = cell.bind(input_size=8, hidden_size=16)
     params = cellc.reference.init_params(cell, sizes, rng=0)
     ys, final_states = cellc.reference.forward(cell, sizes, xs, params)   # xs: (T, B, 8)
+
+    mod = cellc.load("cells/lstm.cell", target="torch")   # drop-in for torch.nn.LSTM
+    layer = mod.LSTM(8, 16, num_layers=2, batch_first=True)
 """
 
 __version__ = "0.1.0"
@@ -15,5 +18,7 @@ __version__ = "0.1.0"
 from .frontend import load_file as load_cell, load_source  # noqa: E402
 from .source import CellError, InternalError, Source  # noqa: E402
 from .backends import numpy_ref as reference  # noqa: E402
+from .api import load, torch_source  # noqa: E402
 
-__all__ = ["load_cell", "load_source", "CellError", "InternalError", "Source", "reference"]
+__all__ = ["load", "load_cell", "load_source", "torch_source", "CellError", "InternalError",
+           "Source", "reference"]

@@ -1,8 +1,9 @@
 """The `cellc` command: check, show, grad.
 
     cellc check FILE...                 one summary line per cell, or its errors
-    cellc show FILE --emit STAGE        print one pipeline stage (ast, ir, opt, grad)
+    cellc show FILE --emit STAGE        print one pipeline stage (ast, ir, seq, opt, grad, torch)
     cellc grad FILE                     the backward pass as readable equations
+    cellc compile FILE --target torch   write a standalone PyTorch module
 
 User mistakes print as located errors and exit with status 1; no traceback is shown.
 """
@@ -15,7 +16,7 @@ import sys
 from . import __version__
 from .source import CellError, InternalError, Source
 
-STAGES = ("ast", "ir", "seq", "opt", "grad")
+STAGES = ("ast", "ir", "seq", "opt", "grad", "torch")
 
 
 def _summary(path: str) -> str:
@@ -49,10 +50,33 @@ def cmd_show(args) -> int:
     if args.emit == "ast":
         print(format_cell(parse(Source.read(args.file))))
         return 0
+    if args.emit == "torch":
+        from .api import torch_source
+
+        print(torch_source(args.file))
+        return 0
     cell = load_file(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
     print(pipeline.emit(cell, args.emit))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from pathlib import Path
+
+    from .api import torch_source, write_atomic
+
+    text = torch_source(args.file)  # every error is raised before anything is written
+    out = Path(args.output) if args.output else Path(Path(args.file).stem + ".py")
+    if out.is_dir():
+        print(f"cellc: error: -o {out} is a directory; give a file name", file=sys.stderr)
+        return 1
+    if not out.parent.exists():
+        print(f"cellc: error: -o {out}: directory {out.parent} does not exist", file=sys.stderr)
+        return 1
+    write_atomic(out, text)
+    print(f"wrote {out}")
     return 0
 
 
@@ -82,9 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--emit", choices=STAGES, default="ir",
         help="ast: syntax tree; ir: the step function; seq: the time loop; opt: after the forward"
-        " passes; grad: the forward saving residuals and the optimized backward (default: ir)",
+        " passes; grad: the forward saving residuals and the optimized backward; torch: the"
+        " generated PyTorch module (default: ir)",
     )
     s.set_defaults(fn=cmd_show)
+
+    k = sub.add_parser("compile", help="compile a .cell file to a standalone PyTorch module")
+    k.add_argument("file", metavar="FILE")
+    k.add_argument("--target", choices=("torch",), default="torch",
+                   help="torch: one readable .py file that needs only torch (default)")
+    k.add_argument("-o", "--output", metavar="OUT",
+                   help="output file (default: the cell file's name with .py, here)")
+    k.set_defaults(fn=cmd_compile)
 
     g = sub.add_parser("grad", help="print the backward pass as simplified equations")
     g.add_argument("file", metavar="FILE")

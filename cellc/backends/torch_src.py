@@ -56,18 +56,18 @@ class Names:
         return name
 
 
-def size_expr(d: Dim) -> str:
-    """Python for a symbolic size, reading symbols from the dict S."""
+def size_expr(d: Dim, exact: bool = False) -> str:
+    """Python for a symbolic size, reading symbols from the dict S. Sizes are checked to be
+    whole when a layer is built; `exact` keeps true division so that check can see a fraction."""
     terms = []
     for m, c in d.terms:
         factors = [f"S[{s!r}]" for s in m]
+        text = " * ".join(([str(abs(c.numerator))] if abs(c.numerator) != 1 or not factors else []) + factors)
         if c.denominator != 1:
-            text = "*".join(factors + [str(c.numerator)]) if c.numerator != 1 or not factors else "*".join(factors)
-            text = f"({text}) // {c.denominator}"
-        else:
-            text = "*".join(([str(c.numerator)] if c != 1 or not factors else []) + factors)
-        terms.append(text)
-    return " + ".join(terms) if terms else "0"
+            text = f"{text} {'/' if exact else '//'} {c.denominator}"
+        terms.append(("- " if c < 0 else "+ ") + text)
+    text = " ".join(terms).removeprefix("+ ") if terms else "0"
+    return text if len(terms) <= 1 else f"({text})"
 
 
 def shape_expr(t: TensorType, rows: str) -> str:
@@ -281,3 +281,178 @@ def emit_functions(fwd: Func, bwd: Func, source_lines: list[str], prefix: str) -
         bwd, f"{prefix}_backward",
         "The symbolic backward: (residuals, d final states, d outputs) -> d inputs.")
     return HELPERS.strip() + "\n\n\n" + f + "\n\n\n" + b
+
+
+# ---------------------------------------------------------------------------------------------
+# The standalone module: layer machinery + generated kernels + autograd.Function + spec
+
+
+def number_expr(e) -> str:
+    """Python for an initializer argument (already checked by lowering: numbers, size symbols,
+    + - * / ^ and sqrt/exp/log only)."""
+    from .. import ast_nodes as A
+
+    if isinstance(e, A.Num):
+        return repr(float(e.value))
+    if isinstance(e, A.Name):
+        return f"S[{e.id!r}]"
+    if isinstance(e, A.Neg):
+        return f"-({number_expr(e.operand)})"
+    if isinstance(e, A.Call):
+        return f"math.{e.fn.id}({number_expr(e.args[0])})"
+    sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}[e.op]
+    return f"({number_expr(e.lhs)} {sym} {number_expr(e.rhs)})"
+
+
+def spec_source(cell) -> str:
+    """The torch_layers spec of a cell, as Python source."""
+    (dim,) = cell.input.type.shape
+    symbol = next((s.symbol for s in cell.sizes if dim == Dim.of(s.symbol)), None)
+    if symbol is None:
+        from ..source import CellShapeError
+
+        raise CellShapeError(
+            f"the input's size must be one size symbol (as in x[I]) for layers to stack; it is {dim}",
+            cell.step.params[len(cell.states)] and None)
+    n = len(cell.states)
+    out_dim = cell.step.results[n].type.shape[0]
+
+    def dims(shape):
+        return "(" + ", ".join(size_expr(d, exact=True) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+    lines = [
+        "SPEC = {",
+        f"    \"name\": {cell.name!r},",
+        f"    \"sizes\": {[(s.arg, s.symbol) for s in cell.sizes]!r},",
+        f"    \"input_size\": {next(s.arg for s in cell.sizes if s.symbol == symbol)!r},",
+        f"    \"states\": {[s.name for s in cell.states]!r},",
+        f"    \"state_sizes\": lambda S: {dims(tuple(s.type.shape[0] for s in cell.states))},",
+        f"    \"output_size\": lambda S: {size_expr(out_dim, exact=True)},",
+        "    \"params\": [",
+    ]
+    for p in cell.params:
+        args = ", ".join(number_expr(a) for a in p.init.args)
+        lines.append(
+            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r}, \"shape\": lambda S: {dims(p.type.shape)},"
+            f" \"init\": {p.init.fn!r}, \"init_args\": lambda S: ({args}{',' if p.init.args else ''})}},")
+    lines += ["    ],", "}"]
+    return "\n".join(lines)
+
+
+def _runtime_source() -> str:
+    """cellc/runtime/torch_layers.py without its module docstring (summarized instead)."""
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "runtime" / "torch_layers.py"
+    text = path.read_text()
+    tree = ast.parse(text)
+    first = tree.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        text = "\n".join(text.splitlines()[first.end_lineno :])
+    return text.strip()
+
+
+MODULE_RESERVED = {"Layer", "Cell", "SPEC", "SYMBOLIC_BACKWARD", "N_RESULTS", "make_layer", "run_direction",
+                   "stack_steps", "torch", "math", "functools", "PackedSequence", "inspect",
+                   "numbers", "warnings"}
+
+
+def emit_module(cell, prog, source_name: str, version: str) -> str:
+    """The whole generated file for a compiled cell."""
+    from ..source import CellNameError
+
+    name = cell.name
+    taken = MODULE_RESERVED | {name + "Sequence", "forward", "backward"}
+    if keyword.iskeyword(name) or name in taken or name.startswith("_") or name + "Cell" in taken:
+        raise CellNameError(f"the cell name '{name}' cannot name a Python class here; rename the cell",
+                            None, cell.source.name)
+    lower = name.lower()
+    n_results = prog.n_results
+    kernels = emit_functions(prog.fwd, prog.bwd, cell.source.text.split("\n"), lower)
+    states = ", ".join(s.name for s in cell.states)
+    hx_doc = "h_n" if len(cell.states) == 1 else "(" + ", ".join(f"{s.name}_n" for s in cell.states) + ")"
+    return f'''# Generated by cellc {version} from {source_name}. Edit the .cell file and recompile.
+"""{name}: a recurrent layer generated by cellc from {source_name.rsplit("/", 1)[-1]}.
+
+Needs only torch. Drop-in for torch.nn.LSTM / GRU / RNN:
+
+    from this_module import {name}, {name}Cell
+    layer = {name}(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                   dropout=0.0, bidirectional=False)
+    output, {hx_doc} = layer(input, hx)
+
+States: {states}. Each layer runs its whole time loop inside one torch.autograd.Function
+({name}Sequence) whose backward is the symbolic backward cellc derived (see `{lower}_backward`),
+not torch's autograd of the loop. Set SYMBOLIC_BACKWARD = False in this module to differentiate
+the forward loop with torch.autograd instead, for comparison.
+"""
+
+import functools
+import math
+
+import torch
+
+SYMBOLIC_BACKWARD = True
+
+
+# --------------------------------------------------------------------------------------------
+# Layer machinery: stacking, directions, packing, argument checks (cellc/runtime/torch_layers.py)
+
+{_runtime_source()}
+
+
+# --------------------------------------------------------------------------------------------
+# {name}: forward over a whole sequence and its symbolic backward (from {source_name})
+
+{kernels}
+
+
+N_RESULTS = {n_results}  # {lower}_forward returns the final states and the outputs, then residuals
+
+
+class {name}Sequence(torch.autograd.Function):
+    """One direction of one layer over a whole sequence, with the generated backward."""
+
+    @staticmethod
+    def forward(ctx, S, batch_sizes, xs, *states_and_params):
+        T, B = xs.shape[0], xs.shape[1]
+        outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
+        results, residuals = outs[:N_RESULTS], outs[N_RESULTS:]
+        ctx.S, ctx.T, ctx.B, ctx.batch_sizes = S, T, B, batch_sizes
+        ctx.is_tensor = [isinstance(r, torch.Tensor) for r in residuals]
+        ctx.others = [r for r in residuals if not isinstance(r, torch.Tensor)]
+        ctx.save_for_backward(*[r for r in residuals if isinstance(r, torch.Tensor)])
+        *final, ys = results
+        return (ys.reshape(T, B, ys.shape[1]), *final)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_ys, *d_final):
+        saved, others = iter(ctx.saved_tensors), iter(ctx.others)
+        residuals = [next(saved) if t else next(others) for t in ctx.is_tensor]
+        T, B = ctx.T, ctx.B
+        d_ys = d_ys.reshape(T * B, d_ys.shape[2])
+        d_xs, *rest = {lower}_backward(ctx.S, T, B, ctx.batch_sizes, *residuals, *d_final, d_ys)
+        return (None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
+
+
+@torch.compiler.disable
+def run_direction(xs, states, params, batch_sizes, S):
+    """The time loop of one layer direction, as torch_layers' make_layer expects it."""
+    T, B = xs.shape[0], xs.shape[1]
+    batch_sizes = [B] * T if batch_sizes is None else list(batch_sizes)
+    if SYMBOLIC_BACKWARD:
+        ys, *final = {name}Sequence.apply(S, batch_sizes, xs, *states, *params)
+    else:
+        outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states, *params)
+        *final, ys = outs[:N_RESULTS]
+        ys = ys.reshape(T, B, ys.shape[1])
+    return ys, tuple(final)
+
+
+{spec_source(cell)}
+
+{name}, {name}Cell = make_layer(SPEC, lambda S: functools.partial(run_direction, S=dict(S)))
+Layer, Cell = {name}, {name}Cell
+'''

@@ -1,0 +1,67 @@
+"""The public Python API: compile a `.cell` file to a target and load it.
+
+    mod = cellc.load("cells/lstm.cell", target="torch")
+    layer = mod.LSTM(input_size=8, hidden_size=16)      # also mod.Layer, mod.Cell
+
+`load` builds the same module `cellc compile --target torch` writes, in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+from . import __version__
+from .frontend import load_file
+from .source import Source
+
+TARGETS = ("torch",)
+_LOADED: dict[str, types.ModuleType] = {}
+
+
+def torch_source(path: str | Path) -> str:
+    """The generated single-file PyTorch module for a `.cell` file, as text."""
+    from .backends.torch_src import emit_module
+    from .pipeline import compile_program
+
+    cell = load_file(path)
+    return emit_module(cell, compile_program(cell), str(path), __version__)
+
+
+def load(path: str | Path, target: str = "torch") -> types.ModuleType:
+    """Compile a `.cell` file and return the generated module (classes `Layer` and `Cell`, also
+    under the cell's own names, e.g. `LSTM` and `LSTMCell`). Cached by the file's content."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, not {target!r}")
+    text = Source.read(path).text
+    key = hashlib.sha256(f"{__version__}\0{target}\0{path}\0{text}".encode()).hexdigest()[:16]
+    if key in _LOADED:
+        return _LOADED[key]
+    source = torch_source(path)
+    name = f"cellc_generated_{key}"
+    filename = f"<cellc {path}>"
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    sys.modules[name] = module  # so classes pickle by reference within this process
+    exec(compile(source, filename, "exec"), module.__dict__)
+    _LOADED[key] = module
+    return module
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
