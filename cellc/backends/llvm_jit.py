@@ -1,0 +1,169 @@
+"""Compile native kernels with llvmlite, JIT them, and call them safely from Python.
+
+    render (llvm_ir.build_module) -> parse + verify -> optimize (O3, loop and SLP vectorizers,
+    host CPU) -> MCJIT -> function pointers -> ctypes calls with checked buffers
+
+`NativeProgram(cell, sizes, dtype)` is one cell specialized to concrete sizes and a float type,
+with a forward (saving residuals) and a backward over whole sequences. Every array handed to
+native code is checked here first (dtype, shape, contiguity); buffers the kernels write are
+allocated here with the shapes the kernels assume, so no input can make them read or write out
+of bounds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..ir import Func
+from ..lower import CellIR
+from ..pipeline import Program, compile_program
+from ..shapes import Batch
+from . import blas, llvm_ir
+
+_lock = threading.Lock()
+_initialized = False
+_SIGNATURE = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+
+
+def _llvm():
+    import llvmlite.binding as llvm
+
+    global _initialized
+    with _lock:
+        if not _initialized:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            llvm.initialize_native_asmparser()
+            _initialized = True
+    return llvm
+
+
+def host_cpu() -> tuple[str, str]:
+    llvm = _llvm()
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def target_machine(reloc: str = "default"):
+    llvm = _llvm()
+    cpu, features = host_cpu()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=cpu, features=features, opt=3, reloc=reloc,
+                                        codemodel="jitdefault" if reloc == "default" else "default")
+
+
+def optimize(module_ref, tm) -> None:
+    llvm = _llvm()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(module_ref, pb)
+
+
+def render(cell: CellIR, sizes: dict[str, int], dtype: str, blas_prefix: str = "cellc_",
+           prog: Program | None = None):
+    """(llvmlite.ir module text, layouts, program) for a cell at given sizes."""
+    prog = prog or compile_program(cell)
+    gemm = f"{blas_prefix}cblas_{'s' if dtype == 'float32' else 'd'}gemm"
+    module, layouts = llvm_ir.build_module(
+        [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")], sizes, dtype, {"gemm": gemm})
+    return module, layouts, prog
+
+
+@dataclass
+class Kernel:
+    layout: llvm_ir.Layout
+    func: Func
+    address: int
+    sizes: dict[str, int]
+    dtype: np.dtype
+
+    def __post_init__(self):
+        self._call = _SIGNATURE(self.address)
+
+    def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: "Arrays") -> list:
+        """Call the kernel on checked arrays; return its results (arguments handed back as is)."""
+        layout = self.layout
+        if len(args) != layout.n_args:
+            raise ValueError(f"expected {layout.n_args} arrays, got {len(args)}")
+        for a, p in zip(args, self.func.params):
+            shape = p.type.concrete(self.sizes, T, B)
+            arrays.check(a, shape, self.dtype, p.name)
+        bs = np.ascontiguousarray(batch_sizes, dtype=np.int64)
+        if bs.shape != (T,) or (T and (bs.min() < 0 or bs.max() > B or np.any(np.diff(bs) > 0))):
+            raise ValueError(f"batch_sizes must be {T} non-increasing ints in [0, {B}]")
+        buffers: list[Any] = [None] * layout.n_buffers
+        results = []
+        for (kind, k), r in zip(layout.results, self.func.results):
+            if kind == "arg":
+                results.append(args[k])
+            else:
+                if buffers[k] is None:
+                    buffers[k] = arrays.empty(r.type.concrete(self.sizes, T, B), self.dtype, like=args[0])
+                results.append(buffers[k])
+        a, b, c = layout.workspace
+        ws = arrays.empty((a * T * B + b * B + c + 1,), self.dtype, like=args[0])
+        argv = (ctypes.c_void_p * max(1, len(args)))(*[arrays.ptr(x) for x in args])
+        bufv = (ctypes.c_void_p * max(1, len(buffers)))(*[arrays.ptr(x) for x in buffers])
+        self._call(T, B, bs.ctypes.data, ctypes.addressof(argv), ctypes.addressof(bufv), arrays.ptr(ws))
+        return results
+
+
+class Arrays:
+    """How kernels see numpy arrays (torch has its own subclass in llvm_layers)."""
+
+    def check(self, a, shape, dtype, name):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
+        if a.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
+        if a.shape != tuple(shape):
+            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: must be C-contiguous")
+
+    def empty(self, shape, dtype, like=None):
+        return np.empty(shape, dtype)
+
+    def ptr(self, a) -> int:
+        return a.ctypes.data
+
+
+class NativeProgram:
+    """A cell compiled to native code for concrete sizes and one dtype."""
+
+    def __init__(self, cell: CellIR, sizes: dict[str, int], dtype="float32", prog=None):
+        llvm = _llvm()
+        self.cell = cell
+        self.sizes = dict(sizes)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
+        module, layouts, self.program = render(cell, self.sizes, self.dtype.name, prog=prog)
+        for name, address in blas.blas_symbols().items():
+            llvm.add_symbol("cellc_" + name, address)
+        self.llvm_ir = str(module)
+        mod = llvm.parse_assembly(self.llvm_ir)
+        mod.verify()
+        tm = target_machine()
+        optimize(mod, tm)
+        self._engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod; keep alive
+        self._engine.finalize_object()
+        self.optimized_ir = str(mod)
+        fwd, bwd = layouts
+        self.forward_kernel = Kernel(fwd, self.program.fwd, self._engine.get_function_address(fwd.name),
+                                     self.sizes, self.dtype)
+        self.backward_kernel = Kernel(bwd, self.program.bwd, self._engine.get_function_address(bwd.name),
+                                      self.sizes, self.dtype)
+
+    @property
+    def n_results(self) -> int:
+        return self.program.n_results
