@@ -219,7 +219,11 @@ class FunctionCodegen:
                 if id(r) not in slots:
                     slots[id(r)] = len(slots)
                 results.append(("buf", slots[id(r)]))
-        self.result_ptrs = {vid: load_ptr(results_p, s) for vid, s in slots.items()}
+        self.result_ptrs = {vid: (load_ptr(results_p, s), None) for vid, s in slots.items()}
+        for r in f.results:  # caller's buffers are contiguous
+            if id(r) in self.result_ptrs:
+                self.result_ptrs[id(r)] = (self.result_ptrs[id(r)][0], self.dims(r, False)[1] if (
+                    r.type.batch is not Batch.NONE or r.type.rank == 2) else 0)
         self.body(f, at_step=False)
         b.ret_void()
         layout = Layout(name, len(f.params), results, shapes, len(slots), tuple(self.ws_coef))
@@ -264,7 +268,8 @@ class FunctionCodegen:
             return self.locs[id(v)]
         rows, cols = self.dims(v, at_step)
         if id(v) in self.result_ptrs:
-            loc = Loc(self.result_ptrs[id(v)], cols, 1, rows, cols)
+            ptr, stride = self.result_ptrs[id(v)]
+            loc = Loc(ptr, stride, 1, rows, cols)
         elif id(v) in self.into_concat:
             concat, off = self.into_concat[id(v)]
             parent = self.storage(concat.out, at_step)
@@ -425,7 +430,7 @@ class FunctionCodegen:
         if not outputs:
             return
         rows, cols = self.dims(instrs[0].out, at_step)
-        in_locs = [self.locs[id(a)] for a in inputs]
+        in_locs = [self.broadcast_to(self.locs[id(a)], rows, cols) for a in inputs]
         out_locs = [self.storage(o, at_step) for o in outputs]
         t = self.t
 
@@ -436,6 +441,15 @@ class FunctionCodegen:
             return [env[id(o)] for o in outputs]
 
         self.elementwise_loop(instrs, in_locs, out_locs, rows, cols, compute)
+
+    @staticmethod
+    def broadcast_to(loc: Loc, rows, cols: int) -> Loc:
+        """The same elements seen as (rows, cols): a single column or row repeats."""
+        col_stride = 0 if loc.cols == 1 and cols != 1 else loc.col_stride
+        row_stride = 0 if loc.rows == 1 and rows != 1 else loc.row_stride
+        if (col_stride, row_stride) == (loc.col_stride, loc.row_stride):
+            return loc
+        return Loc(loc.ptr, row_stride, col_stride, rows, cols, loc.const)
 
     def elementwise_loop(self, instrs, ins: list[Loc], outs: list[Loc], rows, cols: int, compute):
         """for r < rows, c < cols: outs[k][r, c] = compute(ins[..][r, c]) -- as a separate
@@ -645,10 +659,11 @@ class FunctionCodegen:
             locs[id(p)] = outer_locs[id(a)]
         # Stacked outputs computed in the step are written straight into their row block.
         params = {id(p) for p in step.params}
-        direct: dict[int, ir.Value] = {}
+        direct: dict[int, tuple[ir.Value, int]] = {}
         for r, loc in zip(res[nc:nc + ny], ys_locs):
             if id(r) not in params and id(r) not in direct:
-                direct[id(r)] = b.gep(loc.ptr, [b.mul(row0, ir.Constant(I64, loc.row_stride))], source_etype=self.t)
+                ptr = b.gep(loc.ptr, [b.mul(row0, ir.Constant(I64, loc.row_stride))], source_etype=self.t)
+                direct[id(r)] = (ptr, loc.row_stride)
         self.locs = locs
         self.result_ptrs = direct
         self.extra_live = {id(r) for r in res}
@@ -657,7 +672,7 @@ class FunctionCodegen:
         for r, loc in zip(res[nc:nc + ny], ys_locs):
             src = self.locs[id(r)]
             ptr = b.gep(loc.ptr, [b.mul(row0, ir.Constant(I64, loc.row_stride))], source_etype=self.t)
-            if src.ptr is not None and id(r) in direct and src.ptr is direct[id(r)]:
+            if src.ptr is not None and id(r) in direct and src.ptr is direct[id(r)][0]:
                 continue
             dst = Loc(ptr, loc.row_stride, 1, "step", loc.cols)
             self.elementwise_loop([], [src], [dst], "step", loc.cols, lambda bb, v: [v[0]])
