@@ -1,0 +1,145 @@
+"""An optimized BLAS for generated native code: OpenBLAS from the PyPI wheel scipy-openblas32.
+
+The LLVM backend calls CBLAS `?gemm`/`?gemv` from two kinds of code:
+- JIT (MCJIT) code declares e.g. `cellc_sgemm` and binds it to an address from `blas_symbols()`
+  with `llvmlite.binding.add_symbol('cellc_sgemm', addr)`;
+- AOT objects call the library's own names, `prefix() + 'cblas_sgemm'` (`scipy_cblas_sgemm`),
+  and are linked with `cc -shared obj.o $(link_args())`; the rpath lets the .so load in a fresh
+  process without LD_LIBRARY_PATH.
+
+scipy-openblas32 is LP64 (32-bit integers) and made for linking against: a stable directory
+(`get_lib_dir()`), a plain file name with a matching SONAME (`libscipy_openblas.so`), and every
+symbol prefixed `scipy_` so it never clashes with another BLAS in the process. NumPy's wheels
+bundle their own copy (ILP64, symbols `scipy_cblas_sgemm64_`, in `numpy.libs/` under a hashed
+file name that changes with every NumPy release, and absent from NumPy builds that use another
+BLAS), which is fine to dlopen but not to link against.
+
+OpenBLAS keeps its own thread pool (2 threads by default on a 2-core machine); NumPy's copy and
+torch's OpenMP pool are separate pools, so together they can oversubscribe the cores.
+`set_blas_threads` sets only this library's pool.
+
+CBLAS prototypes (row-major callers pass order = CBLAS_ROW_MAJOR; enums are C ints, i.e. i32):
+
+    void cblas_sgemm(int order, int transA, int transB, int M, int N, int K,
+                     float alpha, const float *A, int lda, const float *B, int ldb,
+                     float beta, float *C, int ldc);            /* dgemm: double */
+    void cblas_sgemv(int order, int trans, int M, int N,
+                     float alpha, const float *A, int lda, const float *X, int incX,
+                     float beta, float *Y, int incY);           /* dgemv: double */
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+CBLAS_ROW_MAJOR = 101
+CBLAS_COL_MAJOR = 102
+CBLAS_NO_TRANS = 111
+CBLAS_TRANS = 112
+
+# Argument kinds in order; "T" is float for s*, double for d*; "i" is a C int (i32), "p" a pointer.
+GEMM_ARGS = ("i", "i", "i", "i", "i", "i", "T", "p", "i", "p", "i", "T", "p", "i")
+GEMV_ARGS = ("i", "i", "i", "i", "T", "p", "i", "p", "i", "T", "p", "i")
+SIGNATURES = {
+    "cblas_sgemm": ("float", GEMM_ARGS),
+    "cblas_dgemm": ("double", GEMM_ARGS),
+    "cblas_sgemv": ("float", GEMV_ARGS),
+    "cblas_dgemv": ("double", GEMV_ARGS),
+}
+
+_PREFIX = "scipy_"
+_INSTALL_HINT = (
+    "the LLVM backend needs an optimized BLAS from the scipy-openblas32 package: "
+    "pip install scipy-openblas32"
+)
+
+
+def _package():
+    try:
+        import scipy_openblas32
+    except ImportError as e:
+        raise ImportError(_INSTALL_HINT) from e
+    return scipy_openblas32
+
+
+def lib_dir() -> str:
+    return _package().get_lib_dir()
+
+
+def library_path() -> str:
+    """Absolute path of the shared library (…/scipy_openblas32/lib/libscipy_openblas.so)."""
+    pkg = _package()
+    return os.path.join(pkg.get_lib_dir(), pkg.get_library(fullname=True))
+
+
+@functools.cache
+def _lib() -> ctypes.CDLL:
+    # RTLD_GLOBAL: the symbols become visible to later dlopen()s and to MCJIT's lookup too.
+    return ctypes.CDLL(library_path(), mode=ctypes.RTLD_GLOBAL)
+
+
+def prefix() -> str:
+    """The library's symbol prefix: the AOT name of cblas_sgemm is prefix() + 'cblas_sgemm'."""
+    return _PREFIX
+
+
+def blas_symbols() -> dict[str, int]:
+    """Unprefixed CBLAS names ('cblas_sgemm', ...) -> their addresses in this process.
+
+    Loads the library (once). Names the library lacks are left out; gemm is always there.
+    """
+    lib = _lib()
+    out = {}
+    for name in SIGNATURES:
+        try:
+            fn = getattr(lib, _PREFIX + name)
+        except AttributeError:
+            continue
+        out[name] = ctypes.cast(fn, ctypes.c_void_p).value
+    return out
+
+
+def ctypes_prototype(name: str) -> type:
+    """A ctypes CFUNCTYPE for a name of SIGNATURES, e.g. to call an address from blas_symbols()."""
+    elem, args = SIGNATURES[name]
+    t = ctypes.c_float if elem == "float" else ctypes.c_double
+    kinds = {"i": ctypes.c_int, "T": t, "p": ctypes.c_void_p}
+    return ctypes.CFUNCTYPE(None, *(kinds[a] for a in args))
+
+
+def llvm_function_type(name: str):
+    """The llvmlite `ir.FunctionType` of a name of SIGNATURES (opaque pointers, i32 ints)."""
+    from llvmlite import ir
+
+    elem, args = SIGNATURES[name]
+    t = ir.FloatType() if elem == "float" else ir.DoubleType()
+    kinds = {"i": ir.IntType(32), "T": t, "p": ir.PointerType()}
+    return ir.FunctionType(ir.VoidType(), [kinds[a] for a in args])
+
+
+def link_args() -> list[str]:
+    """Arguments for `cc -shared -o lib.so obj.o ...` to link against this BLAS.
+
+    -l: names the exact file (there is no libscipy_openblas.so -> versioned symlink chain to rely
+    on), and the rpath makes the .so find it at load time without LD_LIBRARY_PATH.
+    """
+    pkg = _package()
+    d = pkg.get_lib_dir()
+    return [f"-L{d}", f"-l:{pkg.get_library(fullname=True)}", f"-Wl,-rpath,{d}"]
+
+
+def set_blas_threads(n: int) -> None:
+    """Size this OpenBLAS's thread pool (not NumPy's or torch's)."""
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    fn = _lib()[_PREFIX + "openblas_set_num_threads"]
+    fn.argtypes, fn.restype = [ctypes.c_int], None
+    fn(int(n))
+
+
+def get_blas_threads() -> int:
+    fn = _lib()[_PREFIX + "openblas_get_num_threads"]
+    fn.argtypes, fn.restype = [], ctypes.c_int
+    return fn()
