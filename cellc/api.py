@@ -1,9 +1,12 @@
 """The public Python API: compile a `.cell` file to a target and load it.
 
-    mod = cellc.load("cells/lstm.cell", target="torch")
-    layer = mod.LSTM(input_size=8, hidden_size=16)      # also mod.Layer, mod.Cell
+    mod = cellc.load("cells/lstm.cell", target="torch")   # or target="llvm"
+    layer = mod.LSTM(input_size=8, hidden_size=16)        # also mod.Layer, mod.Cell
 
-`load` builds the same module `cellc compile --target torch` writes, in memory.
+target="torch" builds, in memory, the module `cellc compile --target torch` writes.
+target="llvm" gives the same torch.nn-compatible classes running native kernels (CPU), plus
+`mod.native(input_size=..., hidden_size=..., dtype=...)`, a NumPy-level `NativeCell` that
+needs no torch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from . import __version__
 from .frontend import load_file
 from .source import Source
 
-TARGETS = ("torch",)
+TARGETS = ("torch", "llvm")
 _LOADED: dict[str, types.ModuleType] = {}
 
 
@@ -42,6 +45,9 @@ def load(path: str | Path, target: str = "torch") -> types.ModuleType:
     key = hashlib.sha256(f"{__version__}\0{target}\0{path}\0{text}".encode()).hexdigest()[:16]
     if key in _LOADED:
         return _LOADED[key]
+    if target == "llvm":
+        _LOADED[key] = NativeModule(load_file(path))
+        return _LOADED[key]
     source = torch_source(path)
     name = f"cellc_generated_{key}"
     filename = f"<cellc {path}>"
@@ -52,6 +58,40 @@ def load(path: str | Path, target: str = "torch") -> types.ModuleType:
     exec(compile(source, filename, "exec"), module.__dict__)
     _LOADED[key] = module
     return module
+
+
+class NativeModule:
+    """What `load(path, target="llvm")` returns: the cell's torch.nn-compatible classes (built
+    on first use, so that the NumPy-level API works without torch) and `native(...)`."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.__name__ = f"cellc_llvm_{cell.name}"
+        self._classes = None
+
+    def native(self, dtype="float32", threads: int | None = None, **size_args):
+        """A NativeCell: forward/backward/step over NumPy arrays (see cellc.native)."""
+        from .native import NativeCell
+
+        return NativeCell(self.cell, dtype=dtype, threads=threads, **size_args)
+
+    def _layer_classes(self):
+        if self._classes is None:
+            from .backends.llvm_layers import make_llvm_layers
+
+            self._classes = make_llvm_layers(self.cell)
+        return self._classes
+
+    def __getattr__(self, name):
+        cell_name = self.__dict__["cell"].name
+        if name in ("Layer", cell_name):
+            return self._layer_classes()[0]
+        if name in ("Cell", cell_name + "Cell"):
+            return self._layer_classes()[1]
+        raise AttributeError(name)
+
+    def __repr__(self):
+        return f"<cellc llvm module for {self.cell.name} ({self.cell.source.name})>"
 
 
 def write_atomic(path: str | Path, text: str) -> None:

@@ -137,33 +137,64 @@ class Arrays:
         return a.ctypes.data
 
 
-class NativeProgram:
-    """A cell compiled to native code for concrete sizes and one dtype."""
+def _jit(module_ir, object_cache=None):
+    """parse, verify, optimize (unless the object cache has the code) and JIT a module."""
+    llvm = _llvm()
+    for name, address in blas.blas_symbols().items():
+        llvm.add_symbol("cellc_" + name, address)
+    mod = llvm.parse_assembly(str(module_ir))
+    mod.verify()
+    tm = target_machine()
+    cached = object_cache is not None and object_cache.load(None) is not None
+    if not cached:
+        optimize(mod, tm)
+    engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod; keep the engine alive
+    if object_cache is not None:
+        engine.set_object_cache(object_cache.store, object_cache.load)
+    engine.finalize_object()
+    return engine, mod
 
-    def __init__(self, cell: CellIR, sizes: dict[str, int], dtype="float32", prog=None):
-        llvm = _llvm()
+
+class NativeProgram:
+    """A cell compiled to native code for concrete sizes and one dtype: forward and backward
+    over whole sequences."""
+
+    def __init__(self, cell: CellIR, sizes: dict[str, int], dtype="float32", prog=None,
+                 object_cache=None):
         self.cell = cell
         self.sizes = dict(sizes)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
         module, layouts, self.program = render(cell, self.sizes, self.dtype.name, prog=prog)
-        for name, address in blas.blas_symbols().items():
-            llvm.add_symbol("cellc_" + name, address)
         self.llvm_ir = str(module)
-        mod = llvm.parse_assembly(self.llvm_ir)
-        mod.verify()
-        tm = target_machine()
-        optimize(mod, tm)
-        self._engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod; keep alive
-        self._engine.finalize_object()
-        self.optimized_ir = str(mod)
+        self._engine, self._module = _jit(module, object_cache)
         fwd, bwd = layouts
         self.forward_kernel = Kernel(fwd, self.program.fwd, self._engine.get_function_address(fwd.name),
                                      self.sizes, self.dtype)
         self.backward_kernel = Kernel(bwd, self.program.bwd, self._engine.get_function_address(bwd.name),
                                       self.sizes, self.dtype)
+        self.forward_kernel.engine = self.backward_kernel.engine = self._engine
 
     @property
     def n_results(self) -> int:
         return self.program.n_results
+
+
+def step_function(cell: CellIR) -> Func:
+    """The step alone, optimized for one call per time step (nothing hoisted, nothing saved)."""
+    from .. import passes
+    from ..pipeline import run_passes
+
+    return run_passes(cell.step, [passes.simplify, passes.cse, passes.fuse_matmul, passes.dce])
+
+
+def compile_step(cell: CellIR, sizes: dict[str, int], dtype="float32", object_cache=None) -> Kernel:
+    """A kernel for one time step: (states, x, params) -> (next states, output)."""
+    step = step_function(cell)
+    gemm = f"cellc_cblas_{'s' if dtype == 'float32' else 'd'}gemm"
+    module, (layout,) = llvm_ir.build_module([(step, "cellc_step")], dict(sizes), dtype, {"gemm": gemm})
+    engine, _ = _jit(module, object_cache)
+    kernel = Kernel(layout, step, engine.get_function_address(layout.name), dict(sizes), np.dtype(dtype))
+    kernel.engine = engine
+    return kernel

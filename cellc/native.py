@@ -1,0 +1,196 @@
+"""Native kernels at the NumPy level: works without torch.
+
+    import cellc
+    cell = cellc.native.NativeCell("cells/lstm.cell", input_size=8, hidden_size=16)
+    params = cell.init_params(rng=0)
+    ys, final, tape = cell.forward(xs, params)                 # xs: (T, B, 8) float32
+    grads = cell.backward(tape, d_ys)                          # {"xs": ..., "h": ..., "weight_ih": ...}
+    y, states = cell.step(x, states, params)                   # one step, for streaming
+
+Sequences of different lengths: `lengths` (B ints); outputs past a sequence's end are zero and
+its final state is the one at its last step. Compiled kernels are cached in memory and on disk
+(`cache.py`), keyed by the cell's text, the sizes, the dtype, the cellc version and the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .backends import numpy_ref
+from .backends.llvm_jit import Arrays
+from .lower import CellIR
+
+
+@dataclass
+class Tape:
+    """What forward saved for backward (residuals, the batch layout)."""
+
+    residuals: list
+    T: int
+    B: int
+    batch_sizes: np.ndarray
+    order: np.ndarray | None  # rows sorted by decreasing length, or None
+
+
+def _cell(cell: CellIR | str | Path) -> CellIR:
+    if isinstance(cell, CellIR):
+        return cell
+    from .frontend import load_file
+
+    return load_file(cell)
+
+
+class NativeCell:
+    """A cell compiled to native code for given sizes and dtype (float32 or float64)."""
+
+    def __init__(self, cell: CellIR | str | Path, dtype="float32", threads: int | None = None,
+                 **size_args: int):
+        from .backends import cache
+
+        self.cell = _cell(cell)
+        self.dtype = numpy_ref.check_dtype(dtype)
+        self.sizes = self.cell.bind(**size_args)
+        self.program = cache.native_program(self.cell, self.sizes, self.dtype.name)
+        self.threads = threads
+        self._step = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def init_params(self, rng=None) -> dict[str, np.ndarray]:
+        return numpy_ref.init_params(self.cell, self.sizes, rng, self.dtype)
+
+    def _array(self, a, name: str, shape: tuple) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, not {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name} must be {self.dtype}, not {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+        return np.ascontiguousarray(a)
+
+    def _layout(self, T: int, B: int, lengths):
+        if lengths is None:
+            return np.full(T, B, np.int64), None
+        lengths = np.asarray(lengths)
+        if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
+            raise ValueError(f"lengths must be {B} ints, got {lengths.dtype} {lengths.shape}")
+        if B and (lengths.min() < 0 or lengths.max() > T):
+            raise ValueError(f"lengths must lie in [0, {T}]")
+        order = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order]
+        batch_sizes = np.array([(sorted_lengths > t).sum() for t in range(T)], np.int64)
+        return batch_sizes, order
+
+    def _threads(self):
+        from .backends import blas
+
+        if self.threads is not None:
+            blas.set_blas_threads(self.threads)
+
+    # -- whole sequences --------------------------------------------------------------------
+
+    def forward(self, xs: np.ndarray, params: Mapping[str, np.ndarray],
+                states: Mapping[str, np.ndarray] | None = None, lengths=None):
+        """Run over xs (T, B, I). Returns (ys (T, B, out), {state: (B, H)}, tape)."""
+        cell, S = self.cell, self.sizes
+        if not isinstance(xs, np.ndarray) or xs.ndim != 3:
+            raise ValueError(f"xs must be a 3-d numpy array (T, B, features), got {getattr(xs, 'shape', type(xs))}")
+        T, B = xs.shape[:2]
+        I = int(cell.input.type.shape[0].evaluate(S))
+        xs = self._array(xs, "xs", (T, B, I))
+        batch_sizes, order = self._layout(T, B, lengths)
+        states = dict(states or {})
+        args = [None]
+        for s in cell.states:
+            shape = s.type.concrete(S, 1, B)
+            v = states.pop(s.name, None)
+            v = np.zeros(shape, self.dtype) if v is None else self._array(v, f"state {s.name!r}", shape)
+            args.append(v if order is None else np.ascontiguousarray(v[order]))
+        if states:
+            raise ValueError(f"unknown states {sorted(states)}; the cell has {[s.name for s in cell.states]}")
+        for p in cell.params:
+            if p.name not in params:
+                raise ValueError(f"missing parameter {p.name!r}")
+            args.append(self._array(params[p.name], f"parameter {p.name!r}", p.type.concrete(S)))
+        x = xs if order is None else xs[:, order]
+        args[0] = np.ascontiguousarray(x).reshape(T * B, I)
+        self._threads()
+        out = self.program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
+        n = len(cell.states)
+        ys = out[n].reshape(T, B, -1)
+        final = dict(zip((s.name for s in cell.states), out[:n]))
+        if order is not None:
+            inv = np.argsort(order)
+            ys = ys[:, inv]
+            final = {k: v[inv] for k, v in final.items()}
+        tape = Tape(out[self.program.n_results :], T, B, batch_sizes, order)
+        return ys, final, tape
+
+    def backward(self, tape: Tape, d_ys: np.ndarray | None = None,
+                 d_states: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Cotangents of xs, the initial states and the parameters, given those of the outputs
+        and the final states (zero where not given)."""
+        cell, T, B = self.cell, tape.T, tape.B
+        n = len(cell.states)
+        ys_shape = (T, B, int(cell.step.results[n].type.shape[0].evaluate(self.sizes)))
+        d_ys = np.zeros(ys_shape, self.dtype) if d_ys is None else self._array(d_ys, "d_ys", ys_shape)
+        d_states = dict(d_states or {})
+        seeds = []
+        for s in cell.states:
+            shape = s.type.concrete(self.sizes, 1, B)
+            v = d_states.pop(s.name, None)
+            v = np.zeros(shape, self.dtype) if v is None else self._array(v, f"d_states[{s.name!r}]", shape)
+            seeds.append(v if tape.order is None else np.ascontiguousarray(v[tape.order]))
+        if d_states:
+            raise ValueError(f"unknown states {sorted(d_states)}")
+        dy = d_ys if tape.order is None else d_ys[:, tape.order]
+        seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
+        self._threads()
+        grads = self.program.backward_kernel.run(T, B, tape.batch_sizes, list(tape.residuals) + seeds, _ARRAYS)
+        names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
+        out = dict(zip(names, grads))
+        out["xs"] = out["xs"].reshape(T, B, -1)
+        if tape.order is not None:
+            inv = np.argsort(tape.order)
+            out["xs"] = out["xs"][:, inv]
+            for s in cell.states:
+                out[s.name] = out[s.name][inv]
+        return out
+
+    # -- streaming --------------------------------------------------------------------------
+
+    def step(self, x: np.ndarray, states: Mapping[str, np.ndarray] | None, params: Mapping[str, np.ndarray]):
+        """One time step for a batch x (B, I): returns (y (B, out), {state: next value}). The
+        caller keeps the state between calls. Uses a kernel compiled for single steps."""
+        from .backends import cache
+
+        if self._step is None:
+            self._step = cache.native_step(self.cell, self.sizes, self.dtype.name)
+        cell, S = self.cell, self.sizes
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"x must be a 2-d numpy array (B, features), got {getattr(x, 'shape', type(x))}")
+        B = x.shape[0]
+        states = dict(states or {})
+        args = []
+        for s in cell.states:
+            shape = s.type.concrete(S, 1, B)
+            v = states.pop(s.name, None)
+            args.append(np.zeros(shape, self.dtype) if v is None else self._array(v, f"state {s.name!r}", shape))
+        if states:
+            raise ValueError(f"unknown states {sorted(states)}")
+        args.append(self._array(x, "x", cell.input.type.concrete(S, 1, B)))
+        for p in cell.params:
+            if p.name not in params:
+                raise ValueError(f"missing parameter {p.name!r}")
+            args.append(self._array(params[p.name], f"parameter {p.name!r}", p.type.concrete(S)))
+        self._threads()
+        out = self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS)
+        n = len(cell.states)
+        return out[n], dict(zip((s.name for s in cell.states), out[:n]))
+
+
+_ARRAYS = Arrays()
