@@ -16,7 +16,7 @@ import sys
 from . import __version__
 from .source import CellError, InternalError, Source
 
-STAGES = ("ast", "ir", "seq", "opt", "grad", "torch")
+STAGES = ("ast", "ir", "seq", "opt", "grad", "torch", "llvm")
 
 
 def _summary(path: str) -> str:
@@ -55,6 +55,14 @@ def cmd_show(args) -> int:
 
         print(torch_source(args.file))
         return 0
+    if args.emit == "llvm":
+        from .backends.llvm_jit import render
+
+        cell = load_file(args.file)
+        sizes = parse_sizes(args.sizes, cell, required=False)
+        module, _, _ = render(cell, sizes, args.dtype)
+        print(f"; sizes {sizes}, {args.dtype}\n{module}")
+        return 0
     cell = load_file(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
@@ -62,19 +70,65 @@ def cmd_show(args) -> int:
     return 0
 
 
+def parse_sizes(text: str | None, cell, required: bool) -> dict[str, int]:
+    """--sizes input_size=8,hidden_size=16 -> the cell's size symbols; errors name the argument."""
+    given: dict[str, int] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, eq, value = part.partition("=")
+        if not eq or not value.strip().lstrip("-").isdigit():
+            raise UsageError(f"--sizes: expected NAME=INT, got {part.strip()!r}")
+        given[name.strip()] = int(value)
+    if not required:
+        for s in cell.sizes:
+            given.setdefault(s.arg, 16)
+    args = {s.arg for s in cell.sizes}
+    missing = [a for a in args if a not in given]
+    if missing:
+        example = ",".join(f"{s.arg}=16" for s in cell.sizes)
+        raise UsageError(f"--sizes: missing {', '.join(sorted(missing))} (e.g. --sizes {example})")
+    try:
+        return cell.bind(**given)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--sizes: {e}") from None
+
+
+class UsageError(Exception):
+    """A bad command-line argument: reported as `cellc: error: ...` with exit status 2."""
+
+
 def cmd_compile(args) -> int:
     from pathlib import Path
 
     from .api import torch_source, write_atomic
+    from .frontend import load_file
 
+    if args.target == "llvm":
+        from .backends import aot
+
+        cell = load_file(args.file)
+        sizes = parse_sizes(args.sizes, cell, required=True)
+        out = Path(args.output or (Path(args.file).stem + "_llvm"))
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"-o {out}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            written = aot.build(cell, sizes, out)
+        except aot.LinkError as e:
+            print(f"cellc: error: {e}", file=sys.stderr)
+            return 1
+        for f in written:
+            print(f"wrote {f}")
+        return 0
+    if args.sizes:
+        raise UsageError("--sizes is for --target llvm; a torch module takes sizes when built")
     text = torch_source(args.file)  # every error is raised before anything is written
     out = Path(args.output) if args.output else Path(Path(args.file).stem + ".py")
     if out.is_dir():
-        print(f"cellc: error: -o {out} is a directory; give a file name", file=sys.stderr)
-        return 1
+        raise UsageError(f"-o {out} is a directory; give a file name")
     if not out.parent.exists():
-        print(f"cellc: error: -o {out}: directory {out.parent} does not exist", file=sys.stderr)
-        return 1
+        raise UsageError(f"-o {out}: directory {out.parent} does not exist")
     write_atomic(out, text)
     print(f"wrote {out}")
     return 0
@@ -103,20 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print one stage of the compiler pipeline")
     s.add_argument("file", metavar="FILE")
+    s.add_argument("--sizes", metavar="ARG=N,...",
+                   help="llvm: sizes to specialize for (default: 16 for each)")
+    s.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="llvm: the float type (default: float32)")
     s.add_argument(
         "--emit", choices=STAGES, default="ir",
         help="ast: syntax tree; ir: the step function; seq: the time loop; opt: after the forward"
         " passes; grad: the forward saving residuals and the optimized backward; torch: the"
-        " generated PyTorch module (default: ir)",
+        " generated PyTorch module; llvm: the LLVM IR of the native kernels (default: ir)",
     )
     s.set_defaults(fn=cmd_show)
 
-    k = sub.add_parser("compile", help="compile a .cell file to a standalone PyTorch module")
+    k = sub.add_parser("compile", help="compile a .cell file for a target")
     k.add_argument("file", metavar="FILE")
-    k.add_argument("--target", choices=("torch",), default="torch",
-                   help="torch: one readable .py file that needs only torch (default)")
+    k.add_argument("--target", choices=("torch", "llvm"), default="torch",
+                   help="torch: one readable .py file that needs only torch (default); llvm: a"
+                   " shared library, its C header and a numpy/ctypes loader, in a directory")
+    k.add_argument("--sizes", metavar="ARG=N,...",
+                   help="llvm: the size arguments to compile for, e.g. input_size=8,hidden_size=16")
     k.add_argument("-o", "--output", metavar="OUT",
-                   help="output file (default: the cell file's name with .py, here)")
+                   help="torch: output file (default: FILE's name with .py, here); llvm: output"
+                   " directory (default: FILE's name with _llvm)")
     k.set_defaults(fn=cmd_compile)
 
     g = sub.add_parser("grad", help="print the backward pass as simplified equations")
@@ -132,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except CellError as e:
         print(e, file=sys.stderr)
         return 1
+    except UsageError as e:
+        print(f"cellc: error: {e}", file=sys.stderr)
+        return 2
     except InternalError as e:
         print(f"cellc: internal error: {e}\n(this is a bug in cellc; please report it)",
               file=sys.stderr)
