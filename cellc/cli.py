@@ -60,7 +60,7 @@ def cmd_show(args) -> int:
 
         cell = load_file(args.file)
         sizes = parse_sizes(args.sizes, cell, required=False)
-        module, _, _ = render(cell, sizes, args.dtype)
+        module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
         print(f"; sizes {sizes}, {args.dtype}\n{module}")
         return 0
     cell = load_file(args.file)

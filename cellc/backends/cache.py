@@ -33,11 +33,11 @@ def cache_dir() -> Path | None:
 
 
 def cache_key(cell: CellIR, sizes: dict, dtype: str, kind: str) -> str:
-    from .llvm_jit import host_cpu
+    from .llvm_jit import blas_choice, host_cpu
 
     cpu, features = host_cpu()
-    text = "\0".join([__version__, kind, dtype, repr(sorted(sizes.items())), cpu, features,
-                      cell.source.text])
+    text = "\0".join([__version__, kind, blas_choice(), dtype, repr(sorted(sizes.items())), cpu,
+                      features, cell.source.text])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -715,9 +715,41 @@ def build_module(funcs: list[tuple[Func, str]], sizes: dict, dtype: str, blas_na
     module = ir.Module(name="cellc")
     gemm_ty = ir.FunctionType(ir.VoidType(), [I32, I32, I32, I32, I32, I32, ftype, PTR, I32, PTR, I32,
                                               ftype, PTR, I32])
-    blas = {"gemm": ir.Function(module, gemm_ty, blas_names["gemm"])}
+    if blas_names.get("abi") == "fortran":
+        blas = {"gemm": _fortran_gemm_wrapper(module, gemm_ty, ftype, blas_names["gemm"])}
+    else:
+        blas = {"gemm": ir.Function(module, gemm_ty, blas_names["gemm"])}
     layouts = []
     for f, name in funcs:
         cg = FunctionCodegen(module, ftype, sizes, blas)
         layouts.append(cg.compile(f, name))
     return module, layouts
+
+
+def _fortran_gemm_wrapper(module, cblas_ty, ftype, fortran_name: str) -> ir.Function:
+    """A CBLAS-style row-major gemm that calls a Fortran (column-major, by-reference) ?gemm_.
+
+    Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and
+    their flags, keep the leading dimensions.
+    """
+    fty = ir.FunctionType(ir.VoidType(), [PTR] * 13)
+    fortran = ir.Function(module, fty, fortran_name)
+    fn = ir.Function(module, cblas_ty, fortran_name + ".rowmajor")
+    fn.linkage = "internal"
+    order, ta, tb, m, n, k, alpha, a, lda, bb, ldb, beta, c, ldc = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    i8 = ir.IntType(8)
+
+    def ref(value, ty):
+        slot = b.alloca(ty)
+        b.store(value, slot)
+        return slot
+
+    def flag(t):  # CblasNoTrans (111) -> 'N', CblasTrans (112) -> 'T'
+        is_t = b.icmp_signed("==", t, ir.Constant(I32, CBLAS_TRANS))
+        return ref(b.select(is_t, ir.Constant(i8, ord("T")), ir.Constant(i8, ord("N"))), i8)
+
+    b.call(fortran, [flag(tb), flag(ta), ref(n, I32), ref(m, I32), ref(k, I32), ref(alpha, ftype),
+                     bb, ref(ldb, I32), a, ref(lda, I32), ref(beta, ftype), c, ref(ldc, I32)])
+    b.ret_void()
+    return fn

@@ -68,13 +68,25 @@ def optimize(module_ref, tm) -> None:
     pb.getModulePassManager().run(module_ref, pb)
 
 
-def render(cell: CellIR, sizes: dict[str, int], dtype: str, blas_prefix: str = "cellc_",
-           prog: Program | None = None):
-    """(llvmlite.ir module text, layouts, program) for a cell at given sizes."""
+def blas_choice() -> str:
+    """"mkl" (torch's, when torch is loaded) or "openblas" (scipy-openblas32)."""
+    return "mkl" if blas.torch_mkl_symbols() else "openblas"
+
+
+def gemm_names(dtype: str, kind: str) -> dict[str, str]:
+    g = "s" if dtype == "float32" else "d"
+    if kind == "mkl":
+        return {"gemm": f"cellc_{g}gemm_", "abi": "fortran"}
+    return {"gemm": f"cellc_cblas_{g}gemm"}
+
+
+def render(cell: CellIR, sizes: dict[str, int], dtype: str, prog: Program | None = None,
+           blas_kind: str = "openblas"):
+    """(llvmlite.ir module, layouts, program) for a cell at given sizes."""
     prog = prog or compile_program(cell)
-    gemm = f"{blas_prefix}cblas_{'s' if dtype == 'float32' else 'd'}gemm"
     module, layouts = llvm_ir.build_module(
-        [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")], sizes, dtype, {"gemm": gemm})
+        [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")], sizes, dtype,
+        gemm_names(dtype, blas_kind))
     return module, layouts, prog
 
 
@@ -142,6 +154,8 @@ def _jit(module_ir, object_cache=None):
     llvm = _llvm()
     for name, address in blas.blas_symbols().items():
         llvm.add_symbol("cellc_" + name, address)
+    for name, address in (blas.torch_mkl_symbols() or {}).items():
+        llvm.add_symbol("cellc_" + name, address)
     mod = llvm.parse_assembly(str(module_ir))
     mod.verify()
     tm = target_machine()
@@ -160,13 +174,15 @@ class NativeProgram:
     over whole sequences."""
 
     def __init__(self, cell: CellIR, sizes: dict[str, int], dtype="float32", prog=None,
-                 object_cache=None):
+                 object_cache=None, blas_kind: str | None = None):
         self.cell = cell
         self.sizes = dict(sizes)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
-        module, layouts, self.program = render(cell, self.sizes, self.dtype.name, prog=prog)
+        self.blas_kind = blas_kind or blas_choice()
+        module, layouts, self.program = render(cell, self.sizes, self.dtype.name, prog=prog,
+                                               blas_kind=self.blas_kind)
         self.llvm_ir = str(module)
         self._engine, self._module = _jit(module, object_cache)
         fwd, bwd = layouts
@@ -189,11 +205,12 @@ def step_function(cell: CellIR) -> Func:
     return run_passes(cell.step, [passes.simplify, passes.cse, passes.fuse_matmul, passes.dce])
 
 
-def compile_step(cell: CellIR, sizes: dict[str, int], dtype="float32", object_cache=None) -> Kernel:
+def compile_step(cell: CellIR, sizes: dict[str, int], dtype="float32", object_cache=None,
+                 blas_kind: str | None = None) -> Kernel:
     """A kernel for one time step: (states, x, params) -> (next states, output)."""
     step = step_function(cell)
-    gemm = f"cellc_cblas_{'s' if dtype == 'float32' else 'd'}gemm"
-    module, (layout,) = llvm_ir.build_module([(step, "cellc_step")], dict(sizes), dtype, {"gemm": gemm})
+    names = gemm_names(dtype, blas_kind or blas_choice())
+    module, (layout,) = llvm_ir.build_module([(step, "cellc_step")], dict(sizes), dtype, names)
     engine, _ = _jit(module, object_cache)
     kernel = Kernel(layout, step, engine.get_function_address(layout.name), dict(sizes), np.dtype(dtype))
     kernel.engine = engine
