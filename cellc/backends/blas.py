@@ -145,7 +145,17 @@ def get_blas_threads() -> int:
     return fn()
 
 
+_MKL: dict[str, int] | None = None
+
+
 def torch_mkl_symbols() -> dict[str, int] | None:
+    global _MKL
+    if _MKL is None:
+        _MKL = _find_torch_mkl() or {}
+    return _MKL or None
+
+
+def _find_torch_mkl() -> dict[str, int] | None:
     """Addresses of MKL's Fortran sgemm_/dgemm_ inside an already imported torch, or None.
 
     torch's CPU build links MKL statically and exports its Fortran BLAS. MKL is much faster

@@ -13,6 +13,7 @@ of bounds.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ def _llvm():
     return llvm
 
 
+@functools.cache
 def host_cpu() -> tuple[str, str]:
     llvm = _llvm()
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()

@@ -75,6 +75,8 @@ def run_direction_for(cell: CellIR):
         sizes = dict(sizes)
         cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
 
+        programs = {}  # dtype -> NativeProgram, looked up once per layer size and dtype
+
         @torch.compiler.disable
         def run_direction(xs, states, params, batch_sizes):
             if xs.device.type != "cpu":
@@ -82,7 +84,9 @@ def run_direction_for(cell: CellIR):
             dtype = _DTYPES.get(xs.dtype)
             if dtype is None:
                 raise TypeError(f"the llvm target runs float32 or float64, not {xs.dtype}")
-            program = cache.native_program(cell, sizes, dtype)
+            program = programs.get(dtype)
+            if program is None:
+                program = programs[dtype] = cache.native_program(cell, sizes, dtype)
             T, B = xs.shape[0], xs.shape[1]
             bs = np.full(T, B, np.int64) if batch_sizes is None else np.asarray(batch_sizes, np.int64)
             ys, *final = NativeSequence.apply(program, bs, xs, *states, *params)
