@@ -49,6 +49,8 @@ def _prune_scan(instr: Instr, live: set[int]) -> Instr:
     params = (*carry_p, *(p for p, _ in xs), *(p for p, _ in consts))
     args = (*carry_a, *(a for _, a in xs), *(a for _, a in consts))
     step = replace(step, params=params)
+    if outs == instr.outs and args == instr.args and step.body == instr.attrs["step"].body:
+        return instr  # nothing pruned: keep the very same instruction
     return with_step(instr, step, args=args, outs=outs, n_xs=len(xs), n_ys=new_ny)
 
 

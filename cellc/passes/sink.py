@@ -78,7 +78,7 @@ def _sink_scan(instr: Instr, names: set[str]):
     for i in reversed(step.body):
         if i.op in ("const", "scan") or any(id(o) in needed for o in i.outs):
             continue
-        if not all(id(u) in sunk for o in i.outs for u in (id(x) for x in users.get(id(o), []))):
+        if not all(id(u) in sunk for o in i.outs for u in users.get(id(o), [])):
             continue
         roles = set().union(*(role.get(id(o), set()) for o in i.outs))
         batched = all(o.type.batch is Batch.STEP for o in i.outs)
