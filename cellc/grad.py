@@ -136,10 +136,17 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
     seeds = g.bwd.params[len(g.residuals) :]
 
     # Sort the step's residuals: sequences we already have, weights, and values to save.
+    # Loop-invariant values computed in the step (a constant, a product of weights) are the
+    # same at every step: the reverse step recomputes them rather than saving T copies.
     per_step: list[tuple[Value, Value]] = []  # (value inside the step, its sequence outside)
     consts: list[tuple[Value, Value]] = []
     saved: list[Value] = []
+    invariant = _invariant_instrs(step, const_p, step_residuals)
+    recomputed = {id(o) for i in invariant for o in i.outs}
+    needed_consts = {id(a) for i in invariant for a in i.args if a in const_p}
     for r in step_residuals:
+        if id(r) in recomputed:
+            continue
         if r in xs_p:
             per_step.append((r, xs_args[xs_p.index(r)]))
         elif r in const_p:
@@ -149,6 +156,9 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
             per_step.append((r, instr.outs[k]))
         else:
             saved.append(r)
+    for p, a in zip(const_p, const_args):
+        if id(p) in needed_consts and not any(p is c for c, _ in consts):
+            consts.append((p, a))
     stacked = [Value(b.fresh(r.name.replace("'", "_next") + "_seq"), r.type.with_batch(Batch.SEQ)) for r in saved]
     per_step += list(zip(saved, stacked))
 
@@ -166,7 +176,7 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
     d_ys = [d if d is not None else b.const(0.0, like=o.type)
             for d, o in zip(dys[nc:nc + ny], instr.outs[nc:nc + ny])]
     rev_params = seeds[:nc] + tuple(v for v, _ in per_step) + seeds[nc:] + tuple(v for v, _ in consts)
-    rev_step = Func(step.name + "_bwd", rev_params, g.bwd.body, g.bwd.results)
+    rev_step = Func(step.name + "_bwd", rev_params, tuple(invariant) + g.bwd.body, g.bwd.results)
     args = [*d_final, *(s for _, s in per_step), *d_ys, *(c for _, c in consts)]
     n_xs = len(per_step) + ny
     outs = b.emit("scan", args, {
@@ -174,6 +184,20 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
         "out_types": tuple(scan_out_types(rev_step, nc, len(xs_p))),
     })
     return outs, forward
+
+
+def _invariant_instrs(step: Func, const_p, residuals) -> list[Instr]:
+    """The step instructions (in order) that compute the loop-invariant residuals: values with
+    no batch axis, which depend on the loop constants only."""
+    defs = {id(o): i for i in step.body for o in i.outs}
+    wanted: set[int] = set()
+    stack = [r for r in residuals if r.type.batch is Batch.NONE and id(r) in defs]
+    while stack:
+        v = stack.pop()
+        if id(v) in defs and id(defs[id(v)]) not in wanted:
+            wanted.add(id(defs[id(v)]))
+            stack += [a for a in defs[id(v)].args if id(a) in defs]
+    return [i for i in step.body if id(i) in wanted]
 
 
 def grad_instrs(f: Func):

@@ -242,12 +242,6 @@ CONST_TIMES_STATE = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=cellc.InternalError,
-    reason="grad._scan_vjp stacks unbatched step values (constants, parameter-only"
-    " products) per step instead of recomputing or passing them as consts",
-)
 @pytest.mark.parametrize(
     "line,optimize", [c[1:] for c in CONST_TIMES_STATE], ids=[c[0] for c in CONST_TIMES_STATE]
 )
@@ -396,12 +390,6 @@ def test_truncation_is_two_independent_segments(path, detach_at, optimize):
     assert_grads_equal(got, want, 1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="numpy_ref._program_args reshapes xs with -1, which numpy cannot infer for"
-    " a zero-size array, so T=0 sequences fail before the scan runs",
-)
 def test_empty_sequence_passes_the_state_cotangent_through():
     # With no steps the final state is the initial state: its cotangent passes through
     # unchanged, and nothing reaches the parameters.

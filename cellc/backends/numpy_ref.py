@@ -238,7 +238,7 @@ def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Map
     d_ys = np.zeros_like(ys) if d_ys is None else np.asarray(d_ys, dtype)
     if d_ys.shape != ys.shape:
         raise ValueError(f"d_ys must have shape {ys.shape}, got {d_ys.shape}")
-    seeds.append(d_ys.reshape(T * B, -1))
+    seeds.append(d_ys.reshape(T * B, ys.shape[2]))
     grads = run(prog.bwd, out[prog.n_results :] + seeds, ctx)
     names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
     grads = dict(zip(names, grads))
@@ -259,7 +259,7 @@ def _program_args(cell, prog, ctx, xs, params, states):
     if xs.ndim != 3 or xs.shape[1:] != expect:
         raise ValueError(f"xs must have shape (T, {expect[0]}, {expect[1]}), got {xs.shape}")
     states = dict(states or {})
-    args = [xs.reshape(ctx.steps * ctx.batch, -1)]
+    args = [xs.reshape(ctx.steps * ctx.batch, xs.shape[2])]
     for s in cell.states:
         shape = s.type.concrete(ctx.sizes, 1, ctx.batch)
         v = states.pop(s.name, None)
