@@ -22,3 +22,12 @@ from .api import load, torch_source  # noqa: E402
 
 __all__ = ["load", "load_cell", "load_source", "torch_source", "CellError", "InternalError",
            "Source", "reference"]
+
+
+def __getattr__(name):
+    # cellc.native (NumPy-level native kernels) imports llvmlite and BLAS: only on first use.
+    if name == "native":
+        import importlib
+
+        return importlib.import_module(".native", __name__)
+    raise AttributeError(f"module 'cellc' has no attribute {name!r}")

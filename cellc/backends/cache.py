@@ -36,7 +36,7 @@ def cache_key(cell: CellIR, sizes: dict, dtype: str, kind: str) -> str:
     from .llvm_jit import blas_choice, host_cpu
 
     cpu, features = host_cpu()
-    text = "\0".join([__version__, kind, blas_choice(), dtype, repr(sorted(sizes.items())), cpu,
+    text = "\0".join([__version__, kind, blas_choice(), os.environ.get("CELLC_LOOP_GEMM", ""), dtype, repr(sorted(sizes.items())), cpu,
                       features, cell.source.text])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

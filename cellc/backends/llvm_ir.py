@@ -155,7 +155,10 @@ def _size(d: Dim, sizes) -> int:
 class FunctionCodegen:
     """Compiles one top-level IR function into `module`."""
 
-    def __init__(self, module: ir.Module, ftype: ir.Type, sizes: dict, blas: dict[str, ir.Function]):
+    def __init__(self, module: ir.Module, ftype: ir.Type, sizes: dict, blas: dict[str, ir.Function],
+                 small_gemm=None):
+        self.small_gemm = small_gemm  # llvm_gemm.GemmEmitter, or None: BLAS for every product
+        self.transposed: dict[int, Loc] = {}
         self.extra_live: set[int] = set()  # step results: computed values that must be stored
         self.into_concat: dict = {}
         self.module = module
@@ -508,10 +511,21 @@ class FunctionCodegen:
     # -- products and reductions ----------------------------------------------------------
 
     def gemm(self, i: Instr, at_step: bool):
-        """C = op(A) op(B) through cblas_?gemm (row-major)."""
+        """C = op(A) op(B): inside a time loop with the inlined kernel of llvm_gemm where it
+        applies, otherwise through cblas_?gemm (row-major)."""
         b = self.b
         out = self.storage(i.out, at_step)
         x, y = i.args
+        if at_step and self.small_gemm is not None and i.op in ("matmul", "matmul_t"):
+            W, A = self.locs[id(x)], self.materialized(y)
+            Bm = self.transposed.get(id(x)) if i.op == "matmul" else (
+                W if W.ptr is not None and W.col_stride == 1 and W.row_stride == W.cols else None)
+            if Bm is not None and A.col_stride == 1:
+                K, N = Bm.rows, Bm.cols
+                fn = self.small_gemm.function(K, N)
+                b.call(fn, [self.nrows(A.rows), A.ptr, ir.Constant(I64, A.row_stride or A.cols), Bm.ptr,
+                            out.ptr, ir.Constant(I64, out.row_stride or out.cols)])
+                return
         lx, ly = self.materialized(x), self.materialized(y)
         if i.op == "matmul":  # (rows, K) @ W^T, W (M, K)
             W, X = lx, ly
@@ -620,12 +634,33 @@ class FunctionCodegen:
             self.elementwise_loop([], [src], [loc], "batch", loc.cols, lambda bb, v: [v[0]])
             carry_locs.append(loc)
         ys_locs = [self.storage(o, at_step=False) for o in ys_o]
-        for loc in ys_locs:
-            self.fill(loc, 0.0)
+        # Rows of sequences that have ended are zero; only needed if one ends early.
+        if ys_locs:
+            with b.if_then(b.icmp_signed(">", self.T, ir.Constant(I64, 0))):
+                last_t = b.sub(self.T, ir.Constant(I64, 1))
+                last = b.load(b.gep(self.batch_sizes, [last_t], source_etype=I64), typ=I64)
+                with b.if_then(b.icmp_signed("<", last, self.B)):
+                    for loc in ys_locs:
+                        self.fill(loc, 0.0)
         acc_locs = [self.storage(o, at_step=False) for o in acc_o]
         for loc in acc_locs:
             self.fill(loc, 0.0)
         xs_locs = [self.materialized(a) for a in xs_a]
+        # Weights of products inside the loop, transposed once for the inlined kernel.
+        self.transposed = {}
+        if self.small_gemm is not None:
+            for ins in step.body:
+                w = ins.args[0] if ins.op == "matmul" else None
+                if w is None or not any(w is p for p in const_p) or id(w) in self.transposed:
+                    continue
+                src = self.locs[id(const_a[list(const_p).index(w)])]
+                if src.ptr is None or src.col_stride != 1:
+                    continue
+                M, K = src.rows, src.cols
+                dst = Loc(self.alloc(K, M), M, 1, K, M)
+                view = Loc(src.ptr, 1, src.row_stride, K, M)  # element (k, m) = W[m, k]
+                self.elementwise_loop([], [view], [dst], K, M, lambda bb, v: [v[0]])
+                self.transposed[id(w)] = dst
         # The step's workspace offsets are computed inside the loop body; after the loop the
         # bump pointer moves past them by the same amount, computed outside the loop.
         saved_off, saved_coef = self.ws_off, list(self.ws_coef)
@@ -709,10 +744,16 @@ class FunctionCodegen:
         self.extra_live = set()
 
 
-def build_module(funcs: list[tuple[Func, str]], sizes: dict, dtype: str, blas_names: dict[str, str]):
-    """An llvmlite module with one native function per (IR function, name)."""
+def build_module(funcs: list[tuple[Func, str]], sizes: dict, dtype: str, blas_names: dict[str, str],
+                 features: str = ""):
+    """An llvmlite module with one native function per (IR function, name). `features` (the
+    target's CPU features) selects the vector width of the inlined products; with none given,
+    every product calls BLAS."""
+    from .llvm_gemm import GemmEmitter
+
     ftype = ir.FloatType() if dtype == "float32" else ir.DoubleType()
     module = ir.Module(name="cellc")
+    small_gemm = GemmEmitter(module, ftype, features) if features else None
     gemm_ty = ir.FunctionType(ir.VoidType(), [I32, I32, I32, I32, I32, I32, ftype, PTR, I32, PTR, I32,
                                               ftype, PTR, I32])
     if blas_names.get("abi") == "fortran":
@@ -721,7 +762,7 @@ def build_module(funcs: list[tuple[Func, str]], sizes: dict, dtype: str, blas_na
         blas = {"gemm": ir.Function(module, gemm_ty, blas_names["gemm"])}
     layouts = []
     for f, name in funcs:
-        cg = FunctionCodegen(module, ftype, sizes, blas)
+        cg = FunctionCodegen(module, ftype, sizes, blas, small_gemm)
         layouts.append(cg.compile(f, name))
     return module, layouts
 

@@ -71,8 +71,12 @@ def optimize(module_ref, tm) -> None:
 
 
 def blas_choice() -> str:
-    """"mkl" (torch's, when torch is loaded) or "openblas" (scipy-openblas32)."""
-    return "mkl" if blas.torch_mkl_symbols() else "openblas"
+    """The BLAS for the products outside time loops: "openblas" (scipy-openblas32), or with
+    CELLC_BLAS=mkl torch's MKL when torch is loaded. Products inside loops are inlined
+    (llvm_gemm), so BLAS only sees large products, where OpenBLAS measured faster here."""
+    if os.environ.get("CELLC_BLAS") == "mkl" and blas.torch_mkl_symbols():
+        return "mkl"
+    return "openblas"
 
 
 def gemm_names(dtype: str, kind: str) -> dict[str, str]:
@@ -88,8 +92,16 @@ def render(cell: CellIR, sizes: dict[str, int], dtype: str, prog: Program | None
     prog = prog or compile_program(cell)
     module, layouts = llvm_ir.build_module(
         [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")], sizes, dtype,
-        gemm_names(dtype, blas_kind))
+        gemm_names(dtype, blas_kind), features=kernel_features())
     return module, layouts, prog
+
+
+def kernel_features() -> str:
+    """CPU features for the inlined loop products ("" sends every product to BLAS:
+    CELLC_LOOP_GEMM=blas)."""
+    if os.environ.get("CELLC_LOOP_GEMM", "inline") == "blas":
+        return ""
+    return host_cpu()[1]
 
 
 @dataclass
@@ -165,6 +177,8 @@ def _jit(module_ir, object_cache=None):
     if not cached:
         optimize(mod, tm)
     engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod; keep the engine alive
+    if os.environ.get("CELLC_PERF"):  # name JIT code for `perf report` (perf map files)
+        engine.enable_jit_events()
     if object_cache is not None:
         engine.set_object_cache(object_cache.store, object_cache.load)
     engine.finalize_object()
@@ -212,7 +226,8 @@ def compile_step(cell: CellIR, sizes: dict[str, int], dtype="float32", object_ca
     """A kernel for one time step: (states, x, params) -> (next states, output)."""
     step = step_function(cell)
     names = gemm_names(dtype, blas_kind or blas_choice())
-    module, (layout,) = llvm_ir.build_module([(step, "cellc_step")], dict(sizes), dtype, names)
+    module, (layout,) = llvm_ir.build_module([(step, "cellc_step")], dict(sizes), dtype, names,
+                                             features=kernel_features())
     engine, _ = _jit(module, object_cache)
     kernel = Kernel(layout, step, engine.get_function_address(layout.name), dict(sizes), np.dtype(dtype))
     kernel.engine = engine

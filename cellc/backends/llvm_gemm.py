@@ -1,0 +1,165 @@
+"""A register-blocked matrix product generated in LLVM IR, for the products inside time loops.
+
+    C[r, n] = sum_k A[r, k] * Bm[k, n]      A: rows x K (row stride lda), Bm: K x N contiguous
+
+K and N are compile-time constants; rows is known only at run time (the active batch rows).
+A library GEMM call costs microseconds of overhead per time step (about 6-10 us here for the
+products of a small cell, more than the arithmetic); this kernel is inlined into the loop.
+
+Blocking: RB rows x CB vectors of VW lanes are accumulated in registers across the whole k loop
+(each k: CB vector loads of Bm, RB broadcasts of A, RB*CB fused multiply-adds), then stored.
+With AVX-512 (32 vector registers) RB=4, CB=4; with AVX2 (16) RB=4, CB=2. Leftover rows use
+RB=1, leftover vectors a smaller CB, leftover columns (N not a multiple of VW) a scalar loop.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from . import llvm_math
+
+I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+PTR = ir.PointerType()
+
+
+def vector_width(ftype: ir.Type, features: str) -> int:
+    bits = 512 if "+avx512f" in features else 256 if "+avx" in features else 128
+    return bits // (32 if isinstance(ftype, ir.FloatType) else 64)
+
+
+class GemmEmitter:
+    def __init__(self, module: ir.Module, ftype: ir.Type, features: str):
+        self.module = module
+        self.t = ftype
+        self.vw = vector_width(ftype, features)
+        self.vt = ir.VectorType(ftype, self.vw)
+        wide = "+avx512f" in features
+        self.rb, self.cb = (4, 4) if wide else (4, 2)
+        self.cache: dict[tuple[int, int, bool], ir.Function] = {}
+
+    def function(self, K: int, N: int, accumulate: bool = False) -> ir.Function:
+        """void gemm(i64 rows, ptr A, i64 lda, ptr Bm, ptr C, i64 ldc)"""
+        key = (K, N, accumulate)
+        if key not in self.cache:
+            name = f"cellc.gemm.k{K}.n{N}" + (".acc" if accumulate else "")
+            fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64]), name)
+            fn.linkage = "internal"
+            for a in (fn.args[1], fn.args[3], fn.args[4]):
+                a.add_attribute("noalias")
+            self._body(fn, K, N, accumulate)
+            self.cache[key] = fn
+        return self.cache[key]
+
+    def _body(self, fn: ir.Function, K: int, N: int, accumulate: bool):
+        rows, A, lda, Bm, C, ldc = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        nvec = N // self.vw
+        # Full row blocks, then single rows.
+        full = b.mul(b.sdiv(rows, ir.Constant(I64, self.rb)), ir.Constant(I64, self.rb))
+        self._row_loop(b, fn, ir.Constant(I64, 0), full, self.rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate)
+        self._row_loop(b, fn, full, rows, 1, K, N, nvec, A, lda, Bm, C, ldc, accumulate)
+        b.ret_void()
+
+    def _loop(self, b, fn, start, stop, step, body, name):
+        """for i = start; i < stop; i += step: body(i)  (i64)"""
+        pre = b.block
+        head = fn.append_basic_block(f"{name}.head")
+        exit_ = fn.append_basic_block(f"{name}.exit")
+        b.cbranch(b.icmp_signed("<", start, stop), head, exit_)
+        b.position_at_end(head)
+        i = b.phi(I64, name)
+        i.add_incoming(start, pre)
+        body(i)
+        nxt = b.add(i, ir.Constant(I64, step))
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
+        b.position_at_end(exit_)
+
+    def _row_loop(self, b, fn, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate):
+        def rows_body(r0):
+            c0 = 0
+            while c0 < nvec:
+                cb = min(self.cb, nvec - c0)
+                self._block(b, fn, r0, rb, c0 * self.vw, cb, K, A, lda, Bm, C, ldc, N, accumulate)
+                c0 += cb
+            for col in range(nvec * self.vw, N):  # columns past the last full vector
+                self._scalar_column(b, fn, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate)
+
+        self._loop(b, fn, start, stop, rb, rows_body, f"r{rb}")
+
+    def _splat(self, b, x):
+        v = b.insert_element(ir.Constant(self.vt, None), x, ir.Constant(I32, 0))
+        return b.shuffle_vector(v, ir.Constant(self.vt, None), ir.Constant(ir.VectorType(I32, self.vw), [0] * self.vw))
+
+    def _block(self, b, fn, r0, rb, col0, cb, K, A, lda, Bm, C, ldc, N, accumulate):
+        """Accumulate an rb x (cb vectors) block of C over all k in registers."""
+        t, vt = self.t, self.vt
+        pre = b.block
+        head = fn.append_basic_block("k.head")
+        done = fn.append_basic_block("k.done")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(I64, "k")
+        k.add_incoming(ir.Constant(I64, 0), pre)
+        accs = [[b.phi(vt) for _ in range(cb)] for _ in range(rb)]
+        for row in accs:
+            for acc in row:
+                acc.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
+        bk = b.mul(k, ir.Constant(I64, N))
+        align = 4 if isinstance(t, ir.FloatType) else 8  # buffers are only element-aligned
+        bvec = [b.load(b.gep(Bm, [b.add(bk, ir.Constant(I64, col0 + c * self.vw))], source_etype=t),
+                       typ=vt, align=align) for c in range(cb)]
+        new = []
+        for r in range(rb):
+            arow = b.add(r0, ir.Constant(I64, r))
+            a = b.load(b.gep(A, [b.add(b.mul(arow, lda), k)], source_etype=t), typ=t)
+            av = self._splat(b, a)
+            new.append([llvm_math.fma(b, av, bvec[c], accs[r][c]) for c in range(cb)])
+        k2 = b.add(k, ir.Constant(I64, 1))
+        k.add_incoming(k2, b.block)
+        for r in range(rb):
+            for c in range(cb):
+                accs[r][c].add_incoming(new[r][c], b.block)
+        b.cbranch(b.icmp_signed("<", k2, ir.Constant(I64, K)), head, done)
+        b.position_at_end(done)
+        for r in range(rb):
+            crow = b.mul(b.add(r0, ir.Constant(I64, r)), ldc)
+            for c in range(cb):
+                p = b.gep(C, [b.add(crow, ir.Constant(I64, col0 + c * self.vw))], source_etype=t)
+                v = new[r][c]
+                if accumulate:
+                    v = b.fadd(v, b.load(p, typ=vt, align=align))
+                b.store(v, p, align=align)
+
+    def _scalar_column(self, b, fn, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate):
+        t = self.t
+        pre = b.block
+        head = fn.append_basic_block("ks.head")
+        done = fn.append_basic_block("ks.done")
+        b.branch(head)
+        b.position_at_end(head)
+        k = b.phi(I64, "k")
+        k.add_incoming(ir.Constant(I64, 0), pre)
+        accs = [b.phi(t) for _ in range(rb)]
+        for acc in accs:
+            acc.add_incoming(ir.Constant(t, 0.0), pre)
+        w = b.load(b.gep(Bm, [b.add(b.mul(k, ir.Constant(I64, N)), ir.Constant(I64, col))], source_etype=t), typ=t)
+        new = []
+        for r in range(rb):
+            arow = b.add(r0, ir.Constant(I64, r))
+            a = b.load(b.gep(A, [b.add(b.mul(arow, lda), k)], source_etype=t), typ=t)
+            new.append(llvm_math.fma(b, a, w, accs[r]))
+        k2 = b.add(k, ir.Constant(I64, 1))
+        k.add_incoming(k2, b.block)
+        for r in range(rb):
+            accs[r].add_incoming(new[r], b.block)
+        b.cbranch(b.icmp_signed("<", k2, ir.Constant(I64, K)), head, done)
+        b.position_at_end(done)
+        for r in range(rb):
+            p = b.gep(C, [b.add(b.mul(b.add(r0, ir.Constant(I64, r)), ldc), ir.Constant(I64, col))], source_etype=t)
+            v = new[r]
+            if accumulate:
+                v = b.fadd(v, b.load(p, typ=t))
+            b.store(v, p)
+
