@@ -55,7 +55,12 @@ class NativeCell:
         self.dtype = numpy_ref.check_dtype(dtype)
         self.sizes = self.cell.bind(**size_args)
         self.program = cache.native_program(self.cell, self.sizes, self.dtype.name)
-        self.threads = threads
+        from .backends import blas
+
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, not {threads!r}")
+        # Threads of the BLAS that runs the large products (the time loop itself is one thread).
+        self.threads = threads or blas.default_threads()
         self._step = None
 
     # -- helpers ----------------------------------------------------------------------------
@@ -88,8 +93,7 @@ class NativeCell:
     def _threads(self):
         from .backends import blas
 
-        if self.threads is not None:
-            blas.set_blas_threads(self.threads)
+        blas.ensure_threads(self.threads)
 
     # -- whole sequences --------------------------------------------------------------------
 
@@ -121,7 +125,7 @@ class NativeCell:
         self._threads()
         out = self.program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
         n = len(cell.states)
-        ys = out[n].reshape(T, B, -1)
+        ys = out[n].reshape(T, B, out[n].shape[1])
         final = dict(zip((s.name for s in cell.states), out[:n]))
         if order is not None:
             inv = np.argsort(order)
@@ -153,7 +157,7 @@ class NativeCell:
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes, list(tape.residuals) + seeds, _ARRAYS)
         names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
         out = dict(zip(names, grads))
-        out["xs"] = out["xs"].reshape(T, B, -1)
+        out["xs"] = out["xs"].reshape(T, B, out["xs"].shape[1])
         if tape.order is not None:
             inv = np.argsort(tape.order)
             out["xs"] = out["xs"][:, inv]

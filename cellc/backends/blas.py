@@ -134,9 +134,11 @@ def set_blas_threads(n: int) -> None:
     """Size this OpenBLAS's thread pool (not NumPy's or torch's)."""
     if n < 1:
         raise ValueError(f"thread count must be >= 1, got {n}")
+    global _threads_set
     fn = _lib()[_PREFIX + "openblas_set_num_threads"]
     fn.argtypes, fn.restype = [ctypes.c_int], None
     fn(int(n))
+    _threads_set = int(n)
 
 
 def get_blas_threads() -> int:
@@ -146,6 +148,27 @@ def get_blas_threads() -> int:
 
 
 _MKL: dict[str, int] | None = None
+
+
+_threads_set: int | None = None
+
+
+def ensure_threads(n: int) -> None:
+    """set_blas_threads(n), skipped when n is already in force (the call is not free)."""
+    global _threads_set
+    if n != _threads_set:
+        set_blas_threads(n)
+        _threads_set = n
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
 
 
 def torch_mkl_symbols() -> dict[str, int] | None:

@@ -14,7 +14,7 @@ import torch
 
 from ..lower import CellIR
 from ..runtime.torch_layers import make_layer
-from . import cache
+from . import blas, cache
 from .llvm_jit import Arrays
 from .torch_eager import spec_from_cell
 
@@ -87,6 +87,8 @@ def run_direction_for(cell: CellIR):
             program = programs.get(dtype)
             if program is None:
                 program = programs[dtype] = cache.native_program(cell, sizes, dtype)
+            # One thread budget for torch's pool and the BLAS pool: torch.set_num_threads.
+            blas.ensure_threads(torch.get_num_threads())
             T, B = xs.shape[0], xs.shape[1]
             bs = np.full(T, B, np.int64) if batch_sizes is None else np.asarray(batch_sizes, np.int64)
             ys, *final = NativeSequence.apply(program, bs, xs, *states, *params)
