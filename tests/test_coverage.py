@@ -112,3 +112,14 @@ def test_missing_torch_eager_rule_names_the_op(monkeypatch):
     monkeypatch.delitem(eager.TORCH_EAGER, "tanh")
     with pytest.raises(InternalError, match="'tanh'"):
         eager.run(f, [x], ctx)
+
+
+def test_torch_reserved_names_match_the_installed_torch():
+    # The CLI checks parameter names without importing torch, from a list written for torch
+    # 2.13: it must still cover every attribute of the torch.nn.Module installed here.
+    torch = pytest.importorskip("torch")
+    from cellc.backends.torch_names import LAYER_ATTRIBUTES, MODULE_ATTRIBUTES
+
+    public = {n for n in dir(torch.nn.Module) if not n.startswith("__")}
+    assert public <= MODULE_ATTRIBUTES
+    assert set(torch.nn.Module().__dict__) <= LAYER_ATTRIBUTES

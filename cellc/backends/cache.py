@@ -42,7 +42,12 @@ def cache_key(cell: CellIR, sizes: dict, dtype: str, kind: str) -> str:
 
 
 class DiskObjectCache:
-    """The two callbacks of llvmlite's ExecutionEngine.set_object_cache, for one key."""
+    """The two callbacks of llvmlite's ExecutionEngine.set_object_cache, for one key.
+
+    An entry is the SHA-256 of the object code followed by the code: a truncated, empty or
+    foreign file fails the check and is recompiled and replaced (handing MCJIT a broken object
+    would abort the process).
+    """
 
     def __init__(self, key: str):
         d = cache_dir()
@@ -56,8 +61,11 @@ class DiskObjectCache:
             data = self.path.read_bytes()
         except OSError:
             return None
+        digest, code = data[:32], data[32:]
+        if not code or hashlib.sha256(code).digest() != digest:
+            return None
         self.hit = True
-        return data
+        return code
 
     def store(self, module, data: bytes) -> None:
         if self.path is None or self.hit:
@@ -65,9 +73,13 @@ class DiskObjectCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(hashlib.sha256(data).digest() + data)
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError:
             pass  # a cache that cannot be written is only slower
 

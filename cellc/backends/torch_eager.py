@@ -186,6 +186,9 @@ def _dims(shape: tuple[Dim, ...]):
 def spec_from_cell(cell: CellIR) -> dict:
     """The torch_layers spec of a cell: shapes are its symbolic dims evaluated on a layer's sizes,
     initializer arguments its expressions (e.g. -1/sqrt(H)) evaluated the same way."""
+    from .torch_names import check_parameter_names
+
+    check_parameter_names(cell)
     (dim,) = cell.input.type.shape
     symbol = next((s.symbol for s in cell.sizes if dim == Dim.of(s.symbol)), None)
     if symbol is None:

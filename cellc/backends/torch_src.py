@@ -24,7 +24,7 @@ from ..source import InternalError
 
 # Names the emitted code uses itself; a .cell name equal to one of these is renamed.
 RESERVED = {"torch", "math", "F", "S", "T", "B", "t", "n", "r", "dtype", "device", "batch_sizes",
-            "xs", "ctx", "self", "grads", "outs", "saved"}
+            "xs", "ctx", "self", "grads", "outs", "saved", "stack_steps"}
 
 
 class Names:
@@ -179,7 +179,7 @@ class FunctionEmitter:
         if instr.span is None:
             return ""
         text = self.source_lines[instr.span.line - 1].strip() if instr.span.line <= len(self.source_lines) else ""
-        text = text.replace("\r", " ")
+        text = "".join(c if c.isprintable() else " " for c in text)  # no \r, \0, \u2028 ...
         return f"  # {instr.span.line}: {text}" + (" (grad)" if instr.grad else "")
 
     def emit_function(self, f: Func, py_name: str, doc: str) -> str:
@@ -361,10 +361,15 @@ MODULE_RESERVED = {"Layer", "Cell", "SPEC", "SYMBOLIC_BACKWARD", "N_RESULTS", "m
 def emit_module(cell, prog, source_name: str, version: str) -> str:
     """The whole generated file for a compiled cell."""
     from ..source import CellNameError
+    from .torch_names import check_parameter_names
 
+    check_parameter_names(cell)
     name = cell.name
+    # the file name goes into comments and a docstring: nothing that could end either
+    source_name = "".join(c if c.isprintable() and c not in "\"\\" else "?" for c in source_name)
     taken = MODULE_RESERVED | {name + "Sequence", "forward", "backward"}
-    if keyword.iskeyword(name) or name in taken or name.startswith("_") or name + "Cell" in taken:
+    if (keyword.iskeyword(name) or hasattr(builtins, name) or name in taken or name.startswith("_")
+            or {name + "Cell", name + "Sequence"} & MODULE_RESERVED):
         raise CellNameError(f"the cell name '{name}' cannot name a Python class here; rename the cell",
                             None, cell.source.name)
     lower = name.lower()
