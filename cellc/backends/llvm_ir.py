@@ -40,6 +40,11 @@ I32 = ir.IntType(32)
 PTR = ir.PointerType()
 
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
+# Products inside the time loop use the inlined kernel (llvm_gemm) for matrices up to this many
+# elements (1 MB in float32: the transposed copy stays in cache), and, for W @ x, which needs
+# that copy, only when the sequence has at least INLINE_MIN_STEPS steps to pay for it.
+INLINE_MAX_ELEMENTS = 1 << 18
+INLINE_MIN_STEPS = 8
 
 
 @dataclass
@@ -291,6 +296,7 @@ class FunctionCodegen:
         rows = loc.rows
         out = Loc(self.alloc(rows, loc.cols), loc.cols, 1, rows, loc.cols)
         self.elementwise_loop([], [loc], [out], rows, loc.cols, lambda b, vals: [vals[0]])
+        self.locs[id(v)] = out  # copy once; later uses read the copy
         return out
 
     # -- body -----------------------------------------------------------------------------
@@ -516,16 +522,34 @@ class FunctionCodegen:
         b = self.b
         out = self.storage(i.out, at_step)
         x, y = i.args
+        # Materialize operands before any branch: allocation must not happen inside one.
+        self.materialized(x), self.materialized(y)
         if at_step and self.small_gemm is not None and i.op in ("matmul", "matmul_t"):
             W, A = self.locs[id(x)], self.materialized(y)
-            Bm = self.transposed.get(id(x)) if i.op == "matmul" else (
-                W if W.ptr is not None and W.col_stride == 1 and W.row_stride == W.cols else None)
+            if i.op == "matmul":
+                Bm = self.transposed.get(id(x))
+            else:
+                contiguous = W.ptr is not None and W.col_stride == 1 and W.row_stride == W.cols
+                Bm = W if contiguous and W.rows * W.cols <= INLINE_MAX_ELEMENTS else None
             if Bm is not None and A.col_stride == 1:
-                K, N = Bm.rows, Bm.cols
-                fn = self.small_gemm.function(K, N)
-                b.call(fn, [self.nrows(A.rows), A.ptr, ir.Constant(I64, A.row_stride or A.cols), Bm.ptr,
-                            out.ptr, ir.Constant(I64, out.row_stride or out.cols)])
+                fn = self.small_gemm.function(Bm.rows, Bm.cols)
+                args = [self.nrows(A.rows), A.ptr, ir.Constant(I64, A.row_stride or A.cols), Bm.ptr,
+                        out.ptr, ir.Constant(I64, out.row_stride or out.cols)]
+                if i.op == "matmul_t":
+                    b.call(fn, args)
+                    return
+                # The transposed copy exists only when the loop is long enough to pay for it.
+                with b.if_else(self.inline_ok) as (then, otherwise):
+                    with then:
+                        b.call(fn, args)
+                    with otherwise:
+                        self.blas_gemm(i, out, at_step)
                 return
+        self.blas_gemm(i, out, at_step)
+
+    def blas_gemm(self, i: Instr, out: Loc, at_step: bool):
+        b = self.b
+        x, y = i.args
         lx, ly = self.materialized(x), self.materialized(y)
         if i.op == "matmul":  # (rows, K) @ W^T, W (M, K)
             W, X = lx, ly
@@ -646,21 +670,27 @@ class FunctionCodegen:
         for loc in acc_locs:
             self.fill(loc, 0.0)
         xs_locs = [self.materialized(a) for a in xs_a]
-        # Weights of products inside the loop, transposed once for the inlined kernel.
+        # Weights of products inside the loop, transposed once per call for the inlined
+        # kernel: only small matrices (a large one is better served by BLAS) and only when the
+        # loop has enough steps to pay for the copy.
         self.transposed = {}
+        self.inline_ok = b.icmp_signed(">=", self.T, ir.Constant(I64, INLINE_MIN_STEPS))
         if self.small_gemm is not None:
+            todo = []
             for ins in step.body:
                 w = ins.args[0] if ins.op == "matmul" else None
                 if w is None or not any(w is p for p in const_p) or id(w) in self.transposed:
                     continue
                 src = self.locs[id(const_a[list(const_p).index(w)])]
-                if src.ptr is None or src.col_stride != 1:
+                if src.ptr is None or src.col_stride != 1 or src.rows * src.cols > INLINE_MAX_ELEMENTS:
                     continue
                 M, K = src.rows, src.cols
-                dst = Loc(self.alloc(K, M), M, 1, K, M)
-                view = Loc(src.ptr, 1, src.row_stride, K, M)  # element (k, m) = W[m, k]
-                self.elementwise_loop([], [view], [dst], K, M, lambda bb, v: [v[0]])
-                self.transposed[id(w)] = dst
+                self.transposed[id(w)] = Loc(self.alloc(K, M), M, 1, K, M)
+                todo.append((Loc(src.ptr, 1, src.row_stride, K, M), self.transposed[id(w)]))
+            if todo:
+                with b.if_then(self.inline_ok):
+                    for view, dst in todo:  # element (k, m) of the view is W[m, k]
+                        self.elementwise_loop([], [view], [dst], dst.rows, dst.cols, lambda bb, v: [v[0]])
         # The step's workspace offsets are computed inside the loop body; after the loop the
         # bump pointer moves past them by the same amount, computed outside the loop.
         saved_off, saved_coef = self.ws_off, list(self.ws_coef)
