@@ -385,34 +385,23 @@ UNARY: dict[str, Emit] = {
 
 
 def target_machine(reloc: str = "default", cpu: str | None = None, features: str | None = None):
-    """A target machine for this CPU, or for `cpu` (e.g. "znver3") with its default features.
+    """llvm_jit's target machine for this CPU, or one for `cpu` (e.g. "znver3") with its
+    default features, to inspect what another CPU would get."""
+    from . import llvm_jit
 
-    Without the host cpu name and features, loops vectorize only 4 wide with no FMA. Code built
-    for the host must not be cached and reused on another CPU.
-    """
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
     if cpu is None:
-        cpu = llvm.get_host_cpu_name()
-        features = llvm.get_host_cpu_features().flatten() if features is None else features
+        return llvm_jit.target_machine(reloc)
+    llvm = llvm_jit._llvm()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(
-        cpu=cpu, features=features or "", opt=3, reloc=reloc, codemodel="jitdefault"
-    )
+    return target.create_target_machine(cpu=cpu, features=features or "", opt=3, reloc=reloc,
+                                        codemodel="jitdefault")
 
 
 def optimize(module, tm) -> None:
-    """Run the O3 pipeline with loop and SLP vectorization on a binding module, in place."""
-    import llvmlite.binding as llvm
+    """The pass pipeline of the native backend (llvm_jit.optimize)."""
+    from . import llvm_jit
 
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pto.loop_unrolling = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(module, pb)
+    llvm_jit.optimize(module, tm)
 
 
 def unary_loop_module(emit: Emit, ty: ir.Type, name: str = "f") -> ir.Module:
