@@ -12,7 +12,8 @@ for four implementations holding the same weights:
   cellc         the module cellc generates from cells/<cell>.cell (symbolic backward)
   cellc-ad      the same module with SYMBOLIC_BACKWARD = False (torch autograd of its loop)
   eager-loop    the usual hand-written cell: a Python loop over time of torch ops
-and prints the other three as ratios to torch.nn measured in the same run (2.0x = twice as slow).
+and prints the other three as speedups over torch.nn measured in the same run: torch.nn time /
+candidate time, so 2.00x is twice as fast and 0.50x twice as slow (as benchmarks/llvm_target.py).
 Before timing, each implementation's outputs are checked against torch.nn.
 """
 
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     print(f"cellc {cellc.__version__} torch target vs torch.nn; torch {torch.__version__},"
           f" {torch.get_num_threads()} thread(s), median of {runs} runs after {warmup} warm-up"
           f"{' (--quick: T/10)' if args.quick else ''}")
-    print("times: torch.nn in ms; the others as ratios to torch.nn (lower is faster)")
+    print("times: torch.nn in ms; the others as speedups over torch.nn (higher is faster)")
     header = (f"{'cell':<5} {'T':>5} {'B':>3} {'I':>4} {'H':>4}  {'pass':<8}"
               f" {'torch.nn ms':>11} {'cellc':>8} {'cellc-ad':>9} {'eager-loop':>10}")
     print(header)
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
         gen_mod = cellc.load(ROOT / "cells" / f"{kind}.cell", target="torch")
         for T, B, I, H in sizes:
             for label, base, cols in bench_one(kind, T, B, I, H, runs, warmup, gen_mod):
-                r = {k: v / base for k, v in cols.items()}
+                r = {k: base / v for k, v in cols.items()}
                 for k in ratios:
                     ratios[k].append(r[k])
                 print(f"{kind.upper():<5} {T:>5} {B:>3} {I:>4} {H:>4}  {label:<8} {base:>11.2f}"
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
                       flush=True)
     geo = {k: math.exp(statistics.fmean(math.log(v) for v in vs)) for k, vs in ratios.items()}
     print("-" * len(header))
-    print(f"{'geometric mean of the ratios':<44} {geo['cellc']:>7.2f}x {geo['cellc-ad']:>8.2f}x"
+    print(f"{'geometric mean of the speedups':<44} {geo['cellc']:>7.2f}x {geo['cellc-ad']:>8.2f}x"
           f" {geo['eager-loop']:>9.2f}x")
     return 0
 
