@@ -55,7 +55,11 @@ def load(path: str | Path, target: str = "torch") -> types.ModuleType:
     module.__file__ = filename
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     sys.modules[name] = module  # so classes pickle by reference within this process
-    exec(compile(source, filename, "exec"), module.__dict__)
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)
+    except BaseException:
+        del sys.modules[name]  # no half-built module left behind
+        raise
     _LOADED[key] = module
     return module
 
