@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 from .frontend import load_file as load_cell, load_source  # noqa: E402
 from .source import CellError, InternalError, Source  # noqa: E402
 from .backends import numpy_ref as reference  # noqa: E402
-from .api import load, torch_source  # noqa: E402
+from .api import grad_equations, load, torch_source  # noqa: E402
 
-__all__ = ["load", "load_cell", "load_source", "torch_source", "CellError", "InternalError",
-           "Source", "reference"]
+__all__ = ["load", "load_cell", "load_source", "torch_source", "grad_equations", "CellError",
+           "InternalError", "Source", "reference"]
 
 
 def __getattr__(name):

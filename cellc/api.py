@@ -27,6 +27,13 @@ TARGETS = ("torch", "llvm")
 _LOADED: dict[str, types.ModuleType] = {}
 
 
+def grad_equations(path: str | Path) -> str:
+    """The text `cellc grad FILE` prints: the simplified backward equations and residuals."""
+    from .pipeline import grad_equations as equations
+
+    return equations(load_file(path))
+
+
 def torch_source(path: str | Path) -> str:
     """The generated single-file PyTorch module for a `.cell` file, as text."""
     from .backends.torch_src import emit_module

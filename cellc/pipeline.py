@@ -178,7 +178,7 @@ def grad_equations(cell: CellIR) -> str:
         f"# Backward of {cell.name} ({cell.source.name}), derived symbolically and simplified.",
         "#",
         "# Each step, t = T-1 down to 0: " + ", ".join(p.name for p in bstep.params[:nc])
-        + " arrive from step t+1 (zero at t = T-1",
+        + (" arrives" if nc == 1 else " arrive") + " from step t+1 (zero at t = T-1",
         "# unless the final states have cotangents); dy is the cotangent of this step's output;",
         "# `v += e` adds this step's share.",
         *step_lines,

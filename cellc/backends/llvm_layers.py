@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..lower import CellIR
-from ..runtime.torch_layers import make_layer
+from ..runtime.torch_layers import compiler_disabled, make_layer
 from . import blas, cache
 from .llvm_jit import Arrays
 from .torch_eager import spec_from_cell
@@ -77,7 +77,7 @@ def run_direction_for(cell: CellIR):
 
         programs = {}  # dtype -> NativeProgram, looked up once per layer size and dtype
 
-        @torch.compiler.disable
+        @compiler_disabled
         def run_direction(xs, states, params, batch_sizes):
             if xs.device.type != "cpu":
                 raise ValueError(f"the llvm target runs on the CPU; input is on {xs.device}")

@@ -353,7 +353,7 @@ def _runtime_source() -> str:
     return text.strip()
 
 
-MODULE_RESERVED = {"Layer", "Cell", "SPEC", "SYMBOLIC_BACKWARD", "N_RESULTS", "make_layer", "run_direction",
+MODULE_RESERVED = {"Layer", "Cell", "compiler_disabled", "sys", "SPEC", "SYMBOLIC_BACKWARD", "N_RESULTS", "make_layer", "run_direction",
                    "stack_steps", "torch", "math", "functools", "PackedSequence", "inspect",
                    "numbers", "warnings"}
 
@@ -442,7 +442,7 @@ class {name}Sequence(torch.autograd.Function):
         return (None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
 
 
-@torch.compiler.disable
+@compiler_disabled
 def run_direction(xs, states, params, batch_sizes, S):
     """The time loop of one layer direction, as torch_layers' make_layer expects it."""
     T, B = xs.shape[0], xs.shape[1]

@@ -67,15 +67,35 @@ The layer never differentiates anything: run_direction must be autograd-aware, a
 loop or a torch.autograd.Function is.
 """
 
+import functools
 import inspect
 import math
 import numbers
+import sys
 import warnings
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["make_layer"]
+__all__ = ["make_layer", "compiler_disabled"]
+
+
+def compiler_disabled(fn):
+    """fn, hidden from torch.compile: a time loop of Python or native calls cannot be traced.
+    torch.compiler.disable imports dynamo (about a second), so it is applied on the first call
+    made while dynamo is loaded, that is, only when torch.compile is in use."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call
 
 _INITIALIZERS = {  # name -> (number of arguments allowed, fill function)
     "uniform": ((2,), lambda w, a: torch.nn.init.uniform_(w, a[0], a[1])),
