@@ -102,7 +102,7 @@ def _header(cell, sizes, kernels, prefix) -> str:
         " * step t (sorted longest first); pass B for every step when all have length T.",
         " * args[] and results[] are arrays of data pointers in the order listed for each kernel;",
         " * a result marked 'arg k' is args[k] itself and needs no buffer. workspace must hold",
-        " * PREFIX_WORKSPACE_<kernel>(T, B) elements of the kernel's float type.",
+        f" * <KERNEL>_WORKSPACE(T, B) elements of its float type, e.g. {prefix.upper()}_FORWARD_F32_WORKSPACE.",
         " */",
         f"#ifndef {guard}",
         f"#define {guard}",
