@@ -81,6 +81,8 @@ class NativeCell:
         if lengths is None:
             return np.full(T, B, np.int64), None
         lengths = np.asarray(lengths)
+        if lengths.size == 0:  # np.asarray([]) is float64
+            lengths = lengths.astype(np.int64)
         if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
             raise ValueError(f"lengths must be {B} ints, got {lengths.dtype} {lengths.shape}")
         if B and (lengths.min() < 0 or lengths.max() > T):

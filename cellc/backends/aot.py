@@ -21,7 +21,7 @@ from ..lower import CellIR
 from ..pipeline import compile_program
 from ..shapes import Batch
 from . import blas, llvm_ir
-from .llvm_jit import _llvm, optimize, step_function, target_machine
+from .llvm_jit import _llvm, kernel_features, optimize, step_function, target_machine
 
 DTYPES = {"f32": "float32", "f64": "float64"}
 
@@ -51,7 +51,8 @@ def build(cell: CellIR, sizes: dict, out_dir: Path) -> list[Path]:
             funcs = [(prog.fwd, f"{prefix}_forward_{short}"), (prog.bwd, f"{prefix}_backward_{short}"),
                      (step, f"{prefix}_step_{short}")]
             module, layouts = llvm_ir.build_module(funcs, sizes, dtype,
-                                                   {"gemm": f"{blas.prefix()}cblas_{g}gemm"})
+                                                   {"gemm": f"{blas.prefix()}cblas_{g}gemm"},
+                                                   features=kernel_features())
             mod = llvm.parse_assembly(str(module))
             mod.verify()
             optimize(mod, tm)
