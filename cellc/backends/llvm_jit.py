@@ -114,6 +114,16 @@ class Kernel:
 
     def __post_init__(self):
         self._call = _SIGNATURE(self.address)
+        self._scratch = threading.local()  # the workspace, reused by calls on the same thread
+
+    def workspace(self, n: int, arrays: "Arrays", like):
+        """A scratch buffer of at least n elements: reused (fresh pages cost page faults), one
+        per thread so that concurrent calls never share it."""
+        ws = getattr(self._scratch, "buffer", None)
+        if ws is None or arrays.size(ws) < n or type(ws) is not type(like):
+            ws = arrays.empty((max(n, 1),), self.dtype, like=like)
+            self._scratch.buffer = ws
+        return ws
 
     def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: "Arrays") -> list:
         """Call the kernel on checked arrays; return its results (arguments handed back as is)."""
@@ -136,7 +146,7 @@ class Kernel:
                     buffers[k] = arrays.empty(r.type.concrete(self.sizes, T, B), self.dtype, like=args[0])
                 results.append(buffers[k])
         a, b, c = layout.workspace
-        ws = arrays.empty((a * T * B + b * B + c + 1,), self.dtype, like=args[0])
+        ws = self.workspace(a * T * B + b * B + c + 1, arrays, args[0])
         argv = (ctypes.c_void_p * max(1, len(args)))(*[arrays.ptr(x) for x in args])
         bufv = (ctypes.c_void_p * max(1, len(buffers)))(*[arrays.ptr(x) for x in buffers])
         self._call(T, B, bs.ctypes.data, ctypes.addressof(argv), ctypes.addressof(bufv), arrays.ptr(ws))
@@ -161,6 +171,9 @@ class Arrays:
 
     def ptr(self, a) -> int:
         return a.ctypes.data
+
+    def size(self, a) -> int:
+        return a.size
 
 
 def _jit(module_ir, object_cache=None):

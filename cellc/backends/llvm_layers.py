@@ -42,6 +42,9 @@ class TorchArrays(Arrays):
     def ptr(self, a) -> int:
         return a.data_ptr()
 
+    def size(self, a) -> int:
+        return a.numel()
+
 
 _TORCH = TorchArrays()
 
