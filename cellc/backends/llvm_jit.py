@@ -120,7 +120,7 @@ class Kernel:
         """A scratch buffer of at least n elements: reused (fresh pages cost page faults), one
         per thread so that concurrent calls never share it."""
         ws = getattr(self._scratch, "buffer", None)
-        if ws is None or arrays.size(ws) < n or type(ws) is not type(like):
+        if ws is None or type(ws) is not type(like) or arrays.size(ws) < n:
             ws = arrays.empty((max(n, 1),), self.dtype, like=like)
             self._scratch.buffer = ws
         return ws
