@@ -37,7 +37,7 @@ class _Printer:
     def ref(self, v: Value, prec: int = 0) -> str:
         if id(v) in self.names:
             return self.names[id(v)]
-        text, p = self.exprs.get(id(v), (_display(v.name), 9))
+        text, p = self.exprs.get(id(v), (v.name, 9))
         return f"({text})" if p < prec else text
 
     def expr(self, i: Instr) -> tuple[str, int]:
@@ -66,10 +66,6 @@ class _Printer:
         if op == "split":
             return f"split({self.ref(a[0])}, {len(i.outs)})", 9
         return f"{op}({', '.join(self.ref(x) for x in a)})", 9
-
-
-def _display(name: str) -> str:
-    return name
 
 
 def forward_expressions(step: Func) -> dict[int, tuple[str, int]]:

@@ -198,8 +198,3 @@ def _invariant_instrs(step: Func, const_p, residuals) -> list[Instr]:
             wanted.add(id(defs[id(v)]))
             stack += [a for a in defs[id(v)].args if id(a) in defs]
     return [i for i in step.body if id(i) in wanted]
-
-
-def grad_instrs(f: Func):
-    """Instructions of a backward function, for tests: those marked as derivatives."""
-    return [i for i in f.body if i.grad]

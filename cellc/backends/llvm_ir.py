@@ -24,7 +24,7 @@ Code per op kind:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from llvmlite import ir
@@ -66,14 +66,8 @@ class Layout:
     name: str
     n_args: int
     results: list[tuple[str, int]]  # ("arg", k): return argument k; ("buf", slot): a buffer
-    result_shapes: list[tuple]  # per result: (rows kind, cols)
     n_buffers: int
     workspace: tuple[int, int, int] = (0, 0, 0)  # elements: a*T*B + b*B + c
-
-
-@dataclass
-class Workspace:
-    coef: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,10 +211,9 @@ class FunctionCodegen:
             rows, cols = self.dims(p, at_step=False)
             self.locs[id(p)] = Loc(load_ptr(args_p, k), cols if rows != 1 or p.type.rank == 2 else 0, 1, rows, cols)
         # Results: a parameter is handed back; each distinct computed value gets a buffer.
-        results, slots, shapes = [], {}, []
+        results, slots = [], {}
         params = {id(p): k for k, p in enumerate(f.params)}
         for r in f.results:
-            shapes.append(self.dims(r, at_step=False))
             if id(r) in params:
                 results.append(("arg", params[id(r)]))
             else:
@@ -234,8 +227,7 @@ class FunctionCodegen:
                     r.type.batch is not Batch.NONE or r.type.rank == 2) else 0)
         self.body(f, at_step=False)
         b.ret_void()
-        layout = Layout(name, len(f.params), results, shapes, len(slots), tuple(self.ws_coef))
-        return layout
+        return Layout(name, len(f.params), results, len(slots), tuple(self.ws_coef))
 
     # -- storage --------------------------------------------------------------------------
 
@@ -249,26 +241,25 @@ class FunctionCodegen:
         self.ws_coef[k] += cols * (1 if k < 2 else rows)
         return ptr
 
-    def plan(self, f: Func, at_step: bool, preset: dict[int, Loc]) -> dict[int, Loc]:
-        """Decide where each computed value of f's body lives (see the module docstring)."""
+    def plan(self, f: Func, at_step: bool) -> None:
+        """Find the values computed straight into their slice of a concat's buffer: those
+        whose only use is that concat (see the module docstring)."""
         uses: dict[int, list[Instr]] = {}
         for i in f.body:
             for a in i.args:
                 uses.setdefault(id(a), []).append(i)
         result_ids = {id(r) for r in f.results}
-        into_concat: dict[int, tuple[Instr, int]] = {}
+        self.into_concat = {}
         for i in f.body:
             if i.op == "concat":
                 off = 0
                 for a in i.args:
                     rows, cols = self.dims(a, at_step)
                     if (len(uses.get(id(a), [])) == 1 and id(a) not in result_ids
-                            and id(a) not in self.locs and id(a) not in preset
+                            and id(a) not in self.locs
                             and sum(1 for x in i.args if x is a) == 1 and a.type.rank == 1):
-                        into_concat[id(a)] = (i, off)
+                        self.into_concat[id(a)] = (i, off)
                     off += cols
-        self.into_concat = into_concat
-        return preset
 
     def storage(self, v: Value, at_step: bool) -> Loc:
         """A writable Loc for a value about to be computed."""
@@ -302,7 +293,7 @@ class FunctionCodegen:
     # -- body -----------------------------------------------------------------------------
 
     def body(self, f: Func, at_step: bool):
-        self.plan(f, at_step, {})
+        self.plan(f, at_step)
         groups = self.group(f)
         for g in groups:
             if isinstance(g, list):
