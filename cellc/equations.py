@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .ir import Func, Instr, Value, scan_parts
+from .ir import Func, Instr, Value
 from .shapes import Dim
 
 _INFIX = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2), "matmul": ("@", 2)}

@@ -18,7 +18,7 @@ from . import ast_nodes as A
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
-from .source import CellError, CellNameError, CellShapeError, CellWarning, Source, Span
+from .source import CellNameError, CellShapeError, CellWarning, Source, Span
 
 INITIALIZERS = {  # name -> (min args, max args, what the args mean)
     "uniform": (2, 2, "uniform(low, high)"),

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 from . import passes
 from .grad import Vjp, vjp

@@ -40,7 +40,10 @@ from cellc.backends import cache, numpy_ref
 
 torch = pytest.importorskip("torch")
 
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from layer_parity import (  # noqa: E402
+    CONFIGS, SIZES, TORCH_CELLS, TORCH_LAYERS, check_parity, close, compare, graph_names,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS_DIR = ROOT / "cells"
@@ -355,24 +358,7 @@ def test_step_without_states_starts_from_zero():
 # ---------------------------------------------------------------------------------------------
 # 4. torch layers from the llvm target
 
-TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
-TORCH_CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}
-TTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-LB = 4  # batch for layer tests
-CONFIGS = {  # (constructor kwargs, input form, pass initial states)
-    "plain": ({}, "time_major", False),
-    "hx": ({}, "time_major", True),
-    "2layers_bidir": ({"num_layers": 2, "bidirectional": True}, "time_major", True),
-    "batch_first": ({"num_layers": 2, "bidirectional": True, "batch_first": True}, "batch_first",
-                    True),
-    "unbatched_bidir": ({"bidirectional": True}, "unbatched", True),
-    "unbatched_bf": ({"batch_first": True}, "unbatched", False),
-    "no_bias": ({"num_layers": 2, "bias": False, "bidirectional": True}, "time_major", True),
-    "packed_sorted": ({"num_layers": 2, "bidirectional": True}, "packed_sorted", True),
-    "packed_unsorted": ({"num_layers": 2, "bidirectional": True}, "packed_unsorted", True),
-    "packed_unsorted_bf": ({"batch_first": True}, "packed_unsorted", False),
-}
-PACKED_LENGTHS = {"packed_sorted": [5, 4, 2, 1], "packed_unsorted": [2, 5, 1, 4]}
+B_LAYER = SIZES[1]  # batch of the layer tests (the layer_parity harness's)
 
 
 @functools.cache
@@ -380,93 +366,11 @@ def llvm_module(name: str):
     return cellc.load(CELLS_DIR / f"{name}.cell", target="llvm")
 
 
-def tclose(a, b, dtype, what):
-    tol = TTOL[dtype]
-    torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
-
-
-def graph_names(t) -> set[str]:
-    seen, names, todo = set(), set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(fn.name())
-        todo += [f for f, _ in fn.next_functions]
-    return names
-
-
-def _inputs(name, kwargs, form, with_hx, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    LD = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
-    n_states = 2 if name == "lstm" else 1
-    if form == "unbatched":
-        x = torch.randn(T, I, generator=g, dtype=dtype)
-        hx = [torch.randn(LD, H, generator=g, dtype=dtype) for _ in range(n_states)]
-    else:
-        x = torch.randn(T, LB, I, generator=g, dtype=dtype)
-        if form == "batch_first" or (form.startswith("packed") and kwargs.get("batch_first")):
-            x = x.transpose(0, 1).contiguous()
-        hx = [torch.randn(LD, LB, H, generator=g, dtype=dtype) for _ in range(n_states)]
-    return x, (hx if with_hx else None)
-
-
-def _run(module, x, hx, form, kwargs):
-    x = x.clone().requires_grad_()
-    leaves = None if hx is None else [h.clone().requires_grad_() for h in hx]
-    inp = x
-    if form.startswith("packed"):
-        inp = pack_padded_sequence(x, PACKED_LENGTHS[form], batch_first=kwargs.get("batch_first", False),
-                                   enforce_sorted=form == "packed_sorted")
-    hx_arg = None if leaves is None else leaves[0] if len(leaves) == 1 else tuple(leaves)
-    out, h_n = module(inp, hx_arg)
-    if form.startswith("packed"):
-        assert isinstance(out, PackedSequence)
-        assert torch.equal(out.batch_sizes, inp.batch_sizes)
-        out = out.data
-    h_n = [h_n] if isinstance(h_n, torch.Tensor) else list(h_n)
-    g = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in [out, *h_n])
-    names = graph_names(loss)
-    loss.backward()
-    return names, {
-        "output": out.detach(),
-        **{f"h_n[{k}]": h.detach() for k, h in enumerate(h_n)},
-        "grad input": x.grad,
-        **{f"grad hx[{k}]": h.grad for k, h in enumerate(leaves or [])},
-        **{f"grad {n}": p.grad for n, p in module.named_parameters()},
-    }
-
-
-def _compare(ours, ref, name, kwargs, form, with_hx, dtype):
-    x, hx = _inputs(name, kwargs, form, with_hx, dtype)
-    names, got = _run(ours, x, hx, form, kwargs)
-    assert any("NativeSequence" in n for n in names), f"no NativeSequence node in {sorted(names)}"
-    _, want = _run(ref, x, hx, form, kwargs)
-    assert got.keys() == want.keys()
-    for key in want:
-        assert got[key] is not None, key
-        tclose(got[key], want[key], dtype, f"{name} {key}")
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))
 def test_llvm_layer_matches_torch(name, config, dtype):
-    kwargs, form, with_hx = CONFIGS[config]
-    Layer = llvm_module(name).Layer
-    torch.manual_seed(0)
-    ref = TORCH_LAYERS[name](I, H, dtype=dtype, **kwargs)
-    ours = Layer(I, H, dtype=dtype, **kwargs)
-    assert list(ours.state_dict()) == list(ref.state_dict())
-    ours.load_state_dict(ref.state_dict())  # torch -> ours
-    _compare(ours, ref, name, kwargs, form, with_hx, dtype)
-
-    ours2 = Layer(I, H, dtype=dtype, **kwargs)
-    ref2 = TORCH_LAYERS[name](I, H, dtype=dtype, **kwargs)
-    ref2.load_state_dict(ours2.state_dict())  # ours -> torch
-    _compare(ours2, ref2, name, kwargs, form, with_hx, dtype)
+    check_parity(llvm_module(name).Layer, name, config, dtype, node="NativeSequence")
 
 
 def test_llvm_layer_comparison_can_fail():
@@ -478,7 +382,7 @@ def test_llvm_layer_comparison_can_fail():
     with torch.no_grad():
         ours.bias_hh_l0[0] += 1e-4
     with pytest.raises(AssertionError):
-        _compare(ours, ref, "gru", {}, "time_major", True, torch.float64)
+        compare(ours, ref, "gru", {}, "time_major", True, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -488,8 +392,8 @@ def test_llvm_cell_class_matches_torch(name, dtype):
     ours = llvm_module(name).Cell(I, H, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(LB, I, generator=g, dtype=dtype)
-    hx = [torch.randn(LB, H, generator=g, dtype=dtype) for _ in range(2 if name == "lstm" else 1)]
+    x = torch.randn(B_LAYER, I, generator=g, dtype=dtype)
+    hx = [torch.randn(B_LAYER, H, generator=g, dtype=dtype) for _ in range(2 if name == "lstm" else 1)]
     results = []
     for module in (ours, ref):
         xl = x.clone().requires_grad_()
@@ -503,7 +407,7 @@ def test_llvm_cell_class_matches_torch(name, dtype):
         results.append([o.detach() for o in out] + [xl.grad] + [h.grad for h in hl]
                        + [p.grad for _, p in module.named_parameters()])
     for k, (a, b) in enumerate(zip(*results)):
-        tclose(a, b, dtype, f"{name} cell result {k}")
+        close(a, b, dtype, f"{name} cell result {k}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,7 +603,7 @@ def test_error_cases_cover_the_script():
 
 def test_llvm_layer_accepts_non_contiguous_input():
     layer = llvm_module("gru").Layer(I, H, dtype=torch.float64)
-    x = torch.randn(T, LB, 2 * I, dtype=torch.float64)[:, :, ::2]
+    x = torch.randn(T, B_LAYER, 2 * I, dtype=torch.float64)[:, :, ::2]
     assert not x.is_contiguous()
     y1, h1 = layer(x)
     y2, h2 = layer(x.contiguous())

@@ -8,7 +8,7 @@ import pytest
 from conftest import compile_text, error_text
 
 from cellc.ops import OPS
-from cellc.shapes import ONE, Batch, Dim, ShapeMismatch, TensorType, broadcast
+from cellc.shapes import Batch, Dim, ShapeMismatch, TensorType, broadcast
 from cellc.source import CellNameError, CellShapeError, CellWarning
 
 H, I = Dim.of("H"), Dim.of("I")

@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import cellc  # noqa: E402
 from cellc.backends import numpy_ref  # noqa: E402
@@ -33,12 +33,12 @@ from cellc.runtime import torch_layers  # noqa: E402
 from cellc.runtime.torch_layers import make_layer  # noqa: E402
 from cellc.shapes import ONE, Batch, Dim, TensorType  # noqa: E402
 from cellc.source import InternalError  # noqa: E402
+from layer_parity import (  # noqa: E402
+    CONFIGS, SIZES, TORCH_CELLS, TORCH_LAYERS, check_parity, close, compare,
+)
 
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
-TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
-TORCH_CELLS = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-I, H, T, B = 3, 4, 5, 4
+T, B, I, H = SIZES
 
 
 @functools.cache
@@ -46,98 +46,14 @@ def eager(name: str):
     return load_eager(CELLS_DIR / f"{name}.cell")
 
 
-def close(a, b, dtype, what):
-    tol = TOL[dtype]
-    torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Layer parity with torch.nn.LSTM / GRU / RNN
-
-# (constructor kwargs, input form, pass initial states)
-CONFIGS = {
-    "plain": ({}, "time_major", False),
-    "hx": ({}, "time_major", True),
-    "2layers_bidir": ({"num_layers": 2, "bidirectional": True}, "time_major", True),
-    "batch_first": ({"num_layers": 2, "batch_first": True}, "batch_first", True),
-    "unbatched": ({"bidirectional": True}, "unbatched", True),
-    "unbatched_bf": ({"batch_first": True}, "unbatched", False),
-    "no_bias": ({"num_layers": 2, "bias": False, "bidirectional": True}, "time_major", True),
-    "packed_sorted": ({"num_layers": 2, "bidirectional": True}, "packed_sorted", True),
-    "packed_unsorted": ({"num_layers": 2, "bidirectional": True}, "packed_unsorted", True),
-    "packed_no_hx": ({"bidirectional": True, "batch_first": True}, "packed_unsorted", False),
-}
-LENGTHS = {"packed_sorted": [5, 4, 2, 1], "packed_unsorted": [2, 5, 1, 4]}
-
-
-def _inputs(name, kwargs, form, with_hx, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    D = 2 if kwargs.get("bidirectional") else 1
-    LD = kwargs.get("num_layers", 1) * D
-    n_states = 2 if name == "lstm" else 1
-    if form == "unbatched":
-        x = torch.randn(T, I, generator=g, dtype=dtype)
-        hx = [torch.randn(LD, H, generator=g, dtype=dtype) for _ in range(n_states)]
-    else:
-        x = torch.randn(T, B, I, generator=g, dtype=dtype)
-        if form == "batch_first" or (form.startswith("packed") and kwargs.get("batch_first")):
-            x = x.transpose(0, 1).contiguous()
-        hx = [torch.randn(LD, B, H, generator=g, dtype=dtype) for _ in range(n_states)]
-    return x, (hx if with_hx else None)
-
-
-def _run(module, x, hx, form, kwargs):
-    """Forward and backward; returns outputs, final states and every gradient."""
-    x = x.clone().requires_grad_()
-    leaves = None if hx is None else [h.clone().requires_grad_() for h in hx]
-    inp = x
-    if form.startswith("packed"):
-        inp = pack_padded_sequence(x, LENGTHS[form], batch_first=kwargs.get("batch_first", False),
-                                   enforce_sorted=form == "packed_sorted")
-    hx_arg = None if leaves is None else leaves[0] if len(leaves) == 1 else tuple(leaves)
-    out, h_n = module(inp, hx_arg)
-    if form.startswith("packed"):
-        assert isinstance(out, PackedSequence)
-        assert torch.equal(out.batch_sizes, inp.batch_sizes)
-        out = out.data
-    h_n = [h_n] if isinstance(h_n, torch.Tensor) else list(h_n)
-    g = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in [out, *h_n])
-    loss.backward()
-    return {
-        "output": out.detach(),
-        **{f"h_n[{k}]": h.detach() for k, h in enumerate(h_n)},
-        "grad input": x.grad,
-        **{f"grad hx[{k}]": h.grad for k, h in enumerate(leaves or [])},
-        **{f"grad {n}": p.grad for n, p in module.named_parameters()},
-    }
-
-
-def _compare(ours, ref, name, kwargs, form, with_hx, dtype):
-    x, hx = _inputs(name, kwargs, form, with_hx, dtype)
-    got, want = _run(ours, x, hx, form, kwargs), _run(ref, x, hx, form, kwargs)
-    assert got.keys() == want.keys()
-    for key in want:
-        close(got[key], want[key], dtype, f"{name} {key}")
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))
 def test_layer_matches_torch(name, config, dtype):
-    kwargs, form, with_hx = CONFIGS[config]
-    Layer, _ = eager(name)
-    torch.manual_seed(0)
-    ref = TORCH_LAYERS[name](I, H, dtype=dtype, **kwargs)
-    ours = Layer(I, H, dtype=dtype, **kwargs)
-    assert list(ours.state_dict()) == list(ref.state_dict())  # same names, same order
-    ours.load_state_dict(ref.state_dict())  # torch -> ours
-    _compare(ours, ref, name, kwargs, form, with_hx, dtype)
-
-    ours2 = Layer(I, H, dtype=dtype, **kwargs)
-    ref2 = TORCH_LAYERS[name](I, H, dtype=dtype, **kwargs)
-    ref2.load_state_dict(ours2.state_dict())  # ours -> torch
-    _compare(ours2, ref2, name, kwargs, form, with_hx, dtype)
+    check_parity(eager(name)[0], name, config, dtype)
 
 
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))
@@ -452,7 +368,7 @@ def test_hand_written_spec_and_run_direction():
     kwargs = {"num_layers": 2, "bidirectional": True}
     for form in ("time_major", "packed_sorted"):
         calls.clear()
-        _compare(m, ref, "rnn", kwargs, form, True, torch.float64)
+        compare(m, ref, "rnn", kwargs, form, True, torch.float64)
         batch_sizes = {c[2] and tuple(c[2]) for c in calls}
         assert batch_sizes == ({None} if form == "time_major" else {(4, 3, 2, 2, 1)})
     # a packed batch whose sequences all have the full length runs with batch_sizes=None
@@ -489,7 +405,7 @@ def test_torch_layers_source_works_pasted_into_another_module():
     ref = torch.nn.LSTM(I, H, bidirectional=True, dtype=torch.float64)
     m = Layer(I, H, bidirectional=True, dtype=torch.float64)
     m.load_state_dict(ref.state_dict())
-    _compare(m, ref, "lstm", {"bidirectional": True}, "packed_unsorted", True, torch.float64)
+    compare(m, ref, "lstm", {"bidirectional": True}, "packed_unsorted", True, torch.float64)
 
 
 def test_spec_from_cell():

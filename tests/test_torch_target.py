@@ -37,12 +37,14 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E40
 
 import cellc  # noqa: E402
 from cellc import api  # noqa: E402
+from layer_parity import (  # noqa: E402
+    CONFIGS, SIZES, TORCH_LAYERS, as_list, check_parity, close, compare, graph_names, make_inputs,
+    run_layer,
+)
 from cellc.backends import numpy_ref  # noqa: E402
 
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
-TORCH_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-I, H, T, B = 3, 4, 5, 4
+T, B, I, H = SIZES
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -61,28 +63,6 @@ def gen(name: str):
     return cellc.load(CELLS_DIR / f"{name}.cell", target="torch")
 
 
-def close(a, b, dtype, what):
-    tol = TOL[dtype]
-    torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
-
-
-def as_list(h):
-    return [h] if isinstance(h, torch.Tensor) else list(h)
-
-
-def graph_names(t: torch.Tensor) -> set[str]:
-    """Names of every node in the autograd graph behind t."""
-    seen, names, todo = set(), set(), [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(fn.name())
-        todo += [f for f, _ in fn.next_functions]
-    return names
-
-
 def size_args(cell, input_size, other):
     """Constructor size arguments: the input's size symbol gets input_size, the others `other`."""
     (dim,) = cell.input.type.shape
@@ -92,97 +72,11 @@ def size_args(cell, input_size, other):
 # ---------------------------------------------------------------------------------------------
 # Parity with torch.nn.LSTM / GRU / RNN
 
-# (constructor kwargs, input form, pass initial states)
-CONFIGS = {
-    "plain": ({}, "time_major", False),
-    "hx": ({}, "time_major", True),
-    "2layers": ({"num_layers": 2}, "time_major", True),
-    "2layers_bidir": ({"num_layers": 2, "bidirectional": True}, "time_major", True),
-    "batch_first": ({"num_layers": 2, "batch_first": True}, "batch_first", True),
-    "unbatched": ({"bidirectional": True}, "unbatched", True),
-    "unbatched_2layers_bf": ({"num_layers": 2, "batch_first": True}, "unbatched", False),
-    "no_bias": ({"num_layers": 2, "bias": False, "bidirectional": True}, "time_major", True),
-    "packed_sorted": ({"num_layers": 2, "bidirectional": True}, "packed_sorted", True),
-    "packed_unsorted": ({"num_layers": 2, "bidirectional": True}, "packed_unsorted", True),
-    "packed_unsorted_bf_no_hx": ({"bidirectional": True, "batch_first": True}, "packed_unsorted",
-                                 False),
-    "packed_sorted_1layer": ({}, "packed_sorted", True),
-}
-LENGTHS = {"packed_sorted": [5, 4, 2, 1], "packed_unsorted": [2, 5, 1, 4]}
-
-
-def _inputs(name, kwargs, form, with_hx, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    LD = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
-    n_states = 2 if "lstm" in name else 1
-    if form == "unbatched":
-        x = torch.randn(T, I, generator=g, dtype=dtype)
-        hx = [torch.randn(LD, H, generator=g, dtype=dtype) for _ in range(n_states)]
-    else:
-        x = torch.randn(T, B, I, generator=g, dtype=dtype)
-        if form == "batch_first" or (form.startswith("packed") and kwargs.get("batch_first")):
-            x = x.transpose(0, 1).contiguous()
-        hx = [torch.randn(LD, B, H, generator=g, dtype=dtype) for _ in range(n_states)]
-    return x, (hx if with_hx else None)
-
-
-def _run(module, x, hx, form, kwargs, seed=1):
-    """Forward and backward; returns outputs, final states and every gradient."""
-    module.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    leaves = None if hx is None else [h.clone().requires_grad_() for h in hx]
-    inp = x
-    if form.startswith("packed"):
-        inp = pack_padded_sequence(x, LENGTHS[form], batch_first=kwargs.get("batch_first", False),
-                                   enforce_sorted=form == "packed_sorted")
-    hx_arg = None if leaves is None else leaves[0] if len(leaves) == 1 else tuple(leaves)
-    out, h_n = module(inp, hx_arg)
-    if form.startswith("packed"):
-        assert isinstance(out, PackedSequence)
-        assert torch.equal(out.batch_sizes, inp.batch_sizes)
-        assert out.unsorted_indices is None or torch.equal(out.unsorted_indices,
-                                                           inp.unsorted_indices)
-        out = out.data
-    h_n = as_list(h_n)
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in [out, *h_n])
-    loss.backward()
-    return {
-        "output": out.detach(),
-        **{f"h_n[{k}]": h.detach() for k, h in enumerate(h_n)},
-        "grad input": x.grad,
-        **{f"grad hx[{k}]": h.grad for k, h in enumerate(leaves or [])},
-        **{f"grad {n}": p.grad for n, p in module.named_parameters()},
-    }
-
-
-def _compare(ours, ref, name, kwargs, form, with_hx, dtype):
-    x, hx = _inputs(name, kwargs, form, with_hx, dtype)
-    got, want = _run(ours, x, hx, form, kwargs), _run(ref, x, hx, form, kwargs)
-    assert got.keys() == want.keys()
-    for key in want:
-        assert got[key] is not None, f"{name} {key}: no gradient"
-        assert got[key].shape == want[key].shape, key
-        close(got[key], want[key], dtype, f"{name} {key}")
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))
 def test_layer_matches_torch(name, config, dtype):
-    kwargs, form, with_hx = CONFIGS[config]
-    Layer = gen(name).Layer
-    torch.manual_seed(0)
-    ref = TORCH_LAYERS[name](I, H, dtype=dtype, **kwargs)
-    ours = Layer(I, H, dtype=dtype, **kwargs)
-    assert list(ours.state_dict()) == list(ref.state_dict())  # same names, same order
-    ours.load_state_dict(ref.state_dict())  # torch -> ours
-    _compare(ours, ref, name, kwargs, form, with_hx, dtype)
-
-    ours2 = Layer(I, H, dtype=dtype, **kwargs)
-    ref2 = TORCH_LAYERS[name](I, H, dtype=dtype, **kwargs)
-    ref2.load_state_dict(ours2.state_dict())  # ours -> torch
-    _compare(ours2, ref2, name, kwargs, form, with_hx, dtype)
+    check_parity(gen(name).Layer, name, config, dtype, node="Sequence")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -264,10 +158,10 @@ def test_symbolic_backward_matches_autograd(cell_path, monkeypatch):
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
     hx = [torch.randn(4, B, n, generator=g, dtype=torch.float64) for n in m._state_sizes]
     kwargs = {"num_layers": 2, "bidirectional": True}
-    symbolic = _run(m, x, hx, "packed_unsorted", kwargs)
+    _, symbolic = run_layer(m, x, hx, "packed_unsorted", kwargs)
     assert mod.SYMBOLIC_BACKWARD is True
     monkeypatch.setattr(mod, "SYMBOLIC_BACKWARD", False)
-    plain = _run(m, x, hx, "packed_unsorted", kwargs)
+    _, plain = run_layer(m, x, hx, "packed_unsorted", kwargs)
     monkeypatch.undo()
     assert mod.SYMBOLIC_BACKWARD is True
     assert symbolic.keys() == plain.keys()
@@ -288,7 +182,7 @@ def test_gradients_in_eval_mode(name):
     ours.load_state_dict(ref.state_dict())
     ours.eval(), ref.eval()
     assert not ours.training
-    _compare(ours, ref, name, kwargs, "packed_sorted", True, torch.float64)
+    compare(ours, ref, name, kwargs, "packed_sorted", True, torch.float64)
 
 
 @pytest.mark.parametrize("form", ["time_major", "packed_unsorted"])
@@ -297,12 +191,12 @@ def test_backward_is_deterministic(name, form):
     torch.manual_seed(0)
     kwargs = {"num_layers": 2, "bidirectional": True}
     m = gen(name).Layer(I, H, **kwargs)
-    x, hx = _inputs(name, kwargs, form, True, torch.float32)
-    first, second = _run(m, x, hx, form, kwargs), _run(m, x, hx, form, kwargs)
+    x, hx = make_inputs(name, kwargs, form, True, torch.float32)
+    (_, first), (_, second) = run_layer(m, x, hx, form, kwargs), run_layer(m, x, hx, form, kwargs)
     for key in first:
         assert torch.equal(first[key], second[key]), key
     # and a different seed for the loss really changes the gradients (the check can fail)
-    third = _run(m, x, hx, form, kwargs, seed=7)
+    _, third = run_layer(m, x, hx, form, kwargs, seed=7)
     assert not torch.equal(first["grad input"], third["grad input"])
 
 
@@ -380,7 +274,7 @@ class _Model(torch.nn.Module):
         return self.head(torch.relu(y)).mean(1) + h[-1].sum(-1, keepdim=True) * c[-1].mean()
 
 
-def _compile_and_compare(backend):
+def _compile_andcompare(backend):
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -404,13 +298,13 @@ def _compile_and_compare(backend):
 
 
 def test_torch_compile_eager_backend():
-    _compile_and_compare("eager")
+    _compile_andcompare("eager")
 
 
 @pytest.mark.slow  # compiling C++ kernels: ~30 s on a cold cache, 2 cores
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inductor's own use of torch.jit
 def test_torch_compile_inductor():
-    _compile_and_compare("inductor")
+    _compile_andcompare("inductor")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -625,7 +625,6 @@ class FunctionCodegen:
         out = self.storage(i.out, at_step)
         self.fill(out, 0.0)
         acc = Loc(out.ptr, 0, 1, src.rows, out.cols)  # every row adds into row 0
-        t = self.t
         # out[c] += src[r, c] for each r: a loop nest whose inner loop vectorizes.
         self.elementwise_loop([], [acc, src], [acc], src.rows, out.cols,
                               lambda b, vals: [b.fadd(vals[0], vals[1], flags=("reassoc",))])

@@ -17,14 +17,13 @@ import functools
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..ir import Func
 from ..lower import CellIR
 from ..pipeline import Program, compile_program
-from ..shapes import Batch
 from . import blas, llvm_ir
 
 _lock = threading.Lock()

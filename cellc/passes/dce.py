@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Func, Instr, Value, scan_parts
+from ..ir import Func, Instr, scan_parts
 from .util import with_step
 
 

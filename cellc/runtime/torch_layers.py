@@ -69,7 +69,6 @@ loop or a torch.autograd.Function is.
 
 import functools
 import inspect
-import math
 import numbers
 import sys
 import warnings
