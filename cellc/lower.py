@@ -105,7 +105,7 @@ class CellIR:
                 n = d.evaluate(sizes)
                 if n.denominator != 1 or n <= 0:
                     raise ValueError(
-                        f"{self.name}: with {args}, %{v.name} would have {d} = {n} features;"
+                        f"{self.name}: with {args}, '{v.name}' would have {d} = {n} features;"
                         " choose sizes that make it a positive whole number"
                     )
         return sizes

@@ -609,7 +609,7 @@ def test_bind_maps_arguments_to_symbols():
         ({"hidden_size": 4.0}, TypeError, "Half: hidden_size must be an int, got float 4.0"),
         ({"hidden_size": True}, TypeError, "Half: hidden_size must be an int, got bool True"),
         ({"hidden_size": 3}, ValueError,
-         "Half: with {'hidden_size': 3}, %x would have H/2 = 3/2 features;"
+         "Half: with {'hidden_size': 3}, 'x' would have H/2 = 3/2 features;"
          " choose sizes that make it a positive whole number"),
     ],
 )

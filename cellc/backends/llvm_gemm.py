@@ -101,6 +101,77 @@ class GemmEmitter:
 
         self._loop(b, fn, start, stop, rb, rows_body, f"r{rb}")
 
+    def gemv_function(self, M: int, K: int) -> ir.Function:
+        """void gemv(ptr W, ptr x, ptr y): y[m] = sum_k W[m, k] x[k], W (M, K) row-major.
+
+        For one active row (batch 1) the product is bound by reading W once: dot products
+        along W's contiguous rows, four rows at a time with one vector accumulator each, then
+        a horizontal sum per row.
+        """
+        key = ("gemv", M, K)
+        if key not in self.cache:
+            fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]),
+                             f"cellc.gemv.m{M}.k{K}")
+            fn.linkage = "internal"
+            for a in fn.args:
+                a.add_attribute("noalias")
+            self._gemv_body(fn, M, K)
+            self.cache[key] = fn
+        return self.cache[key]
+
+    def _gemv_body(self, fn, M: int, K: int):
+        W, x, y = fn.args
+        t, vt = self.t, self.vt
+        align = 4 if isinstance(t, ir.FloatType) else 8
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        nk = K // self.vw
+        reduce_name = f"llvm.vector.reduce.fadd.v{self.vw}{'f32' if isinstance(t, ir.FloatType) else 'f64'}"
+        reduce = self.module.globals.get(reduce_name) or ir.Function(
+            self.module, ir.FunctionType(t, [t, vt]), reduce_name)
+
+        def rows(m0, rb):
+            pre = b.block
+            accs = [ir.Constant(vt, [0.0] * self.vw)] * rb
+            if nk:
+                head = fn.append_basic_block("kv.head")
+                done = fn.append_basic_block("kv.done")
+                b.branch(head)
+                b.position_at_end(head)
+                kv = b.phi(I64, "kv")
+                kv.add_incoming(ir.Constant(I64, 0), pre)
+                phis = [b.phi(vt) for _ in range(rb)]
+                for p in phis:
+                    p.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
+                k0 = b.mul(kv, ir.Constant(I64, self.vw))
+                xv = b.load(b.gep(x, [k0], source_etype=t), typ=vt, align=align)
+                new = []
+                for r, p in enumerate(phis):
+                    row = b.mul(b.add(m0, ir.Constant(I64, r)), ir.Constant(I64, K))
+                    wv = b.load(b.gep(W, [b.add(row, k0)], source_etype=t), typ=vt, align=align)
+                    new.append(llvm_math.fma(b, wv, xv, p))
+                kv2 = b.add(kv, ir.Constant(I64, 1))
+                kv.add_incoming(kv2, b.block)
+                for p, v in zip(phis, new):
+                    p.add_incoming(v, b.block)
+                b.cbranch(b.icmp_signed("<", kv2, ir.Constant(I64, nk)), head, done)
+                b.position_at_end(done)
+                accs = new
+            for r in range(rb):
+                total = b.call(reduce, [ir.Constant(t, -0.0), accs[r]], fastmath=("reassoc",))
+                row = b.mul(b.add(m0, ir.Constant(I64, r)), ir.Constant(I64, K))
+                for k in range(nk * self.vw, K):  # columns past the last full vector
+                    w = b.load(b.gep(W, [b.add(row, ir.Constant(I64, k))], source_etype=t), typ=t)
+                    xk = b.load(b.gep(x, [ir.Constant(I64, k)], source_etype=t), typ=t)
+                    total = llvm_math.fma(b, w, xk, total)
+                b.store(total, b.gep(y, [b.add(m0, ir.Constant(I64, r))], source_etype=t))
+
+        full = M // 4 * 4
+        if full:
+            self._loop(b, fn, ir.Constant(I64, 0), ir.Constant(I64, full), 4, lambda m0: rows(m0, 4), "m4")
+        for m in range(full, M):
+            rows(ir.Constant(I64, m), 1)
+        b.ret_void()
+
     def _splat(self, b, x):
         v = b.insert_element(ir.Constant(self.vt, None), x, ir.Constant(I32, 0))
         return b.shuffle_vector(v, ir.Constant(self.vt, None), ir.Constant(ir.VectorType(I32, self.vw), [0] * self.vw))

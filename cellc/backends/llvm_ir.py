@@ -529,12 +529,22 @@ class FunctionCodegen:
                 if i.op == "matmul_t":
                     b.call(fn, args)
                     return
-                # The transposed copy exists only when the loop is long enough to pay for it.
-                with b.if_else(self.inline_ok) as (then, otherwise):
-                    with then:
-                        b.call(fn, args)
-                    with otherwise:
-                        self.blas_gemm(i, out, at_step)
+                # One active row: a dot-product GEMV on W itself. Otherwise the blocked kernel
+                # on the transposed copy, which exists only when the loop is long enough and
+                # the batch more than one row; else BLAS.
+                gemv = self.small_gemm.gemv_function(W.rows, W.cols)
+                one_row = b.icmp_signed("==", self.nrows(A.rows), ir.Constant(I64, 1))
+                if W.row_stride != W.cols or W.col_stride != 1:  # GEMV reads W's rows whole
+                    one_row = ir.Constant(ir.IntType(1), 0)
+                with b.if_else(one_row) as (one, many):
+                    with one:
+                        b.call(gemv, [W.ptr, A.ptr, out.ptr])
+                    with many:
+                        with b.if_else(self.inline_ok) as (then, otherwise):
+                            with then:
+                                b.call(fn, args)
+                            with otherwise:
+                                self.blas_gemm(i, out, at_step)
                 return
         self.blas_gemm(i, out, at_step)
 
@@ -664,7 +674,8 @@ class FunctionCodegen:
         # kernel: only small matrices (a large one is better served by BLAS) and only when the
         # loop has enough steps to pay for the copy.
         self.transposed = {}
-        self.inline_ok = b.icmp_signed(">=", self.T, ir.Constant(I64, INLINE_MIN_STEPS))
+        self.inline_ok = b.and_(b.icmp_signed(">=", self.T, ir.Constant(I64, INLINE_MIN_STEPS)),
+                                b.icmp_signed(">", self.B, ir.Constant(I64, 1)))
         if self.small_gemm is not None:
             todo = []
             for ins in step.body:
