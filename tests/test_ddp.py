@@ -75,6 +75,9 @@ def _worker(rank, world, port, gen_path, data_path, out_dir):
             torch.save({"grads": grads, "loss": loss.item(), "graph": graph,
                         "symbolic": mod.SYMBOLIC_BACKWARD}, Path(out_dir) / f"rank{rank}.pt")
         finally:
+            # Both ranks reach teardown together: destroying a gloo group while the peer is
+            # still using it can abort a worker ("terminate called without an active exception").
+            dist.barrier()
             dist.destroy_process_group()
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
