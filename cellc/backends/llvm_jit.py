@@ -47,7 +47,20 @@ def _llvm():
 
 @functools.cache
 def host_cpu() -> tuple[str, str]:
+    """(cpu name, features) to compile for: this machine's, or CELLC_TARGET_CPU's (e.g.
+    "znver3": AVX2 code on an AVX-512 machine, to test the narrower code paths)."""
     llvm = _llvm()
+    cpu = os.environ.get("CELLC_TARGET_CPU")
+    if cpu:
+        tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu)
+        features = llvm.get_host_cpu_features()
+        # The named CPU's features: drop what it lacks (AVX-512 for a Zen 3).
+        names = {k: v for k, v in features.items()}
+        if not any(z in cpu for z in ("znver4", "znver5", "skylake-avx512", "sapphirerapids",
+                                      "icelake", "cascadelake", "cooperlake", "tigerlake")):
+            names = {k: (False if k.startswith("avx512") else v) for k, v in names.items()}
+        del tm
+        return cpu, ",".join(("+" if v else "-") + k for k, v in sorted(names.items()))
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
