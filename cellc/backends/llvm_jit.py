@@ -52,15 +52,12 @@ def host_cpu() -> tuple[str, str]:
     llvm = _llvm()
     cpu = os.environ.get("CELLC_TARGET_CPU")
     if cpu:
-        tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu)
-        features = llvm.get_host_cpu_features()
-        # The named CPU's features: drop what it lacks (AVX-512 for a Zen 3).
-        names = {k: v for k, v in features.items()}
+        # This machine's features, less AVX-512 unless the named CPU has it.
+        features = dict(llvm.get_host_cpu_features().items())
         if not any(z in cpu for z in ("znver4", "znver5", "skylake-avx512", "sapphirerapids",
                                       "icelake", "cascadelake", "cooperlake", "tigerlake")):
-            names = {k: (False if k.startswith("avx512") else v) for k, v in names.items()}
-        del tm
-        return cpu, ",".join(("+" if v else "-") + k for k, v in sorted(names.items()))
+            features = {k: v and not k.startswith("avx512") for k, v in features.items()}
+        return cpu, ",".join(("+" if v else "-") + k for k, v in sorted(features.items()))
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
