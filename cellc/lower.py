@@ -72,6 +72,7 @@ class CellIR:
     step: Func
     source: Source
     warnings: tuple[CellWarning, ...] = field(default=(), compare=False)
+    input_span: Span | None = field(default=None, compare=False)  # where the input is declared
 
     @property
     def param_count_formula(self) -> Dim:
@@ -354,10 +355,10 @@ class _Lowerer:
         step_params = state_vals + (inputs[0][0],) + tuple(v for v, _ in params)
         step = verify(Func(cell.name.id, step_params, tuple(self.b.body), results))
         specs = tuple(ParamSpec(v.name, kind, v.type, init, d.span) for v, (d, kind, init) in params)
-        scan_out_types(step, len(state_vals), 1)
         return CellIR(
             cell.name.id, tuple(SizeSpec(s.arg.id, s.symbol.id) for s in cell.sizes),
             inputs[0][0], state_vals, specs, output.id, step, cell.span.source, tuple(self.warnings),
+            inputs[0][1].span,
         )
 
     def declare(self, st: A.Decl, inputs, states, params):

@@ -780,3 +780,19 @@ def test_load_is_cached_by_content(tmp_path):
     assert b is not a and b.SPEC["name"] == "C2" and a.SPEC["name"] == "C1"
     with pytest.raises(ValueError, match="target"):
         cellc.load(path, target="jax")
+
+
+def test_input_size_must_be_one_symbol_for_layers(tmp_path, capsys):
+    # Stacked layers rebind the input's size symbol, so x[2*I] cannot make a layer: a located
+    # error from `cellc compile --target torch` and from the llvm target's layer classes alike.
+    path = tmp_path / "wide.cell"
+    path.write_text("cell Wide(input_size I, hidden_size H):\n    input  x[2*I]\n    state  h[H]\n"
+                    "    param  w[H, 2*I], u[H, H]\n    h' = tanh(w @ x + u @ h)\n    output h'\n")
+    message = (f"{path}:2:12: error: the input's size must be one size symbol, as in x[I], for"
+               " layers to stack; it is 2*I\n        input  x[2*I]\n               ^^^^^^")
+    status, _, stderr = _cli(capsys, "compile", path, "-o", tmp_path / "wide.py")
+    assert status == 1 and stderr.strip() == message
+    assert not (tmp_path / "wide.py").exists()
+    with pytest.raises(cellc.CellError) as err:
+        cellc.load(path, target="llvm").Layer
+    assert str(err.value) == message

@@ -186,14 +186,9 @@ def _dims(shape: tuple[Dim, ...]):
 def spec_from_cell(cell: CellIR) -> dict:
     """The torch_layers spec of a cell: shapes are its symbolic dims evaluated on a layer's sizes,
     initializer arguments its expressions (e.g. -1/sqrt(H)) evaluated the same way."""
-    from .torch_names import check_parameter_names
+    from .torch_names import check_layer_cell
 
-    check_parameter_names(cell)
-    (dim,) = cell.input.type.shape
-    symbol = next((s.symbol for s in cell.sizes if dim == Dim.of(s.symbol)), None)
-    if symbol is None:
-        raise ValueError(f"{cell.name}: the input's feature size must be one size symbol, as in"
-                         f" x[I], to stack layers; it is {dim}")
+    symbol = check_layer_cell(cell)
     n = len(cell.states)
     state_dims = [s.type.shape[0] for s in cell.states]
     out_dim = cell.step.results[n].type.shape[0]

@@ -306,14 +306,9 @@ def number_expr(e) -> str:
 
 def spec_source(cell) -> str:
     """The torch_layers spec of a cell, as Python source."""
-    (dim,) = cell.input.type.shape
-    symbol = next((s.symbol for s in cell.sizes if dim == Dim.of(s.symbol)), None)
-    if symbol is None:
-        from ..source import CellShapeError
+    from .torch_names import check_layer_cell
 
-        raise CellShapeError(
-            f"the input's size must be one size symbol (as in x[I]) for layers to stack; it is {dim}",
-            cell.step.params[len(cell.states)] and None)
+    symbol = check_layer_cell(cell)
     n = len(cell.states)
     out_dim = cell.step.results[n].type.shape[0]
 
@@ -361,9 +356,6 @@ MODULE_RESERVED = {"Layer", "Cell", "compiler_disabled", "sys", "SPEC", "SYMBOLI
 def emit_module(cell, prog, source_name: str, version: str) -> str:
     """The whole generated file for a compiled cell."""
     from ..source import CellNameError
-    from .torch_names import check_parameter_names
-
-    check_parameter_names(cell)
     name = cell.name
     # the file name goes into comments and a docstring: nothing that could end either
     source_name = "".join(c if c.isprintable() and c not in "\"\\" else "?" for c in source_name)
