@@ -62,6 +62,12 @@ class NativeCell:
         # Threads of the BLAS that runs the large products (the time loop itself is one thread).
         self.threads = threads or blas.default_threads()
         self._step = None
+        # Feature sizes, evaluated once: each call only checks arrays against them.
+        S, n = self.sizes, len(self.cell.states)
+        self._input_size = int(self.cell.input.type.shape[0].evaluate(S))
+        self._output_size = int(self.cell.step.results[n].type.shape[0].evaluate(S))
+        self._state_sizes = [(st.name, int(st.type.shape[0].evaluate(S))) for st in self.cell.states]
+        self._param_shapes = [(p.name, p.type.concrete(S)) for p in self.cell.params]
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -76,6 +82,29 @@ class NativeCell:
         if a.shape != shape:
             raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
         return np.ascontiguousarray(a)
+
+    def _states(self, given, B: int, label: str, order=None) -> list[np.ndarray]:
+        """One (B, H) array per state, in the cell's order: given ones checked, others zero;
+        rows reordered by `order` (sorted by length) when given."""
+        given = dict(given or {})
+        out = []
+        for name, size in self._state_sizes:
+            v = given.pop(name, None)
+            v = (np.zeros((B, size), self.dtype) if v is None
+                 else self._array(v, label.format(name=repr(name)), (B, size)))
+            out.append(v if order is None else np.ascontiguousarray(v[order]))
+        if given:
+            raise ValueError(f"unknown states {sorted(given)};"
+                             f" the cell has {[name for name, _ in self._state_sizes]}")
+        return out
+
+    def _params(self, params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for name, shape in self._param_shapes:
+            if name not in params:
+                raise ValueError(f"missing parameter {name!r}")
+            out.append(self._array(params[name], f"parameter {name!r}", shape))
+        return out
 
     def _layout(self, T: int, B: int, lengths):
         if lengths is None:
@@ -102,28 +131,17 @@ class NativeCell:
     def forward(self, xs: np.ndarray, params: Mapping[str, np.ndarray],
                 states: Mapping[str, np.ndarray] | None = None, lengths=None):
         """Run over xs (T, B, I). Returns (ys (T, B, out), {state: (B, H)}, tape)."""
-        cell, S = self.cell, self.sizes
+        cell = self.cell
         if not isinstance(xs, np.ndarray) or xs.ndim != 3:
             raise ValueError(f"xs must be a 3-d numpy array (T, B, features), got {getattr(xs, 'shape', type(xs))}")
         T, B = xs.shape[:2]
-        I = int(cell.input.type.shape[0].evaluate(S))
+        I = self._input_size
         xs = self._array(xs, "xs", (T, B, I))
         batch_sizes, order = self._layout(T, B, lengths)
-        states = dict(states or {})
-        args = [None]
-        for s in cell.states:
-            shape = s.type.concrete(S, 1, B)
-            v = states.pop(s.name, None)
-            v = np.zeros(shape, self.dtype) if v is None else self._array(v, f"state {s.name!r}", shape)
-            args.append(v if order is None else np.ascontiguousarray(v[order]))
-        if states:
-            raise ValueError(f"unknown states {sorted(states)}; the cell has {[s.name for s in cell.states]}")
-        for p in cell.params:
-            if p.name not in params:
-                raise ValueError(f"missing parameter {p.name!r}")
-            args.append(self._array(params[p.name], f"parameter {p.name!r}", p.type.concrete(S)))
+        initial = self._states(states, B, "state {name}", order)
+        weights = self._params(params)
         x = xs if order is None else xs[:, order]
-        args[0] = np.ascontiguousarray(x).reshape(T * B, I)
+        args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
         self._threads()
         out = self.program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
         n = len(cell.states)
@@ -141,18 +159,9 @@ class NativeCell:
         """Cotangents of xs, the initial states and the parameters, given those of the outputs
         and the final states (zero where not given)."""
         cell, T, B = self.cell, tape.T, tape.B
-        n = len(cell.states)
-        ys_shape = (T, B, int(cell.step.results[n].type.shape[0].evaluate(self.sizes)))
+        ys_shape = (T, B, self._output_size)
         d_ys = np.zeros(ys_shape, self.dtype) if d_ys is None else self._array(d_ys, "d_ys", ys_shape)
-        d_states = dict(d_states or {})
-        seeds = []
-        for s in cell.states:
-            shape = s.type.concrete(self.sizes, 1, B)
-            v = d_states.pop(s.name, None)
-            v = np.zeros(shape, self.dtype) if v is None else self._array(v, f"d_states[{s.name!r}]", shape)
-            seeds.append(v if tape.order is None else np.ascontiguousarray(v[tape.order]))
-        if d_states:
-            raise ValueError(f"unknown states {sorted(d_states)}")
+        seeds = self._states(d_states, B, "d_states[{name}]", tape.order)
         dy = d_ys if tape.order is None else d_ys[:, tape.order]
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
         self._threads()
@@ -176,23 +185,12 @@ class NativeCell:
 
         if self._step is None:
             self._step = cache.native_step(self.cell, self.sizes, self.dtype.name)
-        cell, S = self.cell, self.sizes
+        cell = self.cell
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError(f"x must be a 2-d numpy array (B, features), got {getattr(x, 'shape', type(x))}")
         B = x.shape[0]
-        states = dict(states or {})
-        args = []
-        for s in cell.states:
-            shape = s.type.concrete(S, 1, B)
-            v = states.pop(s.name, None)
-            args.append(np.zeros(shape, self.dtype) if v is None else self._array(v, f"state {s.name!r}", shape))
-        if states:
-            raise ValueError(f"unknown states {sorted(states)}")
-        args.append(self._array(x, "x", cell.input.type.concrete(S, 1, B)))
-        for p in cell.params:
-            if p.name not in params:
-                raise ValueError(f"missing parameter {p.name!r}")
-            args.append(self._array(params[p.name], f"parameter {p.name!r}", p.type.concrete(S)))
+        args = [*self._states(states, B, "state {name}"), self._array(x, "x", (B, self._input_size)),
+                *self._params(params)]
         self._threads()
         out = self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS)
         n = len(cell.states)

@@ -135,12 +135,26 @@ class TensorType:
 
     def concrete(self, sizes: Mapping[str, int], steps: int = 1, batch: int = 1) -> tuple[int, ...]:
         """The numpy shape of a value of this type, for bound sizes."""
-        rows = {Batch.NONE: (), Batch.STEP: (batch,), Batch.SEQ: (steps * batch,)}[self.batch]
-        return rows + tuple(int(d.evaluate(sizes)) for d in self.shape)
+        return self.bound(sizes)(steps, batch)
+
+    def bound(self, sizes: Mapping[str, int]) -> BoundShape:
+        """The shape with the sizes evaluated once; only T and B are left (for hot paths)."""
+        return BoundShape(self.batch, tuple(int(d.evaluate(sizes)) for d in self.shape))
 
     def __str__(self) -> str:
         dims = ([self.batch.value] if self.batch is not Batch.NONE else []) + [str(d) for d in self.shape]
         return "[" + ",".join(dims) + "]"
+
+
+@dataclass(frozen=True)
+class BoundShape:
+    batch: Batch
+    features: tuple[int, ...]
+
+    def __call__(self, steps: int = 1, batch: int = 1) -> tuple[int, ...]:
+        if self.batch is Batch.NONE:
+            return self.features
+        return ((steps * batch) if self.batch is Batch.SEQ else batch,) + self.features
 
 
 class ShapeMismatch(Exception):

@@ -124,6 +124,9 @@ class Kernel:
     def __post_init__(self):
         self._call = _SIGNATURE(self.address)
         self._scratch = threading.local()  # the workspace, reused by calls on the same thread
+        # Shapes with the sizes evaluated once: each call only multiplies in T and B.
+        self._arg_shapes = [(p.name, p.type.bound(self.sizes)) for p in self.func.params]
+        self._result_shapes = [r.type.bound(self.sizes) for r in self.func.results]
 
     def workspace(self, n: int, arrays: "Arrays", like):
         """A scratch buffer of at least n elements: reused (fresh pages cost page faults), one
@@ -139,20 +142,19 @@ class Kernel:
         layout = self.layout
         if len(args) != layout.n_args:
             raise ValueError(f"expected {layout.n_args} arrays, got {len(args)}")
-        for a, p in zip(args, self.func.params):
-            shape = p.type.concrete(self.sizes, T, B)
-            arrays.check(a, shape, self.dtype, p.name)
+        for a, (name, shape) in zip(args, self._arg_shapes):
+            arrays.check(a, shape(T, B), self.dtype, name)
         bs = np.ascontiguousarray(batch_sizes, dtype=np.int64)
         if bs.shape != (T,) or (T and (bs.min() < 0 or bs.max() > B or np.any(np.diff(bs) > 0))):
             raise ValueError(f"batch_sizes must be {T} non-increasing ints in [0, {B}]")
         buffers: list[Any] = [None] * layout.n_buffers
         results = []
-        for (kind, k), r in zip(layout.results, self.func.results):
+        for (kind, k), shape in zip(layout.results, self._result_shapes):
             if kind == "arg":
                 results.append(args[k])
             else:
                 if buffers[k] is None:
-                    buffers[k] = arrays.empty(r.type.concrete(self.sizes, T, B), self.dtype, like=args[0])
+                    buffers[k] = arrays.empty(shape(T, B), self.dtype, like=args[0])
                 results.append(buffers[k])
         a, b, c = layout.workspace
         ws = self.workspace(a * T * B + b * B + c + 1, arrays, args[0])
