@@ -112,12 +112,17 @@ def cmd_compile(args) -> int:
         out = Path(args.output or (Path(args.file).stem + "_llvm"))
         if out.exists() and not out.is_dir():
             raise UsageError(f"-o {out}: exists and is not a directory")
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         try:
             written = aot.build(cell, sizes, out)
-        except aot.LinkError as e:
-            print(f"cellc: error: {e}", file=sys.stderr)
-            return 1
+        except BaseException as e:
+            if created:  # leave nothing behind, not even the empty folder
+                out.rmdir()
+            if isinstance(e, aot.LinkError):
+                print(f"cellc: error: {e}", file=sys.stderr)
+                return 1
+            raise
         for f in written:
             print(f"wrote {f}")
         return 0

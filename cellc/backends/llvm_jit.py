@@ -192,8 +192,9 @@ def _jit(module_ir, object_cache=None):
     llvm = _llvm()
     for name, address in blas.blas_symbols().items():
         llvm.add_symbol("cellc_" + name, address)
-    for name, address in (blas.torch_mkl_symbols() or {}).items():
-        llvm.add_symbol("cellc_" + name, address)
+    if blas_choice() == "mkl":
+        for name, address in blas.torch_mkl_symbols().items():
+            llvm.add_symbol("cellc_" + name, address)
     mod = llvm.parse_assembly(str(module_ir))
     mod.verify()
     tm = target_machine()
