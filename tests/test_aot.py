@@ -374,7 +374,13 @@ def test_failed_link_leaves_nothing(tmp_path):
                     env=child_env(CC="false"))
     assert res.returncode == 1, (res.returncode, res.stderr)
     assert "linking failed" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    assert list(out.iterdir()) == []  # no library, header or loader, no temporary folder
+    assert not out.exists()  # not even the folder it created
+    # a folder that existed before is kept, with no library, header, loader or temporary folder
+    out.mkdir()
+    res = cellc_cmd("compile", "cells/rnn.cell", "--target", "llvm", "--sizes", SIZES, "-o", out,
+                    env=child_env(CC="false"))
+    assert res.returncode == 1 and "linking failed" in res.stderr, res.stderr
+    assert list(out.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
