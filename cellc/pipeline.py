@@ -86,15 +86,14 @@ def emit(cell: CellIR, stage: str) -> str:
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def residual_summary(prog: Program) -> list[str]:
-    """The values the forward pass saves per time step for the backward, and their size."""
-    from .equations import forward_expressions
+def residual_summary(prog: Program, texts: dict[int, tuple[str, int]]) -> list[str]:
+    """The values the forward pass saves per time step for the backward, and their size;
+    `texts` are the forward values' texts from `equations.forward_texts`."""
     from .ir import scan_parts
     from .shapes import Dim
 
     scan = next(i for i in prog.fwd.body if i.op == "scan")
     step = scan.attrs["step"]
-    exprs = forward_expressions(step)
     parts = scan_parts(scan)
     by_out = {id(o): r for o, r in zip(scan.outs, step.results)}
     output = scan.outs[parts.n_carry]  # the cell's output sequence, stored anyway
@@ -104,12 +103,12 @@ def residual_summary(prog: Program) -> list[str]:
             reads.append(f"{prog.cell.output} (the output)")
         elif id(r) in by_out:
             v = by_out[id(r)]
-            saved.append(exprs.get(id(v), (v.name, 0))[0])
+            saved.append(texts.get(id(v), (v.name, 0))[0])
             total = total + v.type.shape[0]
         else:
-            reads.append(r.name if r is not prog.fwd.params[0] else prog.cell.input.name)
-    lines = [f"# Saved per time step for the backward ({len(saved)} values, {total} numbers per batch"
-             f" row, {total * 4} bytes in float32):"]
+            reads.append(texts.get(id(r), (r.name, 0))[0])
+    lines = [(f"# Saved per time step for the backward ({len(saved)} values, {total} numbers"
+              f" per batch row, {total * 4} bytes in float32):")]
     lines += [f"#   {s}" for s in saved]
     if reads:
         lines.append("# Also read, not copied: " + ", ".join(reads))
@@ -122,69 +121,77 @@ def _with_comment(line: str, comments: dict[str, str]) -> str:
 
 
 def grad_equations(cell: CellIR) -> str:
-    """`cellc grad`: the backward pass as simplified equations, then the residual list."""
-    from .equations import _TEMP, equations, forward_expressions
+    """`cellc grad`: the backward pass as simplified equations, then the residual list.
+
+    Names: a cotangent of a value with a source name is `d` + that name; one of an unnamed
+    value gets a number (`d6`), with the value's expression as a comment; forward values read as
+    their source names or expressions (`equations.forward_texts`). All invented names come from
+    one `Namespace`, so none is a .cell name or used twice.
+    """
+    from .equations import Namespace, equations, forward_expressions, forward_texts, source_names
     from .ir import scan_parts
 
     prog = compile_program(cell)
-    fscan = next(i for i in prog.fwd.body if i.op == "scan")
-    fstep = fscan.attrs["step"]
     bscan = next(i for i in prog.bwd.body if i.op == "scan")
     bstep = bscan.attrs["step"]
-    forward = forward_expressions(fstep)
-    names = {k: "d" + fv.name for k, (v, fv) in prog.adjoint_names.items() if not _TEMP.match(fv.name)}
+    nc = scan_parts(bscan).n_carry
+    texts, named = forward_texts(prog.fwd, cell)
+    ns = Namespace(source_names(cell))
+    names, soft, comments = {}, {}, {}
     # Cotangents of unnamed forward values: numbered, with the forward expression as a comment.
     source_exprs = forward_expressions(cell.step)
-    comments, soft = {}, {}
     for k, (v, fv) in prog.adjoint_names.items():
-        if _TEMP.match(fv.name) and id(fv) in source_exprs and k not in names:
-            soft[k] = f"d{len(comments) + 1}"
+        if id(fv) in named:
+            names[k] = ns.cotangent(named[id(fv)])
+        elif id(fv) in source_exprs:
+            soft[k] = ns.fresh("d")
             comments[soft[k]] = source_exprs[id(fv)][0]
+    # Then those of values the passes made (a fused product, a hoisted input projection).
+    for k, (v, fv) in prog.adjoint_names.items():
+        if k not in names and k not in soft and id(fv) in texts:
+            soft[k] = ns.fresh("d")
+            comments[soft[k]] = texts[id(fv)][0]
 
-    # Inside the loop: the carried cotangents keep their names (dh', dc'); the output's is dy.
+    # Inside the loop: the carried cotangents are those of the next states (dh', dc'); the
+    # output's is dy.
+    carried = [ns.cotangent(s.name + "'") for s in cell.states]
+    names.update((id(p), n) for p, n in zip(bstep.params[:nc], carried))
+    dy = ns.unique("dy")
     for a, p in zip(bscan.args, bstep.params):
         if a is prog.bwd.params[-1]:
-            names[id(p)] = "dy"
-    for p in bstep.params[: scan_parts(bscan).n_carry]:
-        names[id(p)] = p.name
-    nc = scan_parts(bscan).n_carry
-    carry_names = ["d" + s.name for s in cell.states]
-    result_names = carry_names + [names.get(id(r)) or soft.get(id(r)) or f"dout{k}"
-                                  for k, r in enumerate(bstep.results[nc:])]
+            names[id(p)] = dy
+    result_names = [ns.cotangent(s.name) for s in cell.states]  # dh, dc: for step t-1
+    result_names += [names.get(id(r)) or soft.get(id(r)) or ns.unique(f"dout{k}")
+                     for k, r in enumerate(bstep.results[nc:])]
     for k, r in enumerate(bstep.results[nc:]):
         if id(r) not in names and id(r) not in soft and not any(r is p for p in bstep.params):
             names[id(r)] = result_names[nc + k]
-    step_lines = equations(bstep, names, forward, result_names, soft)
+    step_lines = equations(bstep, names, texts, result_names, soft, ns)
     step_lines = [_with_comment(line, comments) for line in step_lines]
 
-    # After the loop: stacked step values keep their step names.
+    # After the loop: the reverse loop's stacked outputs keep their step names.
     outer_names = {}
-    for o, r in zip(fscan.outs, fstep.results):
-        outer_names[id(o)] = names.get(id(r)) or forward.get(id(r), (r.name, 0))[0]
-    for o, r in zip(bscan.outs[nc:], bstep.results[nc:]):
-        outer_names[id(o)] = names.get(id(r)) or soft.get(id(r)) or result_names[nc + list(bstep.results).index(r)]
-    for o, s in zip(bscan.outs[:nc], cell.states):
-        outer_names[id(o)] = f"d{s.name}0"
-    outer_names[id(prog.fwd.params[0])] = cell.input.name
-    for p in prog.bwd.params:
-        outer_names.setdefault(id(p), p.name.removesuffix("_seq"))
-    outer_results = [f"d{cell.input.name}"] + [f"d{s.name}0" for s in cell.states] + [
-        f"d{p.name}" for p in cell.params]
+    for o, n in zip(bscan.outs[nc:], result_names[nc:]):
+        outer_names[id(o)] = n
+    initial = [ns.cotangent(s.name + "0") for s in cell.states]
+    outer_names.update((id(o), n) for o, n in zip(bscan.outs[:nc], initial))
+    outer_results = [ns.cotangent(cell.input.name), *initial,
+                     *(ns.cotangent(p.name) for p in cell.params)]
     outer_lines = [_with_comment(line, comments)
-                   for line in equations(prog.bwd, outer_names, {}, outer_results, soft)]
+                   for line in equations(prog.bwd, outer_names, texts, outer_results, soft, ns)]
 
     out = [
         f"# Backward of {cell.name} ({cell.source.name}), derived symbolically and simplified.",
         "#",
-        "# Each step, t = T-1 down to 0: " + ", ".join(p.name for p in bstep.params[:nc])
+        "# Each step, t = T-1 down to 0: " + ", ".join(carried)
         + (" arrives" if nc == 1 else " arrive") + " from step t+1 (zero at t = T-1",
-        "# unless the final states have cotangents); dy is the cotangent of this step's output;",
+        f"# unless the final states have cotangents); {dy} is the cotangent of this step's output;",
         "# `v += e` adds this step's share.",
         *step_lines,
         "#",
         "# After the loop, over all T*B rows at once (outer and sum_rows sum over time and batch):",
         *outer_lines,
         "#",
-        *residual_summary(prog),
+        *residual_summary(prog, texts),
     ]
     return "\n".join(out)
