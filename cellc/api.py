@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import linecache
 import os
+import secrets
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -106,13 +106,21 @@ class NativeModule:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
+    """Write a file so that readers see the old content or the new, never a part.
+
+    The file gets mode 0o666 less the umask, as `cc -o` and open() give it, not mkstemp's 0o600:
+    the temporary file is created by os.open(..., 0o666) and the kernel applies the umask (and
+    any default ACL). Nothing reads or changes the process-wide umask, which other threads share.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    # 64 random bits never clash in practice; O_EXCL makes a clash (or a planted symlink) an
+    # error instead of a write through it. The name is cut so a long output name still fits.
+    tmp = path.parent / f".{path.name[:64]}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -4,14 +4,28 @@
     cellc show FILE --emit STAGE        print one pipeline stage (ast, ir, seq, opt, grad, torch)
     cellc grad FILE                     the backward pass as readable equations
     cellc compile FILE --target torch   write a standalone PyTorch module
+    cellc compile FILE --target llvm    write a shared library, its C header and a loader
 
-User mistakes print as located errors and exit with status 1; no traceback is shown.
+Whatever the input, the command prints its errors and never a Python traceback. Exit status:
+
+    0    success
+    1    an error in a .cell file (printed located, file:line:col), or the system refused:
+         a file that cannot be read (`cellc: error: PATH: reason`), an output that cannot be
+         written (`cellc: error: -o PATH: reason`; nothing is left half-written), a failed link
+    2    a bad command-line argument: `cellc: error: ...` (argparse's own errors exit 2 too)
+    3    a bug in cellc: `cellc: internal error: ...`; CELLC_DEBUG=1 also prints the traceback
+    130  interrupted (Ctrl-C): `cellc: interrupted`
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
 
 from . import __version__
 from .source import CellError, InternalError, Source
@@ -70,16 +84,26 @@ def cmd_show(args) -> int:
     return 0
 
 
+# A size is a count of features; one past 2**31-1 is a typo, not a model. Checking the number of
+# digits first keeps int() away from huge strings (it refuses more than 4300 digits).
+MAX_SIZE = 2**31 - 1
+
+
 def parse_sizes(text: str | None, cell, required: bool) -> dict[str, int]:
     """--sizes input_size=8,hidden_size=16 -> the cell's size symbols; errors name the argument."""
     given: dict[str, int] = {}
     for part in (text or "").split(","):
         if not part.strip():
             continue
-        name, eq, value = part.partition("=")
-        if not eq or not value.strip().lstrip("-").isdigit():
-            raise UsageError(f"--sizes: expected NAME=INT, got {part.strip()!r}")
-        given[name.strip()] = int(value)
+        name, eq, value = (x.strip() for x in part.partition("="))
+        # ASCII digits only: str.isdigit() also accepts '²' (which int() then refuses) and other
+        # scripts' digits.
+        if not eq or not re.fullmatch(r"-?[0-9]+", value):
+            raise UsageError(f"--sizes: expected NAME=INT, got {part.strip()[:40]!r}")
+        if len(value.lstrip("-").lstrip("0")) > len(str(MAX_SIZE)) or abs(int(value)) > MAX_SIZE:
+            shown = value if len(value) <= 20 else value[:12] + "..."
+            raise UsageError(f"--sizes: {name}={shown} is out of range (at most {MAX_SIZE})")
+        given[name] = int(value)
     if not required:
         for s in cell.sizes:
             given.setdefault(s.arg, 16)
@@ -98,9 +122,46 @@ class UsageError(Exception):
     """A bad command-line argument: reported as `cellc: error: ...` with exit status 2."""
 
 
-def cmd_compile(args) -> int:
-    from pathlib import Path
+class OutputError(Exception):
+    """The output could not be written: reported as `cellc: error: -o PATH: reason`, status 1."""
 
+
+@contextmanager
+def _writing(out: Path):
+    """Checking and writing the output: an OSError (a path under a regular file, in /proc, too
+    long, a full disk) names the -o path, not a temporary file, and becomes one line."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"-o {out}: {e.strerror or e}") from None
+
+
+def _make_dirs(out: Path) -> list[Path]:
+    """`mkdir -p out`; returns the folders it created, innermost first, for _remove_dirs."""
+    missing = []
+    for d in (out, *out.parents):
+        if d.exists():
+            break
+        missing.append(d)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        _remove_dirs(missing)
+        raise
+    return missing
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    """Remove the folders a failed build created (innermost first) so it leaves nothing behind;
+    a folder that is not empty is not ours to remove."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def cmd_compile(args) -> int:
     from .api import torch_source, write_atomic
     from .frontend import load_file
 
@@ -109,20 +170,20 @@ def cmd_compile(args) -> int:
 
         cell = load_file(args.file)
         sizes = parse_sizes(args.sizes, cell, required=True)
+        # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
         out = Path(args.output or (Path(args.file).stem + "_llvm"))
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"-o {out}: exists and is not a directory")
-        created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            written = aot.build(cell, sizes, out)
-        except BaseException as e:
-            if created:  # leave nothing behind, not even the empty folder
-                out.rmdir()
-            if isinstance(e, aot.LinkError):
-                print(f"cellc: error: {e}", file=sys.stderr)
-                return 1
-            raise
+        with _writing(out):
+            if out.exists() and not out.is_dir():
+                raise UsageError(f"-o {out}: exists and is not a directory")
+            created = _make_dirs(out)
+            try:
+                written = aot.build(cell, sizes, out)
+            except BaseException as e:
+                _remove_dirs(created)  # leave nothing behind, not even the empty folders
+                if isinstance(e, aot.LinkError):
+                    print(f"cellc: error: {e}", file=sys.stderr)
+                    return 1
+                raise
         for f in written:
             print(f"wrote {f}")
         return 0
@@ -130,11 +191,12 @@ def cmd_compile(args) -> int:
         raise UsageError("--sizes is for --target llvm; a torch module takes sizes when built")
     text = torch_source(args.file)  # every error is raised before anything is written
     out = Path(args.output) if args.output else Path(Path(args.file).stem + ".py")
-    if out.is_dir():
-        raise UsageError(f"-o {out} is a directory; give a file name")
-    if not out.parent.exists():
-        raise UsageError(f"-o {out}: directory {out.parent} does not exist")
-    write_atomic(out, text)
+    with _writing(out):
+        if out.is_dir():
+            raise UsageError(f"-o {out} is a directory; give a file name")
+        if not out.parent.exists():
+            raise UsageError(f"-o {out}: directory {out.parent} does not exist")
+        write_atomic(out, text)
     print(f"wrote {out}")
     return 0
 
@@ -193,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (see the module docstring), never raises except
+    SystemExit from argparse (--help, --version, its own usage errors)."""
     try:
+        args = build_parser().parse_args(argv)
         return args.fn(args)
     except CellError as e:
         print(e, file=sys.stderr)
@@ -202,12 +266,26 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"cellc: error: {e}", file=sys.stderr)
         return 2
-    except InternalError as e:
-        print(f"cellc: internal error: {e}\n(this is a bug in cellc; please report it)",
-              file=sys.stderr)
-        return 3
-    except BrokenPipeError:
+    except OutputError as e:
+        print(f"cellc: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `cellc show ... | head`: the reader has all it wanted
         return 0
+    except OSError as e:  # last resort; reading and writing paths report their own errors
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cellc: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cellc: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+    except Exception as e:  # noqa: BLE001  InternalError, or anything unexpected: a bug
+        if os.environ.get("CELLC_DEBUG") == "1":
+            traceback.print_exc()
+        what = str(e) if isinstance(e, InternalError) else ": ".join(
+            x for x in (type(e).__name__, str(e)) if x)  # MemoryError() has no message
+        print(f"cellc: internal error: {what}\n(this is a bug in cellc; please report it;"
+              " CELLC_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
