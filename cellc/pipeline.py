@@ -96,10 +96,11 @@ def residual_summary(prog: Program, texts: dict[int, tuple[str, int]]) -> list[s
     step = scan.attrs["step"]
     parts = scan_parts(scan)
     by_out = {id(o): r for o, r in zip(scan.outs, step.results)}
-    output = scan.outs[parts.n_carry]  # the cell's output sequence, stored anyway
+    # The cell's output sequence, stored anyway (absent when the passes made it a constant).
+    output = scan.outs[parts.n_carry] if len(scan.outs) > parts.n_carry else None
     saved, reads, total = [], [], Dim.of(0)
     for r in prog.residuals:
-        if r is output:
+        if output is not None and r is output:
             reads.append(f"{prog.cell.output} (the output)")
         elif id(r) in by_out:
             v = by_out[id(r)]
