@@ -83,47 +83,43 @@ def _select01(b, t, cond):
 
 
 def _pow(b, t, args, instr):
-    (x,) = args
-    p = instr.attrs["exponent"]
-    if p == 2.0:
-        return b.fmul(x, x)
-    if p == 1.0:
-        return x
-    if p == 0.5:
-        return llvm_math.sqrt(b, x)
-    if p == -1.0:
-        return b.fdiv(_fconst(t, 1.0), x)
-    if p == -0.5:
-        return b.fdiv(_fconst(t, 1.0), llvm_math.sqrt(b, x))
-    if float(p).is_integer() and 0 < p <= 8:
-        y = x
-        for _ in range(int(p) - 1):
-            y = b.fmul(y, x)
-        return y
-    return llvm_math.exp(b, b.fmul(_fconst(t, p), llvm_math.log(b, x)))
+    return llvm_math.power(b, args[0], instr.attrs["exponent"])
 
 
 def _sign(b, t, args, instr):
+    """-1, 0 or 1; NaN stays NaN (np.sign)."""
     (x,) = args
     pos = _select01(b, t, b.fcmp_ordered(">", x, _fconst(t, 0.0)))
     neg = _select01(b, t, b.fcmp_ordered("<", x, _fconst(t, 0.0)))
-    return b.fsub(pos, neg)
+    return _keep_nan(b, x, b.fsub(pos, neg))
+
+
+def _keep_nan(b, x, y):
+    """x where x is NaN, else y: NaN propagates as in NumPy's maximum, minimum and sign."""
+    return b.select(b.fcmp_unordered("uno", x, x), x, y)
 
 
 def _minmax(op):
     def emit(b, t, args, instr):
         x, y = args
+        # An ordered compare picks y when either is NaN; that is right for a NaN y only.
         cond = b.fcmp_ordered(">=" if op == "max" else "<=", x, y)
-        return b.select(cond, x, y)
+        return _keep_nan(b, x, b.select(cond, x, y))
 
     return emit
+
+
+def _relu(b, t, args, instr):
+    """max(x, 0) with NaN kept, as np.maximum(x, 0)."""
+    (x,) = args
+    return b.select(b.fcmp_ordered("<=", x, _fconst(t, 0.0)), _fconst(t, 0.0), x)
 
 
 TABLE: dict[str, Callable] = {
     "neg": lambda b, t, a, i: b.fneg(a[0]),
     "sigmoid": lambda b, t, a, i: llvm_math.sigmoid(b, a[0]),
     "tanh": lambda b, t, a, i: llvm_math.tanh(b, a[0]),
-    "relu": lambda b, t, a, i: b.select(b.fcmp_ordered(">", a[0], _fconst(t, 0.0)), a[0], _fconst(t, 0.0)),
+    "relu": _relu,
     "exp": lambda b, t, a, i: llvm_math.exp(b, a[0]),
     "log": lambda b, t, a, i: llvm_math.log(b, a[0]),
     "softplus": lambda b, t, a, i: llvm_math.softplus(b, a[0]),

@@ -25,6 +25,10 @@ trick), which `reassoc`/`contract` would break.
               log(0) = -inf, log(inf) = inf, log(x<0) = NaN.
     softplus  max(x, 0) + log1p(exp(-|x|)), log1p(u) = log(w) - ((w-1)-u)/w with w = 1+u.
     sqrt      llvm.sqrt.
+    power     x**p for a constant p (`power`, not in UNARY: it takes p). Integer p: unrolled
+              binary powering on hi+lo pairs (double-double products by fma), exact in sign,
+              correctly rounded nearly always, for any |p| up to 2^24 (f32) / 2^53 (f64);
+              x**0 = 1. Other p: exp(p*log|x|), NaN for finite x < 0, in double for float32.
 
 Special values: NaN propagates through every function; exp(-inf) = 0, exp(+inf) = inf,
 sigmoid(+-inf) = 1/0, tanh(+-inf) = +-1, softplus(-inf) = 0, softplus(inf) = inf.
@@ -369,6 +373,101 @@ def softplus(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     zero = _const(ty, 0.0)
     pos = b.select(b.fcmp_ordered(">", x, zero), x, zero)
     return b.fadd(pos, _log1p_unit(b, e))
+
+
+# --- pow ------------------------------------------------------------------------------------
+
+
+def _finite(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """|x| < inf, false for NaN."""
+    return b.fcmp_ordered("<", fabs(b, x), _const(x.type, float("inf")))
+
+
+def _mul2(b: ir.IRBuilder, a: tuple, c: tuple) -> tuple[ir.Value, ir.Value]:
+    """(a_hi + a_lo) * (c_hi + c_lo) as a pair hi + lo with |lo| <= ulp(hi)/2.
+
+    The rounding error of a_hi*c_hi is exact as fma(a_hi, c_hi, -p); the cross terms add the
+    errors carried in; a_lo*c_lo is below the precision kept. Then hi = p + e, and lo is what
+    that sum rounded away (Fast2Sum, valid since |e| << |p|). Double-double multiplication.
+    """
+    (ah, al), (ch, cl) = a, c
+    p = b.fmul(ah, ch)
+    e = b.fadd(fma(b, ah, ch, b.fneg(p)), fma(b, ah, cl, b.fmul(al, ch)))
+    hi = b.fadd(p, e)
+    return hi, b.fsub(e, b.fsub(hi, p))
+
+
+def powi(b: ir.IRBuilder, x: ir.Value, n: int) -> ir.Value:
+    """x**n for a constant integer n: binary powering, unrolled, with every product's rounding
+    error carried along, so that the result is the correctly rounded x**n nearly always.
+
+    Plain repeated squaring would be exact in sign but loses about log2|n| bits: the relative
+    error doubles with each squaring (x**1000 in float32 would be off by ~1000 ulp). Carried as
+    hi + lo pairs the error is about |n|*eps^2, below half an ulp for |n| up to 1/eps. For n < 0
+    the base is the pair 1/x (lo from the exact residual fma(-x, 1/x, 1)), so that x**-n is not
+    lost where x**n overflows.
+
+    Special values (0, inf, NaN, overflow, underflow) come from the plain product chain, which
+    has them right, sign of zero included: the pairs there hold NaN (inf - inf) or lose the sign.
+    x**0 is 1 for every x, NaN included, as in NumPy and C's pow.
+    """
+    ty = x.type
+    one, zero = _const(ty, 1.0), _const(ty, 0.0)
+    if n == 0:
+        return one
+    if n == 1:
+        return x
+    if n == -1:
+        return b.fdiv(one, x)
+    if n == 2:  # one rounding already
+        return b.fmul(x, x)
+    if n > 0:
+        base = (x, zero)
+    else:
+        r = b.fdiv(one, x)
+        base = (r, b.fdiv(fma(b, b.fneg(x), r, one), x))
+    acc, plain = base, base[0]
+    for bit in bin(abs(n))[3:]:  # the bits after the leading one, most significant first
+        acc, plain = _mul2(b, acc, acc), b.fmul(plain, plain)
+        if bit == "1":
+            acc, plain = _mul2(b, acc, base), b.fmul(plain, base[0])
+    ok = b.and_(_finite(b, acc[0]), b.fcmp_ordered("!=", plain, zero))
+    return b.select(ok, acc[0], plain)
+
+
+def power(b: ir.IRBuilder, x: ir.Value, p: float) -> ir.Value:
+    """x**p for a constant p, as NumPy's `x ** dtype(p)` (C's pow) gives it.
+
+    p is first rounded to x's precision, as the NumPy reference does. Integral p up to 2^24
+    (float) or 2^53 (double) goes to `powi` (above those bounds every value is an even
+    integer); p = 0.5 is sqrt (NumPy's own shortcut: sqrt(-0) = -0); p = -0.5 is 1/sqrt(x + 0)
+    (+0 turns -0 into +0: pow(-0, -0.5) = +inf). Other p: exp(p*log|x|), NaN for finite x < 0.
+    float32 computes that in double and rounds once, so it is correctly rounded nearly always;
+    double keeps about (1 + |p*log x|) ulp (the rounding of p*log x scales by the result).
+    """
+    ty = x.type
+    wide = _is64(ty)
+    p = float(p) if wide else float(np.float32(p))
+    if p.is_integer() and abs(p) <= 2.0 ** (53 if wide else 24):
+        return powi(b, x, int(p))
+    if p == 0.5:
+        return sqrt(b, x)
+    minus_inf = _const(ty, float("-inf"))
+    if p == -0.5:
+        y = b.fdiv(_const(ty, 1.0), sqrt(b, b.fadd(x, _const(ty, 0.0))))
+        return b.select(b.fcmp_ordered("==", x, minus_inf), _const(ty, 0.0), y)
+    if wide:
+        xw = x
+    else:
+        wty = ir.VectorType(F64, ty.count) if isinstance(ty, ir.VectorType) else F64
+        xw = b.fpext(x, wty)
+    y = exp(b, b.fmul(_const(xw.type, p), log(b, fabs(b, xw))))
+    y = y if wide else b.fptrunc(y, ty)
+    if not p.is_integer():  # a negative base has no real non-integral power; -inf and -0 do
+        negative = b.and_(b.fcmp_ordered("<", x, _const(ty, 0.0)),
+                          b.fcmp_ordered("!=", x, minus_inf))
+        y = b.select(negative, _const(ty, float("nan")), y)
+    return y
 
 
 UNARY: dict[str, Emit] = {
