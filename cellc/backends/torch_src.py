@@ -5,17 +5,25 @@ The emitted functions work on 2-D tensors: a whole sequence is (T*B, features) w
 (`batch_sizes[t]`, sorted longest first as in a PackedSequence). Rows past n keep their state and
 get zero outputs. Every statement carries a comment with the `.cell` line it comes from.
 
-Names from the `.cell` file become Python identifiers only after checking: the grammar admits
-nothing but [A-Za-z_][A-Za-z0-9_]*' (a prime becomes `_next`), and any name that is a keyword, a
-builtin, or one of the emitted code's own names gets a trailing underscore. Nothing from the
-file is ever written into the source except as such an identifier or inside a comment that a
-newline cannot end (comments are single source lines).
+Generated code is a boundary (STYLE.md). Text from the `.cell` file or its path reaches the
+source in three ways only:
+- as an identifier made by `identifier` / `Names`: ASCII letters, digits and '_' (a prime becomes
+  `_next`), with a trailing underscore on keywords, builtins and the emitted code's own names;
+- as `repr()` of a string (sizes, parameter and state names in SPEC);
+- inside a comment, through `comment_text`: printable ASCII without the backslash, so no
+  character can end the comment (a newline, \r, U+2028, NUL) and no escape exists for an
+  encoding declaration to decode.
+The first two lines of a module are fixed text: Python reads a PEP 263 encoding declaration
+there, and under `coding=raw_unicode_escape` (or utf-7) harmless-looking comment text such as
+`\u000a` (or `+AAo-`) would decode to a newline and run what follows it.
 """
 
 from __future__ import annotations
 
 import builtins
 import keyword
+import math
+import re
 from typing import Callable
 
 from ..ir import Func, Instr, Value, scan_parts
@@ -27,6 +35,20 @@ RESERVED = {"torch", "math", "F", "S", "T", "B", "t", "n", "r", "dtype", "device
             "xs", "ctx", "self", "grads", "outs", "saved", "stack_steps"}
 
 
+def comment_text(text: str) -> str:
+    """Untrusted text (a path, a .cell source line) as the body of a `#` comment: printable ASCII
+    except the backslash; every other character becomes '?'."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)
+
+
+def identifier(name: str) -> str:
+    """A name as an ASCII identifier: a prime becomes `_next`, any other character outside
+    [A-Za-z0-9_] becomes '_', and a leading digit (or nothing) gets a '_' in front. The grammar
+    admits only such names; this keeps the emitter safe without relying on it."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name.replace("'", "_next"))
+    return name if re.match(r"[A-Za-z_]", name) else "_" + name
+
+
 class Names:
     """Python identifiers for IR values, unique within one emitted function."""
 
@@ -36,7 +58,7 @@ class Names:
 
     def __call__(self, v: Value) -> str:
         if id(v) not in self.of:
-            base = v.name.replace("'", "_next")
+            base = identifier(v.name)
             if keyword.iskeyword(base) or hasattr(builtins, base) or base.startswith("__"):
                 base += "_"
             name = base
@@ -76,7 +98,10 @@ def shape_expr(t: TensorType, rows: str) -> str:
 
 
 def _float(x: float) -> str:
-    return repr(float(x))
+    """A number as Python. repr() of a non-finite float is `inf` or `nan`, which would read a
+    variable of that name (a .cell value may be called `inf`)."""
+    x = float(x)
+    return repr(x) if math.isfinite(x) else f"float({repr(x)!r})"
 
 
 Emit = Callable[[list[str], Instr], str]
@@ -179,8 +204,7 @@ class FunctionEmitter:
         if instr.span is None:
             return ""
         text = self.source_lines[instr.span.line - 1].strip() if instr.span.line <= len(self.source_lines) else ""
-        text = "".join(c if c.isprintable() else " " for c in text)  # no \r, \0, \u2028 ...
-        return f"  # {instr.span.line}: {text}" + (" (grad)" if instr.grad else "")
+        return f"  # {instr.span.line}: {comment_text(text)}" + (" (grad)" if instr.grad else "")
 
     def emit_function(self, f: Func, py_name: str, doc: str) -> str:
         params = [self.names(p) for p in f.params]
@@ -293,7 +317,7 @@ def number_expr(e) -> str:
     from .. import ast_nodes as A
 
     if isinstance(e, A.Num):
-        return repr(float(e.value))
+        return _float(e.value)
     if isinstance(e, A.Name):
         return f"S[{e.id!r}]"
     if isinstance(e, A.Neg):
@@ -349,6 +373,7 @@ def _runtime_source() -> str:
 
 
 MODULE_RESERVED = {"Layer", "Cell", "compiler_disabled", "sys", "SPEC", "SYMBOLIC_BACKWARD", "N_RESULTS", "make_layer", "run_direction",
+                   "differentiable_backward",
                    "stack_steps", "torch", "math", "functools", "PackedSequence", "inspect",
                    "numbers", "warnings"}
 
@@ -357,22 +382,28 @@ def emit_module(cell, prog, source_name: str, version: str) -> str:
     """The whole generated file for a compiled cell."""
     from ..source import CellNameError
     name = cell.name
-    # the file name goes into comments and a docstring: nothing that could end either
-    source_name = "".join(c if c.isprintable() and c not in "\"\\" else "?" for c in source_name)
+    source_name = comment_text(source_name)  # written in comments only, never on lines 1-2
     taken = MODULE_RESERVED | {name + "Sequence", "forward", "backward"}
-    if (keyword.iskeyword(name) or hasattr(builtins, name) or name in taken or name.startswith("_")
+    # the cell name is written unmangled (it names the classes): it must be a plain identifier
+    if (identifier(name) != name or keyword.iskeyword(name) or hasattr(builtins, name)
+            or name in taken or name.startswith("_")
             or {name + "Cell", name + "Sequence"} & MODULE_RESERVED):
-        raise CellNameError(f"the cell name '{name}' cannot name a Python class here; rename the cell",
-                            None, cell.source.name)
+        raise CellNameError(
+            f"the cell name '{name}' cannot name a Python class here; rename the cell",
+            None, cell.source.name)
     lower = name.lower()
     n_results = prog.n_results
     kernels = emit_functions(prog.fwd, prog.bwd, cell.source.text.split("\n"), lower)
-    states = ", ".join(s.name for s in cell.states)
-    hx_doc = "h_n" if len(cell.states) == 1 else "(" + ", ".join(f"{s.name}_n" for s in cell.states) + ")"
-    return f'''# Generated by cellc {version} from {source_name}. Edit the .cell file and recompile.
-"""{name}: a recurrent layer generated by cellc from {source_name.rsplit("/", 1)[-1]}.
+    state_names = [identifier(s.name) for s in cell.states]  # in the docstring
+    states = ", ".join(state_names)
+    hx_doc = "h_n" if len(state_names) == 1 else f"({', '.join(s + '_n' for s in state_names)})"
+    # Lines 1 and 2 are fixed text (PEP 263 reads them); the file name follows on line 3.
+    return f'''# Generated by cellc {version}. Edit the .cell file and recompile, not this file.
+# A standalone PyTorch module: it needs only torch and the Python standard library.
+# Compiled from: {source_name}
+"""{name}: a recurrent layer generated by cellc from the .cell file named above.
 
-Needs only torch. Drop-in for torch.nn.LSTM / GRU / RNN:
+Drop-in for torch.nn.LSTM / GRU / RNN:
 
     from this_module import {name}, {name}Cell
     layer = {name}(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -408,8 +439,18 @@ SYMBOLIC_BACKWARD = True
 N_RESULTS = {n_results}  # {lower}_forward returns the final states and the outputs, then residuals
 
 
+def {lower}_sequence(S, batch_sizes, xs, *states_and_params):
+    """One direction over a whole sequence as plain differentiable torch: (ys, *final states)."""
+    T, B = xs.shape[0], xs.shape[1]
+    outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
+    *final, ys = outs[:N_RESULTS]
+    return (ys.reshape(T, B, ys.shape[1]), *final)
+
+
 class {name}Sequence(torch.autograd.Function):
-    """One direction of one layer over a whole sequence, with the generated backward."""
+    """One direction of one layer over a whole sequence, with the generated backward. When
+    autograd records the backward itself (create_graph=True), the backward differentiates
+    {lower}_sequence instead, so second derivatives are right."""
 
     @staticmethod
     def forward(ctx, S, batch_sizes, xs, *states_and_params):
@@ -419,14 +460,20 @@ class {name}Sequence(torch.autograd.Function):
         ctx.S, ctx.T, ctx.B, ctx.batch_sizes = S, T, B, batch_sizes
         ctx.is_tensor = [isinstance(r, torch.Tensor) for r in residuals]
         ctx.others = [r for r in residuals if not isinstance(r, torch.Tensor)]
-        ctx.save_for_backward(*[r for r in residuals if isinstance(r, torch.Tensor)])
+        ctx.n_inputs = 1 + len(states_and_params)
+        tensors = [r for r in residuals if isinstance(r, torch.Tensor)]
+        ctx.save_for_backward(xs, *states_and_params, *tensors)  # inputs, then the residuals
         *final, ys = results
         return (ys.reshape(T, B, ys.shape[1]), *final)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, d_ys, *d_final):
-        saved, others = iter(ctx.saved_tensors), iter(ctx.others)
+        inputs, saved = ctx.saved_tensors[: ctx.n_inputs], iter(ctx.saved_tensors[ctx.n_inputs :])
+        if torch.is_grad_enabled():  # create_graph=True: {lower}_backward is not differentiable
+            run = functools.partial({lower}_sequence, ctx.S, ctx.batch_sizes)
+            grads = differentiable_backward(run, inputs, ctx.needs_input_grad[2:], (d_ys, *d_final))
+            return (None, None, *grads)
+        others = iter(ctx.others)
         residuals = [next(saved) if t else next(others) for t in ctx.is_tensor]
         T, B = ctx.T, ctx.B
         d_ys = d_ys.reshape(T * B, d_ys.shape[2])
@@ -437,14 +484,12 @@ class {name}Sequence(torch.autograd.Function):
 @compiler_disabled
 def run_direction(xs, states, params, batch_sizes, S):
     """The time loop of one layer direction, as torch_layers' make_layer expects it."""
-    T, B = xs.shape[0], xs.shape[1]
-    batch_sizes = [B] * T if batch_sizes is None else list(batch_sizes)
+    B = xs.shape[1]
+    batch_sizes = [B] * xs.shape[0] if batch_sizes is None else list(batch_sizes)
     if SYMBOLIC_BACKWARD:
         ys, *final = {name}Sequence.apply(S, batch_sizes, xs, *states, *params)
     else:
-        outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states, *params)
-        *final, ys = outs[:N_RESULTS]
-        ys = ys.reshape(T, B, ys.shape[1])
+        ys, *final = {lower}_sequence(S, batch_sizes, xs, *states, *params)
     return ys, tuple(final)
 
 
