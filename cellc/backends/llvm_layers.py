@@ -4,19 +4,23 @@ The layer machinery is the same module the generated PyTorch files paste in
 (`cellc/runtime/torch_layers.py`); this file only supplies its `run_direction`: one
 torch.autograd.Function per layer direction whose forward and backward call the native
 forward and backward over the whole sequence. Tensors must be on the CPU; they are checked
-(dtype, shape, contiguity) before any native call.
+(dtype, shape, contiguity) before any native call. When autograd records the backward itself
+(create_graph=True), the backward instead differentiates the eager interpreter's run of the
+same cell (torch_eager), so second derivatives are right.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import torch
 
 from ..lower import CellIR
-from ..runtime.torch_layers import compiler_disabled, make_layer
+from ..runtime.torch_layers import compiler_disabled, differentiable_backward, make_layer
 from . import blas, cache
 from .llvm_jit import Arrays
-from .torch_eager import spec_from_cell
+from .torch_eager import run_direction_eager, spec_from_cell
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -50,27 +54,36 @@ _TORCH = TorchArrays()
 
 
 class NativeSequence(torch.autograd.Function):
-    """One direction of one layer over a whole sequence, forward and backward in native code."""
+    """One direction of one layer over a whole sequence, forward and backward in native code.
+
+    `recompute(xs, *states_and_params) -> (ys, *final)` is the same direction as differentiable
+    torch; the backward uses it only when its own graph is recorded (create_graph=True)."""
 
     @staticmethod
-    def forward(ctx, program, batch_sizes, xs, *states_and_params):
+    def forward(ctx, program, batch_sizes, recompute, xs, *states_and_params):
         T, B = xs.shape[0], xs.shape[1]
         args = [xs.reshape(T * B, xs.shape[2]).contiguous()] + [a.contiguous() for a in states_and_params]
         out = program.forward_kernel.run(T, B, batch_sizes, args, _TORCH)
         n = program.n_results
         ctx.program, ctx.T, ctx.B, ctx.batch_sizes = program, T, B, batch_sizes
-        ctx.save_for_backward(*out[n:])
+        ctx.recompute, ctx.n_inputs = recompute, 1 + len(states_and_params)
+        ctx.save_for_backward(xs, *states_and_params, *out[n:])  # inputs, then the residuals
         *final, ys = out[:n]
         return (ys.reshape(T, B, ys.shape[1]), *final)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, d_ys, *d_final):
+        saved = ctx.saved_tensors
+        inputs, residuals = saved[: ctx.n_inputs], list(saved[ctx.n_inputs :])
+        if torch.is_grad_enabled():  # create_graph=True: the native backward is not differentiable
+            grads = differentiable_backward(ctx.recompute, inputs, ctx.needs_input_grad[3:],
+                                            (d_ys, *d_final))
+            return (None, None, None, *grads)
         T, B = ctx.T, ctx.B
         seeds = [d.contiguous() for d in d_final] + [d_ys.reshape(T * B, d_ys.shape[2]).contiguous()]
-        grads = ctx.program.backward_kernel.run(T, B, ctx.batch_sizes, list(ctx.saved_tensors) + seeds, _TORCH)
+        grads = ctx.program.backward_kernel.run(T, B, ctx.batch_sizes, residuals + seeds, _TORCH)
         d_xs, *rest = grads
-        return (None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
+        return (None, None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
 
 
 def run_direction_for(cell: CellIR):
@@ -78,7 +91,11 @@ def run_direction_for(cell: CellIR):
         sizes = dict(sizes)
         cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
 
-        programs = {}  # dtype -> NativeProgram, looked up once per layer size and dtype
+        # dtype -> weak reference to the NativeProgram: one cache look-up per layer size and dtype,
+        # yet the layer class, which keeps this closure for every size it saw, never keeps code
+        # alive that the in-memory cache evicted (a call after that fetches it again).
+        programs = {}
+        eager = run_direction_eager(cell, sizes)  # the differentiable twin, for double backward
 
         @compiler_disabled
         def run_direction(xs, states, params, batch_sizes):
@@ -87,14 +104,22 @@ def run_direction_for(cell: CellIR):
             dtype = _DTYPES.get(xs.dtype)
             if dtype is None:
                 raise TypeError(f"the llvm target runs float32 or float64, not {xs.dtype}")
-            program = programs.get(dtype)
+            ref = programs.get(dtype)
+            program = ref() if ref is not None else None
             if program is None:
-                program = programs[dtype] = cache.native_program(cell, sizes, dtype)
+                program = cache.native_program(cell, sizes, dtype)
+                programs[dtype] = weakref.ref(program)
             # One thread budget for torch's pool and the BLAS pool: torch.set_num_threads.
             blas.ensure_threads(torch.get_num_threads())
             T, B = xs.shape[0], xs.shape[1]
             bs = np.full(T, B, np.int64) if batch_sizes is None else np.asarray(batch_sizes, np.int64)
-            ys, *final = NativeSequence.apply(program, bs, xs, *states, *params)
+            n = len(states)
+
+            def recompute(xs, *states_and_params):
+                ys, final = eager(xs, states_and_params[:n], states_and_params[n:], batch_sizes)
+                return (ys, *final)
+
+            ys, *final = NativeSequence.apply(program, bs, recompute, xs, *states, *params)
             return ys, tuple(final)
 
         return run_direction

@@ -64,7 +64,9 @@ constructor, so a backend may reject sizes there (ValueError).
 - Returns ys (T, B, H_out) and the tuple of final (B, H_k) states.
 
 The layer never differentiates anything: run_direction must be autograd-aware, as a plain torch
-loop or a torch.autograd.Function is.
+loop or a torch.autograd.Function is, and differentiable twice (create_graph=True: gradient
+penalties, Hessian-vector products). A Function whose backward is a fast kernel that is not
+itself differentiable gets that from `differentiable_backward` below.
 """
 
 import functools
@@ -76,7 +78,7 @@ import warnings
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["make_layer", "compiler_disabled"]
+__all__ = ["compiler_disabled", "differentiable_backward", "make_layer"]
 
 
 def compiler_disabled(fn):
@@ -95,6 +97,34 @@ def compiler_disabled(fn):
         return disabled(*args, **kwargs)
 
     return call
+
+
+def differentiable_backward(run, inputs, needs_grad, grad_outputs):
+    """The backward of a whole-sequence torch.autograd.Function while autograd records the
+    backward itself (create_graph=True), as a list with one gradient or None per input.
+
+    A fast backward kernel reads the saved residuals as constants, so autograd cannot see how its
+    result depends on the inputs, and a second derivative through it would be silently wrong.
+    Instead the forward runs again as plain differentiable torch, `run(*inputs)` returning the
+    Function's outputs in order, from the saved inputs (which keep their own autograd history),
+    and its vector-Jacobian product is taken with create_graph=True: the gradients returned are
+    then differentiable in both the inputs and grad_outputs.
+    """
+    with torch.enable_grad():
+        # A fresh alias per input: autograd.grad of a tensor passed in two places would return
+        # the sum of both places' gradients for each of them, counting it twice.
+        aliases = [x.view_as(x) if need else x for x, need in zip(inputs, needs_grad)]
+        outputs = run(*aliases)
+    # An output that depends on no input requiring grad contributes nothing (and autograd.grad
+    # refuses it).
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    wrt = [a for a, need in zip(aliases, needs_grad) if need]
+    if not pairs or not wrt:
+        return [None] * len(inputs)
+    grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
+                                     create_graph=True, allow_unused=True))
+    return [next(grads) if need else None for need in needs_grad]
+
 
 _INITIALIZERS = {  # name -> (number of arguments allowed, fill function)
     "uniform": ((2,), lambda w, a: torch.nn.init.uniform_(w, a[0], a[1])),
