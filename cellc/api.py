@@ -20,11 +20,15 @@ import types
 from pathlib import Path
 
 from . import __version__
+from .backends.cache import LRU
 from .frontend import load_file
 from .source import Source
 
 TARGETS = ("torch", "llvm")
-_LOADED: dict[str, types.ModuleType] = {}
+# The last 32 modules load() returned, by content. An LRU, not a dict: a llvm module keeps its
+# layer classes and through them compiled code, and a sweep over many generated .cell files must
+# run in flat memory. (A torch module also stays in sys.modules, for pickling; see load().)
+_LOADED = LRU(32)
 
 
 def grad_equations(path: str | Path) -> str:
@@ -50,13 +54,18 @@ def load(path: str | Path, target: str = "torch") -> types.ModuleType:
         raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, not {target!r}")
     text = Source.read(path).text
     key = hashlib.sha256(f"{__version__}\0{target}\0{path}\0{text}".encode()).hexdigest()[:16]
-    if key in _LOADED:
-        return _LOADED[key]
+    module = _LOADED.get(key)
+    if module is not None:
+        return module
     if target == "llvm":
-        _LOADED[key] = NativeModule(load_file(path))
-        return _LOADED[key]
-    source = torch_source(path)
+        module = NativeModule(load_file(path))
+        _LOADED[key] = module
+        return module
     name = f"cellc_generated_{key}"
+    if name in sys.modules:  # evicted from _LOADED only: the same classes, so pickles still match
+        module = _LOADED[key] = sys.modules[name]
+        return module
+    source = torch_source(path)
     filename = f"<cellc {path}>"
     module = types.ModuleType(name)
     module.__file__ = filename

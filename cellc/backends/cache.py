@@ -1,25 +1,76 @@
-"""Compile caches for native kernels: in memory per process, and object code on disk.
+"""Compile caches for native kernels: a small LRU in memory per process, object code on disk.
 
-The disk cache holds the machine code MCJIT produced, keyed by everything that determines it:
-the cellc version, the cell's source text, the sizes, the dtype, the kernel kind and the host
-CPU (name and features: host-tuned code must not run on another CPU). Entries are written to a
-temporary file and renamed into place, so a concurrent process sees a whole entry or none.
+The disk cache holds the machine code MCJIT produced, keyed by everything that determines it: a
+hash of the compiler's own source files (so a changed compiler never runs code an older one
+made; the version number alone did not change for dozens of commits), the LLVM version, the
+cell's source text, the sizes, the dtype, the kernel kind, the BLAS choice and the host CPU
+(name and features: host-tuned code must not run on another CPU).
+
+Handing MCJIT a wrong object aborts or corrupts the process, so an entry is trusted only when it
+is a regular file of sane size that starts with the magic line, its own full key (a file copied
+into another key's slot is foreign) and the SHA-256 of the code that follows. Anything else is
+removed and recompiled. Entries are written to a temporary file and renamed into place, so a
+concurrent process sees a whole entry or none.
 Set CELLC_CACHE_DIR to move it, or to an empty string to disable it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import stat
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
-from .. import __version__
 from ..lower import CellIR
 
-_memory: dict[str, object] = {}
-_lock = threading.Lock()
+_MAGIC = b"cellc object cache 1\n"
+_MAX_ENTRY = 256 << 20  # bytes; real entries are KBs to a few MB, anything larger is not ours
+
+
+class LRU:
+    """A thread-safe map that keeps only the `size` most recently used entries.
+
+    The in-process caches are LRUs so that a sweep over many sizes or files runs in flat
+    memory: each native program holds an MCJIT engine (~1-2 MB) that is freed once nothing
+    references it. Eviction only drops the cache's reference: a kernel or program still in
+    use keeps its engine, and with it its code, alive."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+# 32 programs or step kernels: more than one model's layer sizes, dtypes and kinds; a sweep past
+# that reloads from the disk cache in milliseconds.
+_memory = LRU(32)
+_compile_lock = threading.Lock()  # one compile at a time: two threads never build the same key
 
 
 def cache_dir() -> Path | None:
@@ -32,39 +83,97 @@ def cache_dir() -> Path | None:
     return Path(base) / "cellc"
 
 
+@functools.cache
+def compiler_hash() -> str:
+    """SHA-256 over the compiler's own source (every cellc/**/*.py and *.lark, by relative path
+    and bytes), computed once per process: any change to the compiler changes every key."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".lark") and path.is_file():
+            name, data = path.relative_to(root).as_posix().encode(), path.read_bytes()
+            h.update(b"%d:%s%d:" % (len(name), name, len(data)) + data)  # lengths: unambiguous
+    return h.hexdigest()
+
+
 def cache_key(cell: CellIR, sizes: dict, dtype: str, kind: str) -> str:
+    """The full key (64 hex digits) of a cell's kernel: also the entry's file name."""
+    import llvmlite
+    import llvmlite.binding as llvm
+
     from .llvm_jit import blas_choice, host_cpu
 
     cpu, features = host_cpu()
-    text = "\0".join([__version__, kind, blas_choice(), os.environ.get("CELLC_LOOP_GEMM", ""), dtype, repr(sorted(sizes.items())), cpu,
-                      features, cell.source.text])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    llvm_version = f"llvmlite {llvmlite.__version__}, LLVM {llvm.llvm_version_info}"
+    parts = [compiler_hash(), llvm_version, kind, blas_choice(),
+             os.environ.get("CELLC_LOOP_GEMM", ""), dtype, repr(sorted(sizes.items())), cpu,
+             features, cell.source.text]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 class DiskObjectCache:
     """The two callbacks of llvmlite's ExecutionEngine.set_object_cache, for one key.
 
-    An entry is the SHA-256 of the object code followed by the code: a truncated, empty or
-    foreign file fails the check and is recompiled and replaced (handing MCJIT a broken object
-    would abort the process).
-    """
+    An entry is `_MAGIC`, the full key and a newline, the SHA-256 of the object code, then the
+    code. The file is read at most once (the same answer for `_jit`'s look and MCJIT's), and a
+    file that is not a valid entry for this key is removed: it is recompiled and replaced."""
 
     def __init__(self, key: str):
         d = cache_dir()
+        self.key = key
         self.path = d / f"{key}.o" if d else None
         self.hit = False
+        self._read = False
+        self._code: bytes | None = None
+
+    def _header(self, code: bytes) -> bytes:
+        return _MAGIC + self.key.encode() + b"\n" + hashlib.sha256(code).digest()
+
+    def _read_entry(self) -> bytes | None:
+        """The bytes of the entry if it is a regular file of sane size (a FIFO or a device in
+        its place would block or never end), else None."""
+        try:
+            # O_NONBLOCK: opening a FIFO does not wait for a writer (then fstat rejects it).
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_ENTRY:
+                self._discard()
+                return None
+            return f.read(st.st_size)
+
+    def _discard(self) -> None:
+        """Remove a foreign or broken entry, so that no later process trusts or trips on it."""
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass  # gone already, or a directory: the store that follows fails, we still run
 
     def load(self, module) -> bytes | None:
         if self.path is None:
             return None
-        try:
-            data = self.path.read_bytes()
-        except OSError:
+        if not self._read:
+            self._read = True
+            try:
+                data = self._read_entry()
+            except OSError:
+                data = None
+            if data is not None:
+                code = self._check(data)
+                if code is None:
+                    self._discard()
+                else:
+                    self._code, self.hit = code, True
+        return self._code
+
+    def _check(self, data: bytes) -> bytes | None:
+        """The code of a valid entry for this key, else None."""
+        n = len(self._header(b""))
+        code = data[n:]
+        if not code or data[:n] != self._header(code):
             return None
-        digest, code = data[:32], data[32:]
-        if not code or hashlib.sha256(code).digest() != digest:
-            return None
-        self.hit = True
         return code
 
     def store(self, module, data: bytes) -> None:
@@ -75,7 +184,7 @@ class DiskObjectCache:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(hashlib.sha256(data).digest() + data)
+                    f.write(self._header(data) + data)
                 os.replace(tmp, self.path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
@@ -85,10 +194,14 @@ class DiskObjectCache:
 
 
 def _cached(key: str, make):
-    with _lock:
-        if key not in _memory:
-            _memory[key] = make()
-        return _memory[key]
+    value = _memory.get(key)
+    if value is None:
+        with _compile_lock:
+            value = _memory.get(key)  # another thread may have compiled it meanwhile
+            if value is None:
+                value = make()
+                _memory[key] = value
+    return value
 
 
 def native_program(cell: CellIR, sizes: dict, dtype: str):

@@ -16,7 +16,7 @@ import ctypes
 import functools
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,18 @@ def kernel_features() -> str:
     return host_cpu()[1]
 
 
+# BLAS takes 32-bit sizes (scipy-openblas32, MKL's LP64 interface), and the products over whole
+# sequences have T*B rows: more would wrap around.
+MAX_ROWS = 2**31 - 1
+
+
+def check_rows(T: int, B: int) -> None:
+    """Refuse T*B rows that 32-bit BLAS sizes cannot hold; called before anything is allocated."""
+    if T * B > MAX_ROWS:
+        raise ValueError(f"T*B = {T}*{B} = {T * B} rows is more than the native kernels take"
+                         f" ({MAX_ROWS}: BLAS sizes are 32-bit); split the batch or the sequence")
+
+
 @dataclass
 class Kernel:
     layout: llvm_ir.Layout
@@ -120,6 +132,9 @@ class Kernel:
     address: int
     sizes: dict[str, int]
     dtype: np.dtype
+    # The ExecutionEngine that owns the code at `address`. Held here so that a kernel in use
+    # stays valid after the in-memory cache evicts it: the code is freed with its last user.
+    engine: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self._call = _SIGNATURE(self.address)
@@ -140,6 +155,7 @@ class Kernel:
     def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: "Arrays") -> list:
         """Call the kernel on checked arrays; return its results (arguments handed back as is)."""
         layout = self.layout
+        check_rows(T, B)
         if len(args) != layout.n_args:
             raise ValueError(f"expected {layout.n_args} arrays, got {len(args)}")
         for a, (name, shape) in zip(args, self._arg_shapes):
@@ -198,6 +214,7 @@ def _jit(module_ir, object_cache=None):
     mod = llvm.parse_assembly(str(module_ir))
     mod.verify()
     tm = target_machine()
+    # The entry is read and checked once: MCJIT's own load() call gets the same answer.
     cached = object_cache is not None and object_cache.load(None) is not None
     if not cached:
         optimize(mod, tm)
@@ -227,11 +244,11 @@ class NativeProgram:
         self.llvm_ir = str(module)
         self._engine, self._module = _jit(module, object_cache)
         fwd, bwd = layouts
-        self.forward_kernel = Kernel(fwd, self.program.fwd, self._engine.get_function_address(fwd.name),
-                                     self.sizes, self.dtype)
-        self.backward_kernel = Kernel(bwd, self.program.bwd, self._engine.get_function_address(bwd.name),
-                                      self.sizes, self.dtype)
-        self.forward_kernel.engine = self.backward_kernel.engine = self._engine
+        address = self._engine.get_function_address
+        self.forward_kernel = Kernel(fwd, self.program.fwd, address(fwd.name), self.sizes,
+                                     self.dtype, engine=self._engine)
+        self.backward_kernel = Kernel(bwd, self.program.bwd, address(bwd.name), self.sizes,
+                                      self.dtype, engine=self._engine)
 
     @property
     def n_results(self) -> int:
@@ -254,6 +271,5 @@ def compile_step(cell: CellIR, sizes: dict[str, int], dtype="float32", object_ca
     module, (layout,) = llvm_ir.build_module([(step, "cellc_step")], dict(sizes), dtype, names,
                                              features=kernel_features())
     engine, _ = _jit(module, object_cache)
-    kernel = Kernel(layout, step, engine.get_function_address(layout.name), dict(sizes), np.dtype(dtype))
-    kernel.engine = engine
-    return kernel
+    return Kernel(layout, step, engine.get_function_address(layout.name), dict(sizes),
+                  np.dtype(dtype), engine=engine)
