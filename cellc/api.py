@@ -53,7 +53,9 @@ def load(path: str | Path, target: str = "torch") -> types.ModuleType:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(map(repr, TARGETS))}, not {target!r}")
     text = Source.read(path).text
-    key = hashlib.sha256(f"{__version__}\0{target}\0{path}\0{text}".encode()).hexdigest()[:16]
+    # A path may hold bytes that are not UTF-8 (os.fsdecode gives surrogates): keep them as bytes.
+    ident = f"{__version__}\0{target}\0{path}\0{text}".encode("utf-8", "surrogateescape")
+    key = hashlib.sha256(ident).hexdigest()[:16]
     module = _LOADED.get(key)
     if module is not None:
         return module
@@ -66,7 +68,7 @@ def load(path: str | Path, target: str = "torch") -> types.ModuleType:
         module = _LOADED[key] = sys.modules[name]
         return module
     source = torch_source(path)
-    filename = f"<cellc {path}>"
+    filename = f"<cellc {os.fsencode(path).decode('utf-8', 'replace')}>"
     module = types.ModuleType(name)
     module.__file__ = filename
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

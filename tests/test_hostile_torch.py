@@ -186,13 +186,7 @@ def test_hostile_text_cannot_run_on_import(case, compiled, plain_header, capfd):
     assert bad == []
 
 
-IN_MEMORY = [
-    pytest.param(c, id=c.id, marks=pytest.mark.xfail(
-        strict=True, reason="api.load encodes the path as UTF-8 for its cache key and the"
-        " compile() file name; a file name with undecodable bytes fails there (outside H1)"))
-    if c.id == "undecodable-bytes" else pytest.param(c, id=c.id)
-    for c in CASES
-]
+IN_MEMORY = [pytest.param(c, id=c.id) for c in CASES]
 
 
 @pytest.mark.parametrize("case", IN_MEMORY)
