@@ -21,19 +21,31 @@ from typing import Mapping
 import numpy as np
 
 from .backends import numpy_ref
-from .backends.llvm_jit import Arrays
+from .backends.llvm_jit import Arrays, check_rows
 from .lower import CellIR
 
 
 @dataclass
 class Tape:
-    """What forward saved for backward (residuals, the batch layout)."""
+    """What forward saved for backward (residuals, the batch layout). The residuals share no
+    memory with what forward returned, but some are the caller's own xs and parameter arrays:
+    changing those in place before backward changes the gradient."""
 
     residuals: list
     T: int
     B: int
     batch_sizes: np.ndarray
     order: np.ndarray | None  # rows sorted by decreasing length, or None
+
+
+def _unshared(arrays: list, returned: tuple = ()) -> list:
+    """The arrays, each copied when it shares memory with one of `returned` or an earlier one.
+    Kernels hand back one buffer for results that are equal (rnn's ys and its saved h', its
+    step's y and h', dbias_ih and dbias_hh), so changing one in place would change the other."""
+    out: list = []
+    for a in arrays:
+        out.append(a.copy() if any(np.may_share_memory(a, b) for b in (*returned, *out)) else a)
+    return out
 
 
 def _cell(cell: CellIR | str | Path) -> CellIR:
@@ -135,6 +147,7 @@ class NativeCell:
         if not isinstance(xs, np.ndarray) or xs.ndim != 3:
             raise ValueError(f"xs must be a 3-d numpy array (T, B, features), got {getattr(xs, 'shape', type(xs))}")
         T, B = xs.shape[:2]
+        check_rows(T, B)  # before xs is copied
         I = self._input_size
         xs = self._array(xs, "xs", (T, B, I))
         batch_sizes, order = self._layout(T, B, lengths)
@@ -144,14 +157,16 @@ class NativeCell:
         args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
         self._threads()
         out = self.program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
+        outputs = _unshared(out[: self.program.n_results])
+        residuals = _unshared(out[self.program.n_results :], tuple(outputs))  # the tape's own
         n = len(cell.states)
-        ys = out[n].reshape(T, B, out[n].shape[1])
-        final = dict(zip((s.name for s in cell.states), out[:n]))
+        ys = outputs[n].reshape(T, B, self._output_size)
+        final = dict(zip((s.name for s in cell.states), outputs[:n]))
         if order is not None:
             inv = np.argsort(order)
             ys = ys[:, inv]
             final = {k: v[inv] for k, v in final.items()}
-        tape = Tape(out[self.program.n_results :], T, B, batch_sizes, order)
+        tape = Tape(residuals, T, B, batch_sizes, order)
         return ys, final, tape
 
     def backward(self, tape: Tape, d_ys: np.ndarray | None = None,
@@ -166,6 +181,7 @@ class NativeCell:
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
         self._threads()
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes, list(tape.residuals) + seeds, _ARRAYS)
+        grads = _unshared(grads)
         names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
         out = dict(zip(names, grads))
         out["xs"] = out["xs"].reshape(T, B, out["xs"].shape[1])
@@ -189,10 +205,11 @@ class NativeCell:
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError(f"x must be a 2-d numpy array (B, features), got {getattr(x, 'shape', type(x))}")
         B = x.shape[0]
+        check_rows(1, B)  # before x is copied
         args = [*self._states(states, B, "state {name}"), self._array(x, "x", (B, self._input_size)),
                 *self._params(params)]
         self._threads()
-        out = self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS)
+        out = _unshared(self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS))
         n = len(cell.states)
         return out[n], dict(zip((s.name for s in cell.states), out[:n]))
 

@@ -7,7 +7,8 @@
 - The loader, run in a fresh interpreter that imports neither cellc nor llvmlite nor torch, gives
   forward, backward, step and variable-length (batch_sizes) results that match the NumPy
   reference (float64 1e-10, float32 1e-4, relative to the reference's largest magnitude), and
-  rejects bad arrays with errors.
+  rejects bad arrays with errors (a wrong dtype, complex input or fractional batch_sizes too:
+  nothing is converted). tests/test_hostile_native.py has the hostile cases.
 - Usage errors: missing or bad --sizes and -o naming a regular file exit with status 2 and write
   nothing; a broken .cell file exits with status 1 and a located error; a failing link exits
   with status 1 and leaves no files behind.
@@ -180,6 +181,11 @@ for dtype in ("float32", "float64"):
         "missing parameter": lambda: cell.forward(xs, {k: v for k, v in params.items() if k != "bias_hh"}, states),
         "wrong features": lambda: cell.forward(xs[:, :, :-1].copy(), params, states),
         "float16 dtype": lambda: getattr(mod, cls_name)("float16"),
+        "xs of the other dtype": lambda: cell.forward(
+            xs.astype("float64" if dtype == "float32" else "float32"), params, states),
+        "complex xs": lambda: cell.forward(xs + 1j, params, states),
+        "fractional batch_sizes": lambda: cell.forward(xs, params, states,
+                                                       batch_sizes=[b + 0.9 for b in batch_sizes]),
     }
     for case, fn in bad.items():
         try:
@@ -286,10 +292,13 @@ def test_loader_batch_sizes_match_per_sequence_reference(loader_runs, name, dtyp
 LOADER_ERRORS = {
     "batch_sizes increase": "ValueError: batch_sizes",
     "batch_sizes exceed B": "ValueError: batch_sizes",
-    "wrong-shaped parameter": "ValueError: weight_ih",
+    "wrong-shaped parameter": "ValueError: parameter 'weight_ih' must have shape",
     "missing parameter": "ValueError: missing parameter 'bias_hh'",
     "wrong features": "ValueError: xs",
     "float16 dtype": "TypeError: dtype must be float32 or float64",
+    "xs of the other dtype": "TypeError: xs must be float",
+    "complex xs": "TypeError: xs must be float",
+    "fractional batch_sizes": f"ValueError: batch_sizes must be {T} ints, got float64",
 }
 
 

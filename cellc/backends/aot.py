@@ -5,14 +5,29 @@
 writes out/liblstm.so (object code from LLVM linked with the system C compiler against the BLAS
 of `blas.py`), out/lstm.h and out/lstm.py. The loader needs only numpy and ctypes. Kernels are
 specialized to the given sizes and tuned for this machine's CPU. Files appear whole or not at
-all: everything is built in a temporary folder and renamed into place.
+all: everything is built in a temporary folder under the system's temp dir (so a killed build
+leaves nothing beside the output) and then renamed (or copied, then renamed) into place.
+
+Generated files are a boundary. The cell's name, its size and array names and its file's path
+are untrusted text: in C they appear only inside escaped string literals (`_c_string`) or as
+comments reduced to harmless characters (`_plain`); in the loader only as `repr()` strings or
+plain-text docstrings. The file stem and the C symbol prefix (`file_prefix`) is the cell's name
+only when that is a short plain identifier; otherwise a bounded, hashed form of it.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
+import errno
+import hashlib
+import keyword
 import os
+import re
+import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,10 +39,57 @@ from . import blas, llvm_ir
 from .llvm_jit import _llvm, kernel_features, optimize, step_function, target_machine
 
 DTYPES = {"f32": "float32", "f64": "float64"}
+MAX_PREFIX = 48  # characters of the cell's name kept in a file stem; file names stay far below 255
+
+# File stems that would shadow a module when the output folder is on sys.path: a loader named
+# ctypes.py or numpy.py would import itself instead of the module it needs.
+_MODULES = frozenset(sys.stdlib_module_names) | {"numpy", "cellc", "torch", "llvmlite"}
 
 
 class LinkError(Exception):
     pass
+
+
+def file_prefix(name: str) -> str:
+    """The stem of the three files and the prefix of every C symbol and macro in them.
+
+    The cell's name in lower case when that is a plain ASCII identifier (starting with a
+    letter, so no reserved `_X` or `__x` C names) of at most MAX_PREFIX characters that is no
+    Python keyword or module name. Otherwise a readable part of it plus a hash of the whole name,
+    so the result is always such an identifier, bounded, and different cells stay apart:
+    `def` -> `def_cb8379ac2098`, `RNN'` -> `rnn_926e43e126bf`, 100000 N's -> 48 n's and a hash.
+    """
+    low = name.lower()
+    if (re.fullmatch(r"[a-z][a-z0-9_]*", low) and len(low) <= MAX_PREFIX
+            and not keyword.iskeyword(low) and low not in _MODULES):
+        return low
+    stem = re.sub(r"[^a-z0-9_]+", "_", low).strip("_")[:MAX_PREFIX] or "cell"
+    if not stem[0].isalpha():
+        stem = "cell_" + stem
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{stem}_{digest}"
+
+
+def _plain(text: str) -> str:
+    """Text for a C comment or a Python docstring: letters, digits and a few harmless marks;
+    anything else becomes `_`. Nothing can end the comment (`*/`), splice a line (a backslash,
+    the trigraph `??/`), end the docstring (a quote), or be a newline or an encoding cookie."""
+    return re.sub(r"[^A-Za-z0-9 _,.:;=()\[\]{}'+<>-]", "_", text)
+
+
+_C_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.,:;=+-/@%~")
+
+
+def _c_string(text: str) -> str:
+    """A C string literal holding text's UTF-8 bytes (a file name's undecodable bytes restored):
+    plain characters as they are and every other byte as a three-digit octal escape, which
+    cannot run into the next character, so no quote, backslash, newline or `?` (trigraphs)
+    reaches the compiler as such."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from a file name
+        data = text.encode("utf-8", "surrogatepass")
+    return '"' + "".join(chr(c) if c in _C_PLAIN else f"\\{c:03o}" for c in data) + '"'
 
 
 def _shape_spec(t, sizes) -> list:
@@ -37,14 +99,17 @@ def _shape_spec(t, sizes) -> list:
 
 
 def build(cell: CellIR, sizes: dict, out_dir: Path) -> list[Path]:
+    """Build lib<prefix>.so, <prefix>.h and <prefix>.py into out_dir (which must exist)."""
     llvm = _llvm()
-    prefix = cell.name.lower()
+    prefix = file_prefix(cell.name)
     prog = compile_program(cell)
     step = step_function(cell)
     tm = target_machine(reloc="pic")
     kernels = {}
     objects = []
-    tmp = Path(tempfile.mkdtemp(prefix=".cellc-", dir=out_dir))
+    # Absolute, under the system temp dir: no argument of cc can read as a flag (an output
+    # folder named -evil), and a killed build leaves no half-built folder beside the output.
+    tmp = Path(os.path.abspath(tempfile.mkdtemp(prefix="cellc-aot-")))
     try:
         for short, dtype in DTYPES.items():
             g = "d" if dtype == "float64" else "s"
@@ -72,7 +137,7 @@ def build(cell: CellIR, sizes: dict, out_dir: Path) -> list[Path]:
         cc = os.environ.get("CC", "cc")
         cmd = [cc, "-shared", "-o", str(lib), *map(str, objects), *blas.link_args(), "-lm"]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except FileNotFoundError:
             raise LinkError(f"no C compiler found ({cc}); install gcc or set CC") from None
         if res.returncode != 0:
@@ -81,29 +146,51 @@ def build(cell: CellIR, sizes: dict, out_dir: Path) -> list[Path]:
         header.write_text(_header(cell, sizes, kernels, prefix))
         loader = tmp / f"{prefix}.py"
         loader.write_text(_loader(cell, sizes, kernels, prefix))
-        written = []
-        for f in (lib, header, loader):
-            dest = out_dir / f.name
-            os.replace(f, dest)
-            written.append(dest)
-        return written
+        return [_install(f, Path(out_dir)) for f in (lib, header, loader)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _install(src: Path, out_dir: Path) -> Path:
+    """Move a finished file into out_dir whole. A rename where the temp dir and out_dir share a
+    file system; else a copy to a hidden name beside the destination, then a rename. The copy
+    gets the permission bits src got from the umask (cc -o: 0o777 less the umask, write_text:
+    0o666 less it), never mkstemp's fixed 0o600."""
+    dest = out_dir / src.name
+    try:
+        os.replace(src, dest)
+        return dest
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    part = out_dir / f".{src.name}.{secrets.token_hex(4)}.part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, src.stat().st_mode & 0o777)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return dest
+
+
 def _header(cell, sizes, kernels, prefix) -> str:
-    guard = f"CELLC_{prefix.upper()}_H"
+    P = prefix.upper()
+    guard = f"CELLC_{P}_H"
     lines = [
-        f"/* {prefix}.h: native kernels for the {cell.name} cell, generated by cellc {__version__}",
-        f" * from {cell.source.name}, for sizes {sizes} and this machine's CPU.",
+        f"/* {prefix}.h: native kernels for the {_plain(cell.name)} cell,",
+        f" * generated by cellc {_plain(__version__)} from the file named in {P}_SOURCE_FILE,",
+        f" * for sizes {_plain(str(sizes))} and this machine's CPU.",
         " *",
         " * Every kernel has the same signature. Arrays are row-major and contiguous; T is the",
-        " * number of time steps, B the batch; a whole-sequence array has T*B rows ordered (t, b).",
+        " * number of time steps, B the batch; a whole-sequence array has T*B rows ordered (t, b),",
+        " * and T*B must be below 2^31 (BLAS sizes are 32-bit).",
         " * batch_sizes[t] (non-increasing, at most B) is how many sequences are still running at",
         " * step t (sorted longest first); pass B for every step when all have length T.",
         " * args[] and results[] are arrays of data pointers in the order listed for each kernel;",
         " * a result marked 'arg k' is args[k] itself and needs no buffer. workspace must hold",
-        f" * <KERNEL>_WORKSPACE(T, B) elements of its float type, e.g. {prefix.upper()}_FORWARD_F32_WORKSPACE.",
+        f" * <KERNEL>_WORKSPACE(T, B) elements of its float type, e.g. {P}_FORWARD_F32_WORKSPACE.",
         " */",
         f"#ifndef {guard}",
         f"#define {guard}",
@@ -112,15 +199,18 @@ def _header(cell, sizes, kernels, prefix) -> str:
         'extern "C" {',
         "#endif",
         "",
+        f"#define {P}_SOURCE_FILE {_c_string(cell.source.name)}",
+        "",
     ]
     for name, k in kernels.items():
         ctype = "float" if k["dtype"] == "float32" else "double"
         a, b, c = k["workspace"]
-        lines.append(f"/* {name}: args: " + ", ".join(f"{n}{s}" for n, s in k["args"]) + " */")
+        args = ", ".join(f"{n}{s}" for n, s in k["args"])
+        lines.append(f"/* {name}: args: {_plain(args)} */")
         res = []
         for kind, idx, shape in k["results"]:
             res.append(f"arg {idx}" if kind == "arg" else f"results[{idx}]{shape}")
-        lines.append(f"/*   results: {', '.join(res)} */")
+        lines.append(f"/*   results: {_plain(', '.join(res))} */")
         lines.append(f"#define {name.upper()}_WORKSPACE(T, B) ({a} * (T) * (B) + {b} * (B) + {c} + 1)")
         lines.append(f"void {name}(int64_t T, int64_t B, const int64_t *batch_sizes, void *const *args,"
                      f" void *const *results, {ctype} *workspace);")
@@ -129,31 +219,47 @@ def _header(cell, sizes, kernels, prefix) -> str:
     return "\n".join(lines)
 
 
+def class_alias(name: str, loader_text: str) -> str | None:
+    """The name the loader also gives its class `_Cell`: the cell's own name, when that is a
+    plain ASCII identifier that no keyword, builtin, or module-level name of the loader has
+    (a class called np, ctypes or KERNELS would break the loader's own code). None otherwise."""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or keyword.iskeyword(name):
+        return None
+    taken = set(dir(builtins))
+    for node in ast.parse(loader_text).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            taken |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            taken.add(node.name)
+        elif isinstance(node, ast.Assign):
+            taken |= {n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return None if name in taken else name
+
+
 def _loader(cell, sizes, kernels, prefix) -> str:
-    states = [s.name for s in cell.states]
-    params = [(p.name, list(int(d.evaluate(sizes)) for d in p.type.shape)) for p in cell.params]
-    return f'''"""Loader for lib{prefix}.so, the {cell.name} cell compiled by cellc {__version__}.
-
-Needs only numpy and ctypes. Sizes are fixed at compile time: {sizes}.
-
-    import {prefix}
-    cell = {prefix}.{cell.name}("float32")
-    ys, final, tape = cell.forward(xs, params)        # xs (T, B, I); params: name -> array
-    grads = cell.backward(tape, d_ys)                 # "xs", each state, each parameter
-    y, states = cell.step(x, states, params)          # one step (streaming)
-"""
-
+    n = len(cell.states)
+    states = [(s.name, int(s.type.shape[0].evaluate(sizes))) for s in cell.states]
+    params = [(p.name, [int(d.evaluate(sizes)) for d in p.type.shape]) for p in cell.params]
+    input_size = int(cell.input.type.shape[0].evaluate(sizes))
+    output_size = int(cell.step.results[n].type.shape[0].evaluate(sizes))
+    # User text enters below only as repr() (and _plain() in docstrings); every name the code
+    # binds at module level is fixed, and the cell's own name is bound last, only if it is free.
+    body = f'''
 import ctypes
 import os
 
 import numpy as np
 
 SIZES = {sizes!r}
-STATES = {states!r}
+STATES = {[name for name, _ in states]!r}
 PARAMS = {params!r}  # name, shape
 KERNELS = {kernels!r}
 
-_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib{prefix}.so"))
+_STATE_SIZES = {[size for _, size in states]!r}
+_INPUT_SIZE = {input_size!r}
+_OUTPUT_SIZE = {output_size!r}
+_MAX_ROWS = 2**31 - 1  # BLAS sizes are 32-bit, and whole-sequence products have T*B rows
+_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)), {f"lib{prefix}.so"!r}))
 _SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_void_p, ctypes.c_void_p)
 
@@ -162,7 +268,46 @@ def _shape(spec, T, B):
     return tuple(T * B if d == "TB" else B if d == "B" else d for d in spec)
 
 
+def _check_rows(T, B):
+    if T * B > _MAX_ROWS:
+        raise ValueError(f"T*B = {{T}}*{{B}} = {{T * B}} rows is more than the native kernels take"
+                         f" ({{_MAX_ROWS}}: BLAS sizes are 32-bit); split the batch or the sequence")
+
+
+def _array(a, name, shape, dtype):
+    """a, checked as cellc's NativeCell checks it (same messages; nothing is converted)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{{name}} must be a numpy array, not {{type(a).__name__}}")
+    if a.dtype != dtype:
+        raise TypeError(f"{{name}} must be {{dtype}}, not {{a.dtype}}")
+    if a.shape != shape:
+        raise ValueError(f"{{name}} must have shape {{shape}}, got {{a.shape}}")
+    return np.ascontiguousarray(a)
+
+
+def _batch_sizes(batch_sizes, T, B):
+    if batch_sizes is None:
+        return np.full(T, B, np.int64)
+    bs = np.asarray(batch_sizes)
+    if bs.size == 0:  # np.asarray([]) is float64
+        bs = bs.astype(np.int64)
+    if bs.shape != (T,) or not np.issubdtype(bs.dtype, np.integer):
+        raise ValueError(f"batch_sizes must be {{T}} ints, got {{bs.dtype}} {{bs.shape}}")
+    return bs
+
+
+def _unshared(arrays, returned=()):
+    """The arrays, each copied when it shares memory with one of `returned` or an earlier one:
+    kernels hand back one buffer for equal results (an output and its saved copy, two equal
+    gradients), and changing one in place must not change the other."""
+    out = []
+    for a in arrays:
+        out.append(a.copy() if any(np.may_share_memory(a, b) for b in (*returned, *out)) else a)
+    return out
+
+
 def _call(name, T, B, batch_sizes, args):
+    _check_rows(T, B)
     k = KERNELS[name]
     dtype = np.dtype(k["dtype"])
     if len(args) != len(k["args"]):
@@ -194,65 +339,98 @@ def _call(name, T, B, batch_sizes, args):
     return out
 
 
-class {cell.name}:
-    """The {cell.name} cell at sizes {sizes}, in float32 or float64."""
+class _Cell:
+    """The cell at sizes {_plain(str(sizes))}, in float32 or float64. Arrays are checked, not
+    converted: they must have the cell's dtype and exact shapes."""
 
     def __init__(self, dtype="float32"):
         self.dtype = np.dtype(dtype)
         if self.dtype.name not in ("float32", "float64"):
             raise TypeError(f"dtype must be float32 or float64, not {{self.dtype}}")
-        self.tag = "f32" if self.dtype == np.float32 else "f64"
+        tag = "f32" if self.dtype == np.float32 else "f64"
+        self._forward = {prefix + "_forward_"!r} + tag
+        self._backward = {prefix + "_backward_"!r} + tag
+        self._step = {prefix + "_step_"!r} + tag
 
     def _params(self, params):
         out = []
         for name, shape in PARAMS:
             if name not in params:
                 raise ValueError(f"missing parameter {{name!r}}")
-            out.append(np.ascontiguousarray(params[name], self.dtype))
+            out.append(_array(params[name], f"parameter {{name!r}}", tuple(shape), self.dtype))
         return out
 
-    def _states(self, states, B, H):
-        states = dict(states or {{}})
-        out = [np.ascontiguousarray(states.pop(s), self.dtype) if s in states
-               else np.zeros((B, h), self.dtype) for s, h in zip(STATES, H)]
-        if states:
-            raise ValueError(f"unknown states {{sorted(states)}}")
+    def _states(self, given, B, label):
+        given = dict(given or {{}})
+        out = []
+        for name, size in zip(STATES, _STATE_SIZES):
+            v = given.pop(name, None)
+            out.append(np.zeros((B, size), self.dtype) if v is None
+                       else _array(v, label.format(name=repr(name)), (B, size), self.dtype))
+        if given:
+            raise ValueError(f"unknown states {{sorted(given)}}; the cell has {{STATES}}")
         return out
 
     def forward(self, xs, params, states=None, batch_sizes=None):
         """xs (T, B, I) -> (ys (T, B, out), {{state: (B, H)}}, tape)."""
-        xs = np.ascontiguousarray(xs, self.dtype)
-        if xs.ndim != 3:
-            raise ValueError(f"xs must be (T, B, features), got shape {{xs.shape}}")
+        if not isinstance(xs, np.ndarray) or xs.ndim != 3:
+            raise ValueError("xs must be a 3-d numpy array (T, B, features),"
+                             f" got {{getattr(xs, 'shape', type(xs))}}")
         T, B = xs.shape[:2]
-        name = "{prefix}_forward_" + self.tag
-        H = [KERNELS[name]["args"][1 + k][1][1] for k in range(len(STATES))]
-        bs = np.full(T, B) if batch_sizes is None else batch_sizes
-        args = [xs.reshape(T * B, xs.shape[2])] + self._states(states, B, H) + self._params(params)
-        out = _call(name, T, B, bs, args)
+        _check_rows(T, B)  # before xs is copied
+        xs = _array(xs, "xs", (T, B, _INPUT_SIZE), self.dtype)
+        bs = _batch_sizes(batch_sizes, T, B)
+        args = [xs.reshape(T * B, _INPUT_SIZE), *self._states(states, B, "state {{name}}"),
+                *self._params(params)]
+        out = _call(self._forward, T, B, bs, args)
         n = len(STATES)
-        return out[n].reshape(T, B, -1), dict(zip(STATES, out[:n])), (out[n + 1:], T, B, bs)
+        outputs = _unshared(out[: n + 1])
+        residuals = _unshared(out[n + 1 :], outputs)  # the tape's own
+        ys = outputs[n].reshape(T, B, _OUTPUT_SIZE)
+        return ys, dict(zip(STATES, outputs[:n])), (residuals, T, B, bs)
 
     def backward(self, tape, d_ys=None, d_states=None):
+        """Gradients of "xs", each initial state and each parameter."""
         residuals, T, B, bs = tape
-        name = "{prefix}_backward_" + self.tag
-        spec = KERNELS[name]["args"]
-        n = len(STATES)
-        seeds = self._states(d_states, B, [spec[len(residuals) + k][1][1] for k in range(n)])
-        out_cols = spec[-1][1][1]
-        d_ys = np.zeros((T * B, out_cols), self.dtype) if d_ys is None else np.ascontiguousarray(d_ys, self.dtype).reshape(T * B, out_cols)
-        grads = _call(name, T, B, bs, list(residuals) + seeds + [d_ys])
-        names = ["xs"] + STATES + [p for p, _ in PARAMS]
-        out = dict(zip(names, grads))
-        out["xs"] = out["xs"].reshape(T, B, -1)
+        ys_shape = (T, B, _OUTPUT_SIZE)
+        d_ys = (np.zeros(ys_shape, self.dtype) if d_ys is None
+                else _array(d_ys, "d_ys", ys_shape, self.dtype))
+        seeds = self._states(d_states, B, "d_states[{{name}}]")
+        seeds.append(d_ys.reshape(T * B, _OUTPUT_SIZE))
+        grads = _unshared(_call(self._backward, T, B, bs, list(residuals) + seeds))
+        out = dict(zip(["xs"] + STATES + [p for p, _ in PARAMS], grads))
+        out["xs"] = out["xs"].reshape(T, B, _INPUT_SIZE)
         return out
 
     def step(self, x, states, params):
-        x = np.ascontiguousarray(x, self.dtype)
+        """One time step for a batch x (B, I): (y (B, out), {{state: next value}})."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError("x must be a 2-d numpy array (B, features),"
+                             f" got {{getattr(x, 'shape', type(x))}}")
         B = x.shape[0]
-        name = "{prefix}_step_" + self.tag
-        H = [KERNELS[name]["args"][k][1][1] for k in range(len(STATES))]
-        out = _call(name, 1, B, [B], self._states(states, B, H) + [x] + self._params(params))
+        _check_rows(1, B)  # before x is copied
+        args = [*self._states(states, B, "state {{name}}"), _array(x, "x", (B, _INPUT_SIZE), self.dtype),
+                *self._params(params)]
+        out = _unshared(_call(self._step, 1, B, np.array([B], np.int64), args))
         n = len(STATES)
         return out[n], dict(zip(STATES, out[:n]))
 '''
+    alias = class_alias(cell.name, body)
+    usage = alias or "_Cell"
+    doc = f'''"""Loader for lib{prefix}.so, compiled by cellc {__version__}.
+
+Cell {_plain(cell.name)}. Needs only numpy and ctypes. Sizes are fixed at compile time:
+{_plain(str(sizes))}.
+
+    import {prefix}
+    cell = {prefix}.{usage}("float32")
+    ys, final, tape = cell.forward(xs, params)        # xs (T, B, I); params: name -> array
+    grads = cell.backward(tape, d_ys)                 # "xs", each state, each parameter
+    y, states = cell.step(x, states, params)          # one step (streaming)
+
+Arrays must have the cell's dtype and shapes (nothing is converted), batch_sizes must be ints,
+and T*B must be below 2**31, as for cellc's NativeCell.
+"""
+'''
+    tail = "" if alias is None else f"\n\n{alias} = _Cell  # the class under the cell's own name\n"
+    return doc + body + tail
