@@ -796,3 +796,22 @@ def test_input_size_must_be_one_symbol_for_layers(tmp_path, capsys):
     with pytest.raises(cellc.CellError) as err:
         cellc.load(path, target="llvm").Layer
     assert str(err.value) == message
+
+
+MIN_MAX_WITH_NUMBERS = """\
+cell Clip(input_size I, hidden_size H):
+    input x[I]
+    state h[H]
+    param W[H, I], U[H, H] ~ uniform(-1, 1)
+    h' = min(tanh(W @ x + U @ h), 0.5) + max(0.25, h) - min(-0.5, max(h, -0.75))
+    output h'
+"""
+
+
+def test_min_max_with_a_number(tmp_path):
+    """min/max with a number operand: torch.minimum takes only tensors (TypeError at the first
+    forward before), so a number becomes torch.clamp's bound; results and every gradient equal
+    the NumPy reference's."""
+    path = tmp_path / "clip.cell"
+    path.write_text(MIN_MAX_WITH_NUMBERS)
+    _numpy_check(cellc.load_cell(path), cellc.load(path), {"input_size": I, "hidden_size": H})

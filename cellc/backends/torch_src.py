@@ -116,23 +116,21 @@ def _feature_dim(t: TensorType) -> int:
 
 
 def _minmax(fn: str, clamp: str) -> Emit:
+    """torch.minimum/maximum take two tensors; a scalar (a Python float in the generated code,
+    or a rank-0 parameter) becomes the bound of torch.clamp instead."""
     def emit(a, i):
         x, y = a
-        if _is_literal(y):
+        if _is_scalar(i.args[1]):
             return f"torch.clamp({x}, {clamp}={y})"
-        if _is_literal(x):
+        if _is_scalar(i.args[0]):
             return f"torch.clamp({y}, {clamp}={x})"
         return f"torch.{fn}({x}, {y})"
 
     return emit
 
 
-def _is_literal(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+def _is_scalar(v: Value) -> bool:
+    return v.type.rank == 0 and v.type.batch is Batch.NONE
 
 
 def _outer(a, i):
