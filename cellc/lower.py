@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import difflib
 import math
+import operator
 from dataclasses import dataclass, field, replace
 
 from . import ast_nodes as A
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
+from .names import MAX_NAME_LENGTH, why_unusable
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
-from .source import CellNameError, CellShapeError, CellWarning, Source, Span
+from .source import (
+    CellNameError,
+    CellShapeError,
+    CellSyntaxError,
+    CellValueError,
+    CellWarning,
+    Source,
+    Span,
+)
 
 INITIALIZERS = {  # name -> (min args, max args, what the args mean)
     "uniform": (2, 2, "uniform(low, high)"),
@@ -113,18 +123,75 @@ class CellIR:
 
 
 def eval_number(e: A.Expr, sizes: dict[str, int]) -> float:
-    """Evaluate an initializer argument such as -1/sqrt(H) for bound sizes."""
+    """Evaluate an initializer argument such as -1/sqrt(H) for bound sizes. A part that is not
+    a finite real number (log(H - 2) with H=1) is a CellValueError at that part's span."""
+    try:
+        value = _evaluate(e, sizes)
+    except _NotFinite as bad:
+        bound = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
+        raise CellValueError(f"{bad.message} with {bound}", bad.span) from None
+    assert value is not None
+    return value
+
+
+def fold_number(e: A.Expr) -> float | None:
+    """The value of an initializer argument that uses no size symbol, None if it uses one. A
+    part without sizes that is not a finite real number (log(-1), 1/0) is a CellValueError at
+    its span, so `cellc check` reports it rather than the layer constructor."""
+    try:
+        return _evaluate(e, None)
+    except _NotFinite as bad:
+        raise CellValueError(bad.message, bad.span) from None
+
+
+class _NotFinite(Exception):
+    def __init__(self, message: str, span: Span):
+        self.message, self.span = message, span
+
+
+def _evaluate(e: A.Expr, sizes: dict[str, int] | None) -> float | None:
+    """Evaluate e with sizes; with sizes None, None for any part that reads a size. Every part
+    is checked to be a finite real number, since Python's math gives inf (1e308 * 10), complex
+    numbers ((-1) ** 0.5) or exceptions (log(-1)) outside the reals."""
     if isinstance(e, A.Num):
-        return e.value
+        return _finite(e.value, e)
     if isinstance(e, A.Name):
-        return float(sizes[e.id])
+        return None if sizes is None else float(sizes[e.id])
     if isinstance(e, A.Neg):
-        return -eval_number(e.operand, sizes)
+        x = _evaluate(e.operand, sizes)
+        return None if x is None else -x
     if isinstance(e, A.Call):
-        return NUMERIC_FUNCTIONS[e.fn.id](eval_number(e.args[0], sizes))
-    lhs, rhs = eval_number(e.lhs, sizes), eval_number(e.rhs, sizes)
-    return {"add": lhs + rhs, "sub": lhs - rhs, "mul": lhs * rhs,
-            "div": lhs / rhs if rhs else math.inf, "pow": lhs**rhs}[e.op]
+        x = _evaluate(e.args[0], sizes)
+        if x is None:
+            return None
+        fn = e.fn.id
+        if fn in ("sqrt", "log") and x < 0 or fn == "log" and x == 0:
+            raise _NotFinite(f"{fn} of {x:g} is not a finite real number", e.span)
+        try:
+            return _finite(NUMERIC_FUNCTIONS[fn](x), e)
+        except OverflowError:
+            raise _NotFinite(f"{fn}({x:g}) is not a finite number (too large)", e.span) from None
+    lhs, rhs = _evaluate(e.lhs, sizes), _evaluate(e.rhs, sizes)
+    if e.op == "div" and rhs == 0:  # whatever the left side is
+        raise _NotFinite("division by zero", e.span)
+    if lhs is None or rhs is None:
+        return None
+    if e.op == "pow" and lhs == 0 and rhs < 0:
+        raise _NotFinite("division by zero", e.span)
+    if e.op == "pow" and lhs < 0 and rhs != int(rhs):
+        raise _NotFinite(f"({lhs:g})^{rhs:g} is not a real number", e.span)
+    try:
+        value = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
+                 "div": operator.truediv, "pow": operator.pow}[e.op](lhs, rhs)
+    except OverflowError:
+        raise _NotFinite("the value is not a finite number (too large)", e.span) from None
+    return _finite(value, e)
+
+
+def _finite(value: float, e: A.Expr) -> float:
+    if not math.isfinite(value):
+        raise _NotFinite("the value is not a finite number (too large)", e.span)
+    return value
 
 
 @dataclass
@@ -305,9 +372,23 @@ class _Lowerer:
 
     # -- statements ---------------------------------------------------------------------------
 
+    def check_name(self, name: A.Name, what: str):
+        """Cell and size names are written into generated code as they are (see names.py)."""
+        why = why_unusable(name.id, what)
+        if why is None:
+            return
+        shown = name.id if len(name.id) <= MAX_NAME_LENGTH else name.id[:12] + "..."
+        if what == "cell":
+            raise CellNameError(f"the cell name '{shown}' cannot name a Python class in the"
+                                f" generated code: {why}; rename the cell", name.span)
+        raise CellNameError(f"the {what} '{shown}' cannot be used: {why}; rename it", name.span)
+
     def lower(self) -> CellIR:
         cell = self.cell
+        self.check_name(cell.name, "cell")
         for s in cell.sizes:
+            self.check_name(s.arg, "size argument")
+            self.check_name(s.symbol, "size symbol")
             if s.symbol.id in self.sizes:
                 raise CellNameError(f"size symbol '{s.symbol.id}' is bound twice", s.symbol.span)
             args = [x.arg.id for x in cell.sizes]
@@ -319,21 +400,11 @@ class _Lowerer:
         next_values: dict[str, Value] = {}
         output: A.Name | None = None
         for st in cell.body:
-            if isinstance(st, A.Decl):
-                self.declare(st, inputs, states, params)
-            elif isinstance(st, A.Assign):
-                self.assign(st, next_values)
-            else:
-                if output is not None:
-                    raise CellNameError("a cell has one 'output' statement", st.span).note(
-                        "first one", output.span)
-                if len(st.names) != 1:
-                    raise CellNameError("a cell has exactly one output", st.names[1].span)
-                output = st.names[0]
-                v = self.lookup(output)
-                if v.type.batch is not Batch.STEP or v.type.rank != 1:
-                    raise CellShapeError(f"an output must be a per-example vector, not {v.type}",
-                                         output.span)
+            try:
+                output = self.statement(st, inputs, states, params, next_values, output)
+            except RecursionError:
+                # A last resort: the parser's pre-scan bounds the depth of expressions.
+                raise CellSyntaxError("statement nested too deeply to compile", st.span) from None
 
         if len(inputs) != 1:
             span = inputs[1][1].span if inputs else cell.name.span
@@ -361,6 +432,25 @@ class _Lowerer:
             inputs[0][1].span,
         )
 
+    def statement(self, st: A.Statement, inputs, states, params, next_values, output):
+        """Lower one statement; return the output name (the one `output` statement's)."""
+        if isinstance(st, A.Decl):
+            self.declare(st, inputs, states, params)
+        elif isinstance(st, A.Assign):
+            self.assign(st, next_values)
+        else:
+            if output is not None:
+                raise CellNameError("a cell has one 'output' statement", st.span).note(
+                    "first one", output.span)
+            if len(st.names) != 1:
+                raise CellNameError("a cell has exactly one output", st.names[1].span)
+            output = st.names[0]
+            v = self.lookup(output)
+            if v.type.batch is not Batch.STEP or v.type.rank != 1:
+                raise CellShapeError(f"an output must be a per-example vector, not {v.type}",
+                                     output.span)
+        return output
+
     def declare(self, st: A.Decl, inputs, states, params):
         if st.init is not None and st.kind not in ("param", "bias"):
             raise CellNameError(f"only parameters have initializers, not {st.kind}s", st.init.span)
@@ -375,6 +465,7 @@ class _Lowerer:
                 raise CellShapeError(f"wrong number of arguments; use {usage}", st.init.span)
             for a in st.init.args:
                 self.check_numeric(a)
+                fold_number(a)  # the parts without sizes; the rest is checked when bound
             init = Init(fn, st.init.args, st.init.span)
         for d in st.names:
             if d.name.id.endswith("'"):
@@ -468,7 +559,14 @@ class _Lowerer:
 
 
 def lower(cell: A.Cell) -> CellIR:
-    return _Lowerer(cell).lower()
+    # Parameter names become attributes of the torch layer classes, so the names those classes
+    # need are refused here, once for every target (torch_names has the list, checked against
+    # the installed torch; imported here because it imports this module).
+    from .backends.torch_names import check_parameter_names
+
+    ir = _Lowerer(cell).lower()
+    check_parameter_names(ir)
+    return ir
 
 
 def sequence_program(cell: CellIR) -> Func:

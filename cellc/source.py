@@ -13,8 +13,12 @@ Nothing else in cellc formats user errors, so every stage points at the `.cell` 
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+CONTEXT_WIDTH = 100  # longer source lines are shown as a window around the caret
 
 
 @dataclass(frozen=True)
@@ -24,18 +28,39 @@ class Source:
     name: str
     text: str
 
+    MAX_BYTES = 1 << 20  # a .cell file is a few hundred bytes; anything near this is not one
+
     @staticmethod
     def read(path: str | Path) -> Source:
-        """Read a file as UTF-8; unreadable, missing, non-UTF-8 and empty files are user errors."""
+        """Read a file as UTF-8; unreadable, missing, non-UTF-8 and empty files are user errors.
+
+        Only regular files of at most MAX_BYTES are read: a FIFO would block forever and a
+        device such as /dev/zero never ends. The file is stat'ed before it is opened, opened
+        non-blocking (so a FIFO swapped in meanwhile cannot hang the open), checked again on
+        the open descriptor, and read for at most MAX_BYTES + 1 bytes."""
         path = Path(path)
+        name = str(path)
         try:
-            data = path.read_bytes()
+            st = os.stat(path)
+            if stat.S_ISDIR(st.st_mode):
+                raise CellError(f"is a directory, not a .cell file: {path}", None, name)
+            _check_regular(st, path)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            try:
+                _check_regular(os.fstat(fd), path)
+                data = _read_at_most(fd, Source.MAX_BYTES + 1)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
-            raise CellError(f"no such file: {path}", None, filename=str(path)) from None
-        except IsADirectoryError:
-            raise CellError(f"is a directory, not a .cell file: {path}", None, str(path)) from None
+            raise CellError(f"no such file: {path}", None, filename=name) from None
         except OSError as e:
-            raise CellError(f"cannot read {path}: {e.strerror}", None, filename=str(path)) from None
+            raise CellError(f"cannot read {path}: {e.strerror}", None, filename=name) from None
+        except ValueError as e:  # a path with a NUL byte in it
+            raise CellError(f"cannot read {path!r}: {e}", None, filename=name) from None
+        if len(data) > Source.MAX_BYTES:
+            size = max(len(data), st.st_size)
+            raise CellError(f"file is too large for a .cell file ({size} bytes; the limit is"
+                            f" {Source.MAX_BYTES})", None, name)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -44,18 +69,34 @@ class Source:
                 f"file is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start},"
                 f" line {line})",
                 None,
-                filename=str(path),
+                filename=name,
             ) from None
         # Some editors start UTF-8 files with a byte-order mark; it is not part of the text.
         text = text.removeprefix("\ufeff")
         if not text.strip():
-            raise CellError("file is empty; expected a cell definition", None, str(path))
-        return Source(str(path), text)
+            raise CellError("file is empty; expected a cell definition", None, name)
+        return Source(name, text)
 
     def line(self, lineno: int) -> str:
         # Split on "\n" only, as the lexer counts lines (str.splitlines also splits on \f).
         lines = self.text.split("\n")
         return lines[lineno - 1].rstrip("\r") if 0 < lineno <= len(lines) else ""
+
+
+def _check_regular(st: os.stat_result, path: Path) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise CellError(f"not a regular file: {path}", None, str(path))
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks, n = [], 0
+    while n < limit:
+        chunk = os.read(fd, min(limit - n, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -72,7 +113,8 @@ class Span:
         return f"{self.source.name}:{self.line}:{self.col}"
 
     def context(self) -> str:
-        """The source line followed by a caret line under the span (first line only)."""
+        """The source line followed by a caret line under the span (first line only). A line
+        longer than CONTEXT_WIDTH is cut to a window around the start of the span."""
         raw = self.source.line(self.line)
         text = raw.expandtabs(4)
         # Columns count a tab as one character; the caret goes under the expanded text.
@@ -80,7 +122,15 @@ class Span:
         end = len(text)
         if self.end_line == self.line:
             end = len(raw[: self.end_col - 1].expandtabs(4))
-        width = max(1, min(end, len(text)) - start)
+        end = min(end, len(text))
+        if len(text) > CONTEXT_WIDTH:
+            left = 0 if start < CONTEXT_WIDTH // 2 else start - CONTEXT_WIDTH // 4
+            left = min(left, len(text) - CONTEXT_WIDTH)  # near the end: a full window too
+            right = left + CONTEXT_WIDTH
+            head, tail = ("..." if left else ""), ("..." if right < len(text) else "")
+            text = head + text[left:right] + tail
+            start, end = start - left + len(head), min(end, right) - left + len(head)
+        width = max(1, end - start)
         return f"    {text}\n    {' ' * start}{'^' * width}"
 
     def to(self, other: Span) -> Span:
@@ -124,6 +174,12 @@ class CellNameError(CellError):
 
 class CellShapeError(CellError):
     """Operands whose shapes do not fit the operation."""
+
+
+class CellValueError(CellError, ValueError):
+    """A number that is not a finite real: a literal out of float range (1e400), or an
+    initializer argument such as log(-1) or 1/0. Also a ValueError, as layer constructors
+    raise for sizes that do not work (an initializer may fail only for some sizes)."""
 
 
 class CellWarning(CellError):

@@ -2,18 +2,34 @@
 
 Lark (LALR, grammar in `cell.lark`) does the parsing; this module owns every Lark exception and
 turns each into a located `CellSyntaxError`, so no Lark type escapes it.
+
+Before Lark, a pre-scan (`_prescan`) rejects what would parse but break a later stage: names
+too long for file names and C symbols, number literals that are not finite floats (1e400), and
+expressions nested so deeply that the recursive stages after parsing (lowering, printing) would
+exhaust Python's stack. The scan is one regex pass that stops at the first problem, so hostile
+input (500 nested calls, a 10 MB line) fails in milliseconds, located where the limit is crossed.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from functools import cache
 
 import lark
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.visitors import Transformer_NonRecursive
 
 from . import ast_nodes as A
-from .source import CellSyntaxError, Source, Span
+from . import names
+from .source import CellSyntaxError, CellValueError, Source, Span
+
+# Limits of the pre-scan. A statement's expression tree is at most MAX_DEPTH deep; lowering
+# recurses about three Python frames per level, which keeps it well inside the default
+# recursion limit of 1000 (tests/test_hostile_frontend.py lowers trees at these limits).
+MAX_NESTING = 100  # brackets open at once, or signs in a row (- - - x)
+MAX_DEPTH = 200  # a bound on the tree depth: operators and brackets, see _prescan
 
 # Words the user knows, for tokens Lark names (e.g. "expected ')'" rather than "expected RPAR").
 TOKEN_WORDS = {
@@ -59,6 +75,7 @@ def _parser() -> Lark:
 
 def parse(source: Source) -> A.Cell:
     """Parse one `.cell` file; raise CellSyntaxError with a span on any mistake."""
+    _prescan(source)
     text = source.text if source.text.endswith("\n") else source.text + "\n"
     try:
         tree = _parser().parse(text)
@@ -67,6 +84,94 @@ def parse(source: Source) -> A.Cell:
     except lark.exceptions.LarkError as e:  # anything else Lark may raise is still a syntax error
         raise CellSyntaxError(f"cannot parse: {e}", None, source.name) from None
     return _ToAst(source).transform(tree)
+
+
+# One token per match, with the lexical rules of cell.lark (NAME, NUMBER, comments, line
+# continuations); anything else is one character, left for Lark to judge.
+_TOKEN = re.compile(
+    r"""(?P<skip>[ \t\f\r]+|\#[^\n]*|\\[ \t\f]*\r?\n)
+      | (?P<newline>\n)
+      | (?P<name>[A-Za-z_][A-Za-z0-9_]*'?)
+      | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
+      | (?P<open>[(\[])
+      | (?P<close>[)\]])
+      | (?P<sign>[-+])
+      | (?P<op>\*\*|[*/@^])
+      | (?P<comma>,)
+      | (?P<other>.)""",
+    re.VERBOSE,
+)
+
+
+def _prescan(source: Source) -> None:
+    """Reject overlong names, non-finite numbers and too deeply nested expressions, located.
+
+    The depth bound: a statement's tree is no deeper than the count of operators and brackets on
+    any path through it. The scan keeps, per open bracket, the operators seen since its last
+    comma (call arguments are siblings, not nested) plus the depth of groups closed inside it,
+    and `depth` is the sum over all open brackets plus their number."""
+    text = source.text
+    if len(text) > Source.MAX_BYTES:  # text that did not come from Source.read has the same cap
+        raise CellSyntaxError(f"text is too large for a .cell file ({len(text)} characters; the"
+                              f" limit is {Source.MAX_BYTES})", None, source.name)
+    levels = [[0, 0]]  # per open bracket (and the statement): [count since last comma, max]
+    depth = signs = 0
+    prev = "newline"  # kind of the previous token; a sign after an operand is binary
+    for m in _TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "skip" or (kind == "newline" and len(levels) > 1):
+            continue  # newlines inside brackets do not end a statement (see _BracketNewlines)
+        if kind == "newline":
+            levels, depth, signs = [[0, 0]], 0, 0
+        elif kind == "name" and m.end() - m.start() > names.MAX_NAME_LENGTH:
+            n = m.end() - m.start()
+            raise CellSyntaxError(
+                f"a name of {n} characters; names are at most {names.MAX_NAME_LENGTH}",
+                _span(source, m.start(), m.end()))
+        elif kind == "number" and not math.isfinite(float(m.group())):
+            raise CellValueError(
+                f"number {_abbreviate(m.group())} is out of range for a float",
+                _span(source, m.start(), m.end()))
+        elif kind == "open":
+            levels.append([0, 0])
+            depth += 1
+            if len(levels) - 1 > MAX_NESTING:
+                raise CellSyntaxError(
+                    f"nested too deeply: more than {MAX_NESTING} brackets open at once",
+                    _span(source, m.start(), m.end()))
+        elif kind == "close" and len(levels) > 1:
+            count, widest = levels.pop()
+            group = max(count, widest) + 1  # the bracket's own level and its deepest argument
+            depth += group - count - 1
+            levels[-1][0] += group
+        elif kind == "comma":
+            level = levels[-1]
+            depth -= level[0]
+            level[1], level[0] = max(level), 0
+        elif kind in ("sign", "op"):
+            levels[-1][0] += 1
+            depth += 1
+        unary = kind == "sign" and prev not in ("name", "number", "close")
+        signs = signs + 1 if unary else signs if kind == "open" else 0
+        if signs > MAX_NESTING:
+            raise CellSyntaxError(f"nested too deeply: more than {MAX_NESTING} signs in a row",
+                                  _span(source, m.start(), m.end()))
+        if depth > MAX_DEPTH:
+            raise CellSyntaxError(
+                f"expression too long: more than {MAX_DEPTH} operators and brackets deep;"
+                " split it into several assignments", _span(source, m.start(), m.end()))
+        prev = kind
+
+
+def _span(source: Source, start: int, end: int) -> Span:
+    """The span of text[start:end], which lies on one line."""
+    line = source.text.count("\n", 0, start) + 1
+    col = start - source.text.rfind("\n", 0, start)
+    return Span(source, line, col, line, col + end - start)
+
+
+def _abbreviate(text: str, keep: int = 24) -> str:
+    return text if len(text) <= keep else f"{text[: keep // 2]}...{text[-keep // 2 :]}"
 
 
 def _syntax_error(source: Source, e: UnexpectedInput) -> CellSyntaxError:
@@ -150,8 +255,9 @@ def _expected(e) -> str:
 
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """Lark tree -> AST. Raises nothing: all checks happen in lowering."""
+class _ToAst(Transformer_NonRecursive):
+    """Lark tree -> AST. Raises nothing: all checks happen in lowering. Non-recursive, so the
+    depth of a tree is never a problem here (the pre-scan bounds it for lowering)."""
 
     def __init__(self, source: Source):
         super().__init__()

@@ -9,7 +9,7 @@ from conftest import compile_text, error_text
 
 from cellc.ops import OPS
 from cellc.shapes import Batch, Dim, ShapeMismatch, TensorType, broadcast
-from cellc.source import CellNameError, CellShapeError, CellWarning
+from cellc.source import CellNameError, CellShapeError, CellValueError, CellWarning
 
 H, I = Dim.of("H"), Dim.of("I")
 
@@ -625,3 +625,59 @@ def test_bind_rejects_sizes_that_make_a_dimension_non_positive():
     assert c.bind(input_size=2, hidden_size=3) == {"I": 2, "H": 3}
     with pytest.raises(ValueError, match=r"H - I = 0 features"):
         c.bind(input_size=3, hidden_size=3)
+
+
+# -------------------------------------------------------------------------------------------
+# Names written into generated code, and initializer values
+
+
+def test_cell_name_that_is_a_python_keyword():
+    head = HEAD.replace("cell C(", "cell lambda(")
+    assert error_text(cell("h' = U @ h", "output h'", head=head), kind=CellNameError) == (
+        "x.cell:1:6: error: the cell name 'lambda' cannot name a Python class in the generated"
+        " code: it is a Python keyword; rename the cell\n"
+        "    cell lambda(input_size I, hidden_size H):\n"
+        "         ^^^^^^"
+    )
+
+
+def test_size_argument_the_generated_code_uses():
+    head = HEAD.replace("input_size I", "dtype I")
+    assert error_text(cell("h' = U @ h", "output h'", head=head), kind=CellNameError) == (
+        "x.cell:1:8: error: the size argument 'dtype' cannot be used: the generated code uses"
+        " that name; rename it\n"
+        "    cell C(dtype I, hidden_size H):\n"
+        "           ^^^^^"
+    )
+
+
+def test_primed_size_symbol():
+    head = HEAD.replace("hidden_size H)", "hidden_size H')")
+    assert error_text(cell("h' = U @ h", "output h'", head=head), kind=CellNameError) == (
+        "x.cell:1:34: error: the size symbol 'H'' cannot be used: a prime (') marks a state's"
+        " next value, as in h'; rename it\n"
+        "    cell C(input_size I, hidden_size H'):\n"
+        "                                     ^^"
+    )
+
+
+def test_initializer_outside_the_domain():
+    text = cell("param b[H] ~ uniform(-1/sqrt(H), log(1 - 2))", "h' = U @ h + b", "output h'")
+    assert error_text(text, kind=CellValueError) == (
+        "x.cell:5:38: error: log of -1 is not a finite real number\n"
+        "        param b[H] ~ uniform(-1/sqrt(H), log(1 - 2))\n"
+        "                                         ^^^^^^^^^^"
+    )
+
+
+def test_initializer_checked_again_when_sizes_are_bound():
+    text = cell("param b[H] ~ constant(1/(H - 4))", "h' = U @ h + b", "output h'")
+    (_, _, b) = compile_text(text).params
+    assert b.init.values({"H": 5, "I": 1}) == [1.0]
+    with pytest.raises(CellValueError) as info:
+        b.init.values({"H": 4, "I": 1})
+    assert str(info.value) == (
+        "x.cell:5:27: error: division by zero with H=4, I=1\n"
+        "        param b[H] ~ constant(1/(H - 4))\n"
+        "                              ^^^^^^^^^"
+    )

@@ -6,12 +6,13 @@ Lark token name leaking into a message, fails a test.
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
 
 from cellc import ast_nodes as A
-from cellc.source import CellError, CellSyntaxError, Source
+from cellc.source import CellError, CellSyntaxError, CellValueError, Source, Span
 from cellc.syntax import parse
 
 
@@ -411,4 +412,115 @@ def test_read_non_utf8_file(tmp_path):
     path.write_bytes("cell C():\n    y = \u00e9\n".encode("latin-1"))
     assert str(read_error(path)) == (
         f"{path}: error: file is not valid UTF-8 (byte 0xe9 at offset 18, line 2)"
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# The pre-scan: limits that keep hostile input from breaking later stages (small limits here,
+# so the texts stay readable; tests/test_hostile_frontend.py uses the real ones)
+
+
+def test_brackets_nested_too_deeply(monkeypatch):
+    from cellc import syntax
+
+    monkeypatch.setattr(syntax, "MAX_NESTING", 3)
+    assert syntax_error("cell C():\n    y = f(g(h(k(x))))\n") == (
+        "x.cell:2:16: error: nested too deeply: more than 3 brackets open at once\n"
+        "        y = f(g(h(k(x))))\n"
+        "                   ^"
+    )
+
+
+def test_signs_in_a_row(monkeypatch):
+    from cellc import syntax
+
+    monkeypatch.setattr(syntax, "MAX_NESTING", 3)
+    assert ast("cell C():\n    y = a - -(-b) - - -c\n")  # runs of at most 3 signs
+    assert syntax_error("cell C():\n    y = a - -(-(-(-b)))\n") == (
+        "x.cell:2:19: error: nested too deeply: more than 3 signs in a row\n"
+        "        y = a - -(-(-(-b)))\n"
+        "                      ^"
+    )
+
+
+def test_depth_bound_counts_nesting_not_siblings(monkeypatch):
+    from cellc import syntax
+
+    monkeypatch.setattr(syntax, "MAX_DEPTH", 4)
+    # Arguments are siblings and declarations are separate trees: none of these is deep.
+    assert ast("cell C():\n    y = concat(a + b + c, d + e + f, g * h * i)\n")
+    assert ast("cell C():\n    param a[H+1], b[H+1], c[H+1], d[H+1], e[H+1]\n")
+    assert ast("cell C():\n    y = (a + b + c) + d\n")
+    # A group closed inside a chain still counts: ((a + b + c) + d) + e is 4 deep.
+    assert syntax_error("cell C():\n    y = (a + b + c) + d + e\n") == (
+        "x.cell:2:25: error: expression too long: more than 4 operators and brackets deep;"
+        " split it into several assignments\n"
+        "        y = (a + b + c) + d + e\n"
+        "                            ^"
+    )
+
+
+def test_statements_and_brackets_across_lines_reset_as_the_parser_does(monkeypatch):
+    from cellc import syntax
+
+    monkeypatch.setattr(syntax, "MAX_DEPTH", 3)
+    assert ast("cell C():\n    y = a + b + c\n    z = a + b + c\n")
+    assert syntax_error("cell C():\n    y = (a + b +\n         c + d)\n") == (
+        "x.cell:3:12: error: expression too long: more than 3 operators and brackets deep;"
+        " split it into several assignments\n"
+        "             c + d)\n"
+        "               ^"
+    )
+
+
+def test_name_too_long():
+    name = "n" * 65
+    assert syntax_error(f"cell C():\n    y = {name}\n") == (
+        "x.cell:2:9: error: a name of 65 characters; names are at most 64\n"
+        f"        y = {name}\n"
+        f"            {'^' * 65}"
+    )
+    assert ast(f"cell C():\n    y = {name[1:]}  # {name} in a comment is fine\n")
+
+
+def test_number_out_of_range():
+    with pytest.raises(CellValueError) as info:
+        ast("cell C():\n    y = x * 1.5e309\n")
+    assert str(info.value) == (
+        "x.cell:2:13: error: number 1.5e309 is out of range for a float\n"
+        "        y = x * 1.5e309\n"
+        "                ^^^^^^^"
+    )
+
+
+def test_a_long_line_is_shown_as_a_window_around_the_caret():
+    line = "    y = " + "a + " * 40 + "ZZZ" + " + b" * 40
+    text = syntax_error(f"cell C():\n{line} ZZZ\n")
+    # Near the end of the line, the window is the last 100 characters.
+    assert text == (
+        f"x.cell:2:{len(line) + 2}: error: unexpected name 'ZZZ'; expected end of line"
+        " (missing operator?)\n"
+        f"    ...{(line + ' ZZZ')[-100:]}\n"
+        f"    {' ' * 100}^^^"
+    )
+    src = Source("x.cell", f"cell C():\n{line}\n")
+    col = line.index("ZZZ") + 1
+    shown, carets = Span(src, 2, col, 2, col + 3).context().split("\n")
+    assert shown.startswith("    ...") and shown.endswith("...") and len(shown) == 4 + 106
+    assert shown[carets.index("^"):][:3] == "ZZZ" and carets.strip() == "^^^"
+
+
+def test_read_a_device_file():
+    path = "/dev/null"
+    if not os.path.exists(path):
+        pytest.skip("needs /dev/null")
+    assert str(read_error(path)) == f"{path}: error: not a regular file: {path}"
+
+
+def test_read_too_large_file(tmp_path):
+    path = tmp_path / "big.cell"
+    path.write_bytes(b"#" * (Source.MAX_BYTES + 10))
+    assert str(read_error(path)) == (
+        f"{path}: error: file is too large for a .cell file ({Source.MAX_BYTES + 10} bytes;"
+        f" the limit is {Source.MAX_BYTES})"
     )
