@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from . import ast_nodes as A
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
-from .names import MAX_NAME_LENGTH, why_unusable
+from .names import LAYER_ATTRIBUTES, MAX_NAME_LENGTH, MODULE_ATTRIBUTES, why_unusable
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
 from .source import (
@@ -559,11 +559,8 @@ class _Lowerer:
 
 
 def lower(cell: A.Cell) -> CellIR:
-    # Parameter names become attributes of the torch layer classes, so the names those classes
-    # need are refused here, once for every target (torch_names has the list, checked against
-    # the installed torch; imported here because it imports this module).
-    from .backends.torch_names import check_parameter_names
-
+    # Parameter names become attributes of the torch layer classes (both targets make them), so
+    # the names those classes need are refused here, once for every target.
     ir = _Lowerer(cell).lower()
     check_parameter_names(ir)
     return ir
@@ -588,3 +585,17 @@ def sequence_program(cell: CellIR) -> Func:
              "out_types": tuple(types)}
     scan = Instr("scan", (*init, xs, *params), outs, attrs, cell.step.body[-1].span if step.body else None)
     return verify(Func(cell.name, (xs, *init, *params), (scan,), outs))
+
+
+def check_parameter_names(cell: CellIR) -> None:
+    """Raise a located CellNameError for a parameter whose name the layer classes need."""
+    sizes = {s.arg for s in cell.sizes}
+    for p in cell.params:
+        if p.name.startswith("_"):
+            raise CellNameError(
+                f"parameter '{p.name}': names starting with '_' are kept for the layer classes'"
+                " own state; rename the parameter", p.span)
+        if p.name in MODULE_ATTRIBUTES or p.name in LAYER_ATTRIBUTES or p.name in sizes:
+            raise CellNameError(
+                f"parameter '{p.name}' would hide the layer's attribute of that name"
+                " (torch.nn.Module and the layer API use it); rename the parameter", p.span)

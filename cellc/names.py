@@ -50,6 +50,42 @@ GENERATED_NAMES = frozenset({
 })
 
 
+# dir(torch.nn.Module) without dunders, torch 2.13.
+MODULE_ATTRIBUTES = frozenset({
+    'T_destination', '_apply', '_call_impl', '_compiled_call_impl', '_get_backward_hooks',
+    '_get_backward_pre_hooks', '_get_name', '_load_from_state_dict',
+    '_maybe_warn_non_full_backward_hook', '_named_members',
+    '_register_load_state_dict_pre_hook', '_register_state_dict_hook',
+    '_replicate_for_data_parallel', '_save_to_state_dict', '_slow_forward', '_version',
+    '_wrapped_call_impl', 'add_module', 'apply', 'bfloat16', 'buffers', 'call_super_init',
+    'children', 'compile', 'cpu', 'cuda', 'double', 'dump_patches', 'eval', 'extra_repr',
+    'float', 'forward', 'get_buffer', 'get_extra_state', 'get_parameter', 'get_submodule',
+    'half', 'ipu', 'load_state_dict', 'modules', 'mtia', 'named_buffers', 'named_children',
+    'named_modules', 'named_parameters', 'parameters', 'register_backward_hook',
+    'register_buffer', 'register_forward_hook', 'register_forward_pre_hook',
+    'register_full_backward_hook', 'register_full_backward_pre_hook',
+    'register_load_state_dict_post_hook', 'register_load_state_dict_pre_hook',
+    'register_module', 'register_parameter', 'register_state_dict_post_hook',
+    'register_state_dict_pre_hook', 'requires_grad_', 'set_extra_state', 'set_submodule',
+    'share_memory', 'state_dict', 'to', 'to_empty', 'train', 'type', 'xpu', 'zero_grad'
+})
+# Instance attributes every torch.nn.Module sets in __init__ (torch 2.13), then the layer API's.
+LAYER_ATTRIBUTES = frozenset({
+    "training", "_backward_hooks", "_backward_pre_hooks", "_buffers", "_forward_hooks",
+    "_forward_hooks_always_called", "_forward_hooks_with_kwargs", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_is_full_backward_hook", "_load_state_dict_post_hooks",
+    "_load_state_dict_pre_hooks", "_modules", "_non_persistent_buffers_set", "_parameters",
+    "_state_dict_hooks", "_state_dict_pre_hooks",
+    "num_layers", "batch_first", "dropout", "bidirectional", "device", "dtype", "all_weights",
+    "reset_parameters", "extra_repr", "flatten_parameters", "input_size", "hidden_size",
+    "proj_size", "mode", "nonlinearity",
+})
+
+
+# Size arguments the layer classes set as attributes on purpose (torch.nn.LSTM has them too).
+LAYER_SIZE_ARGUMENTS = frozenset({"input_size", "hidden_size", "proj_size"})
+
+
 def why_unusable(name: str, what: str) -> str | None:
     """Why `name` cannot be a cell or size name, or None if it can. `what` is "cell" for a cell
     name (a Python class and module too), anything else for a size argument or symbol."""
@@ -65,6 +101,9 @@ def why_unusable(name: str, what: str) -> str | None:
         return "names starting with '_' are kept for the generated code"
     if name in GENERATED_NAMES:
         return "the generated code uses that name"
+    if what == "size argument" and name not in LAYER_SIZE_ARGUMENTS and (
+            name in MODULE_ATTRIBUTES or name in LAYER_ATTRIBUTES):
+        return "the layer classes keep an attribute of that name (torch.nn.Module's or their own)"
     if what != "cell":
         return None
     if hasattr(builtins, name):

@@ -87,6 +87,9 @@ def test_cell_names_that_break_generated_code(name, tmp_path, capsys):
     ("input_size'", "I", 8, "input_size'"), ("_x", "I", 8, "_x"),
     ("input_size", "None", 19, "None"), ("input_size", "I'", 19, "I'"),
     ("input_size", "np", 19, "np"), ("input_size", "int", 19, "int"),
+    # the layer classes set each size argument as an attribute: these would replace a method
+    ("forward", "I", 8, "forward"), ("training", "I", 8, "training"),
+    ("state_dict", "I", 8, "state_dict"), ("to", "I", 8, "to"),
 ])
 def test_size_names_that_break_generated_code(arg, symbol, col, bad, tmp_path, capsys):
     body = BODY.replace("[I]", f"[{symbol}]").replace(", I]", f", {symbol}]")
