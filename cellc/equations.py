@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .ir import Func, Instr, Value
+from .ir import Func, Instr, Scan, Value
 from .shapes import Dim
 
 if TYPE_CHECKING:
@@ -173,15 +173,15 @@ def forward_texts(fwd: Func, cell: CellIR) -> tuple[dict[int, tuple[str, int]], 
         for i in f.body:
             defs.update((id(o), i) for o in i.outs)
             if i.op == "scan":
-                step, nc = i.attrs["step"], i.attrs["n_carry"]
-                named.update((id(sp), sp.name) for sp in step.params[:nc])  # the states: h, c
-                for a, sp in list(zip(i.args, step.params))[nc:]:
+                scan = Scan.of(i)
+                named.update((id(sp), sp.name) for sp in scan.carry_params)  # the states: h, c
+                for a, sp in zip(scan.xs + scan.consts, scan.x_params + scan.const_params):
                     p.exprs[id(sp)] = p.exprs.get(id(a), (a.name, 9))
                     defs[id(sp)] = defs.get(id(a))
                     if id(a) in named:
                         named[id(sp)] = named[id(a)]
-                visit(step)
-                for o, r in list(zip(i.outs, step.results))[nc:]:
+                visit(scan.step)
+                for o, r in zip(scan.ys + scan.accs, scan.y_results + scan.acc_results):
                     p.exprs[id(o)] = p.exprs.get(id(r), (r.name, 9))
                     if id(r) in named:
                         named[id(o)] = named[id(r)]

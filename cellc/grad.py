@@ -25,9 +25,9 @@ an extra stacked output for it. That set is exactly what the forward pass saves 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from .ir import Builder, Func, Instr, Value, scan_out_types, scan_parts
+from .ir import Builder, Func, Instr, Scan, Value
 from .shapes import Batch
 from .source import InternalError
 from .vjp import VJP, unbroadcast
@@ -122,15 +122,14 @@ def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
 
 def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) -> tuple[list[Value], Instr]:
     """Cotangents of a scan's arguments, and the forward scan rewritten to save residuals."""
-    step: Func = instr.attrs["step"]
-    parts = scan_parts(instr)
-    nc, ny = parts.n_carry, parts.n_ys
-    if len(step.results) != nc + ny:
+    scan = Scan.of(instr)
+    step, nc = scan.step, scan.n_carry
+    if scan.acc_results:
         raise InternalError("differentiating a scan with accumulators (second order) is not supported")
-    if instr.attrs["reverse"]:
+    if scan.reverse:
         raise InternalError("differentiating a reverse scan is not supported")
-    carry_args, xs_args, const_args = parts.split_args(instr.args)
-    carry_p, xs_p, const_p = parts.split_args(step.params)
+    xs_args, const_args = scan.xs, scan.consts
+    xs_p, const_p = scan.x_params, scan.const_params
     g = vjp(step, adjoint_names)
     step_residuals = g.bwd.params[: len(g.residuals)]
     seeds = g.bwd.params[len(g.residuals) :]
@@ -151,9 +150,9 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
             per_step.append((r, xs_args[xs_p.index(r)]))
         elif r in const_p:
             consts.append((r, const_args[const_p.index(r)]))
-        elif any(r is y for y in step.results[nc:]):  # an output the loop stacks anyway
-            k = next(k for k, y in enumerate(step.results) if k >= nc and y is r)
-            per_step.append((r, instr.outs[k]))
+        elif any(r is y for y in scan.y_results):  # an output the loop stacks anyway
+            k = next(k for k, y in enumerate(scan.y_results) if y is r)
+            per_step.append((r, scan.ys[k]))
         else:
             saved.append(r)
     for p, a in zip(const_p, const_args):
@@ -164,25 +163,18 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
 
     # The forward scan, now also stacking the saved values as extra per-step outputs.
     fwd_step = Func(step.name, step.params, g.fwd.body, step.results + tuple(saved))
-    forward = replace(
-        instr,
-        outs=instr.outs + tuple(stacked),
-        attrs={**instr.attrs, "step": fwd_step, "n_ys": ny + len(saved),
-               "out_types": tuple(scan_out_types(fwd_step, nc, ny + len(saved)))},
-    )
+    forward = scan.rebuild(fwd_step, ys=scan.ys + tuple(stacked))
 
     # The reverse scan: carry = d(carry); xs = residuals at t and d(y_t); consts = weights.
-    d_final = [d if d is not None else b.const(0.0, like=c.type) for d, c in zip(dys[:nc], carry_args)]
-    d_ys = [d if d is not None else b.const(0.0, like=o.type)
-            for d, o in zip(dys[nc:nc + ny], instr.outs[nc:nc + ny])]
+    d_carry, d_ys = scan.split_outs(dys)[:2]
+    d_final = [d if d is not None else b.const(0.0, like=c.type)
+               for d, c in zip(d_carry, scan.carry_init)]
+    d_ys = [d if d is not None else b.const(0.0, like=o.type) for d, o in zip(d_ys, scan.ys)]
     rev_params = seeds[:nc] + tuple(v for v, _ in per_step) + seeds[nc:] + tuple(v for v, _ in consts)
     rev_step = Func(step.name + "_bwd", rev_params, tuple(invariant) + g.bwd.body, g.bwd.results)
-    args = [*d_final, *(s for _, s in per_step), *d_ys, *(c for _, c in consts)]
-    n_xs = len(per_step) + ny
-    outs = b.emit("scan", args, {
-        "step": rev_step, "n_carry": nc, "n_xs": n_xs, "n_ys": len(xs_p), "reverse": True,
-        "out_types": tuple(scan_out_types(rev_step, nc, len(xs_p))),
-    })
+    # Its outputs: d(initial carry), then d(x_t) stacked over time, then d(consts) summed.
+    outs = b.scan(rev_step, d_final, xs=[*(s for _, s in per_step), *d_ys],
+                  consts=[c for _, c in consts], n_ys=len(xs_p), reverse=True)
     return outs, forward
 
 

@@ -15,6 +15,7 @@ sequences sliced per step (`xs`) and loop-invariant values (`consts`); its outpu
 carry, the per-step outputs stacked over time (`ys`) and per-step outputs summed over time
 (`accs`). Its `step` attribute is a `Func` with parameters (carry, x_t, consts) and results
 (next carry, y_t, acc_t). `reverse=True` runs t = T-1 down to 0 (the backward pass).
+Read and rebuild scans through `Scan` (`Scan.of(instr).xs`, `.rebuild(...)`), not its attributes.
 
 Values are compared by identity, so a pass can rebuild a function while reusing the values it
 does not touch. Every instruction keeps the source span it came from; backward instructions keep
@@ -24,8 +25,9 @@ the span of the forward instruction they differentiate, with `grad=True`.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from .ops import OPS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
@@ -67,26 +69,99 @@ class Func:
         return print_func(self)
 
 
-@dataclass(frozen=True)
-class ScanParts:
-    """How a scan instruction's arguments and outputs divide into carry/xs/consts/ys/accs."""
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """A typed view of one `scan` instruction: its arguments, outputs and step, by role.
 
+        args          carry_init...   xs...         consts...
+        step params   carry_params... x_params...   const_params...
+        step results  next_carry...   y_results...  acc_results...
+        outs          final_carry...  ys...         accs...
+
+    The instruction itself keeps its counts as attributes (`n_carry`, `n_xs`, `n_ys`, `reverse`,
+    `step`, `out_types`): the printer shows them and the op table's shape rule reads `out_types`.
+    This view is the one place that reads those keys (`Scan.of`) and `rebuild`/`scan_attrs` the
+    places that write them, so no consumer re-splits arguments and outputs by hand.
+    """
+
+    instr: Instr
+    step: Func
     n_carry: int
     n_xs: int
     n_ys: int
+    reverse: bool  # t = T-1 down to 0 (the backward pass)
+
+    @classmethod
+    def of(cls, instr: Instr) -> Scan:
+        if instr.op != "scan":
+            raise InternalError(f"Scan.of: %{instr.outs[0].name} is a {instr.op}, not a scan")
+        a = instr.attrs
+        return cls(instr, a["step"], a["n_carry"], a["n_xs"], a["n_ys"], a["reverse"])
 
     def split_args(self, args):
+        """(carry, xs, consts) of a sequence laid out like the arguments or the step params."""
         c, x = self.n_carry, self.n_xs
         return args[:c], args[c : c + x], args[c + x :]
 
     def split_outs(self, outs):
+        """(carry, ys, accs) of a sequence laid out like the outputs or the step results."""
         c, y = self.n_carry, self.n_ys
         return outs[:c], outs[c : c + y], outs[c + y :]
 
+    # The instruction's arguments and outputs.
+    @property
+    def carry_init(self) -> tuple[Value, ...]: return self.split_args(self.instr.args)[0]
+    @property
+    def xs(self) -> tuple[Value, ...]: return self.split_args(self.instr.args)[1]
+    @property
+    def consts(self) -> tuple[Value, ...]: return self.split_args(self.instr.args)[2]
+    @property
+    def final_carry(self) -> tuple[Value, ...]: return self.split_outs(self.instr.outs)[0]
+    @property
+    def ys(self) -> tuple[Value, ...]: return self.split_outs(self.instr.outs)[1]
+    @property
+    def accs(self) -> tuple[Value, ...]: return self.split_outs(self.instr.outs)[2]
 
-def scan_parts(instr: Instr) -> ScanParts:
-    a = instr.attrs
-    return ScanParts(a["n_carry"], a["n_xs"], a["n_ys"])
+    # The step's parameters and results, in the same roles.
+    @property
+    def carry_params(self) -> tuple[Value, ...]: return self.split_args(self.step.params)[0]
+    @property
+    def x_params(self) -> tuple[Value, ...]: return self.split_args(self.step.params)[1]
+    @property
+    def const_params(self) -> tuple[Value, ...]: return self.split_args(self.step.params)[2]
+    @property
+    def next_carry(self) -> tuple[Value, ...]: return self.split_outs(self.step.results)[0]
+    @property
+    def y_results(self) -> tuple[Value, ...]: return self.split_outs(self.step.results)[1]
+    @property
+    def acc_results(self) -> tuple[Value, ...]: return self.split_outs(self.step.results)[2]
+
+    def rebuild(self, step: Func, *, xs=None, consts=None, ys=None, accs=None) -> Instr:
+        """The scan with a new step and, where given, new sequences/consts (arguments) or new
+        stacked outputs/accumulators; the counts and output types follow. The carry stays."""
+        xs = self.xs if xs is None else tuple(xs)
+        consts = self.consts if consts is None else tuple(consts)
+        ys = self.ys if ys is None else tuple(ys)
+        accs = self.accs if accs is None else tuple(accs)
+        # Updating the existing dict keeps the attribute order, and so the printed text.
+        attrs = {**self.instr.attrs, "step": step, "n_xs": len(xs), "n_ys": len(ys),
+                 "out_types": tuple(scan_out_types(step, self.n_carry, len(ys)))}
+        return replace(self.instr, args=(*self.carry_init, *xs, *consts),
+                       outs=(*self.final_carry, *ys, *accs), attrs=attrs)
+
+
+# Older name, still used by the backends: the view has the same n_* fields and split methods.
+ScanParts = Scan
+
+
+def scan_parts(instr: Instr) -> Scan:
+    return Scan.of(instr)
+
+
+def scan_attrs(step: Func, n_carry: int, n_xs: int, n_ys: int, reverse: bool) -> dict[str, Any]:
+    """The attributes of a new scan instruction, in the order the printer shows them."""
+    return {"step": step, "n_carry": n_carry, "n_xs": n_xs, "n_ys": n_ys, "reverse": reverse,
+            "out_types": tuple(scan_out_types(step, n_carry, n_ys))}
 
 
 def scan_out_types(step: Func, n_carry: int, n_ys: int) -> list[TensorType]:
@@ -140,6 +215,11 @@ class Builder:
         t = like if like is not None else TensorType((), Batch.NONE)
         return self.op("const", value=value, type=t)
 
+    def scan(self, step: Func, carry_init, xs, consts, *, n_ys: int, reverse: bool) -> list[Value]:
+        """A time loop over `step`; its outputs are (final carry, ys, accs)."""
+        attrs = scan_attrs(step, len(carry_init), len(xs), n_ys, reverse)
+        return self.emit("scan", (*carry_init, *xs, *consts), attrs)
+
     # Arithmetic that VJP rules use; each is one instruction.
     def add(self, a, b): return self.op("add", a, b)
     def sub(self, a, b): return self.op("sub", a, b)
@@ -171,7 +251,7 @@ def format_instr(instr: Instr, indent: str = "  ") -> list[str]:
             text += " (grad)"
     lines = [text.rstrip()]
     if instr.op == "scan":
-        lines += [indent + "  " + line for line in print_func(instr.attrs["step"]).splitlines()]
+        lines += [indent + "  " + line for line in print_func(Scan.of(instr).step).splitlines()]
     return lines
 
 
@@ -234,26 +314,24 @@ def verify(f: Func) -> Func:
 
 
 def _verify_scan(instr: Instr):
-    step: Func = instr.attrs["step"]
+    scan = Scan.of(instr)
+    step = scan.step
     verify(step)
-    parts = scan_parts(instr)
-    carry, xs, consts = parts.split_args(instr.args)
-    p_carry, p_xs, p_consts = parts.split_args(step.params)
     if len(step.params) != len(instr.args):
         raise InternalError("scan: step takes a different number of arguments")
-    for a, p in zip(carry, p_carry):
+    for a, p in zip(scan.carry_init, scan.carry_params):
         if a.type != p.type:
             raise InternalError(f"scan: carry %{a.name} is {a.type}, step expects {p.type}")
-    for a, p in zip(xs, p_xs):
+    for a, p in zip(scan.xs, scan.x_params):
         if a.type.batch is not Batch.SEQ or a.type.with_batch(Batch.STEP) != p.type:
             raise InternalError(f"scan: sequence %{a.name} is {a.type}, step expects {p.type}")
-    for a, p in zip(consts, p_consts):
+    for a, p in zip(scan.consts, scan.const_params):
         if a.type != p.type:
             raise InternalError(f"scan: const %{a.name} is {a.type}, step expects {p.type}")
-    for p, r in zip(p_carry, step.results):
+    for p, r in zip(scan.carry_params, step.results):
         if p.type != r.type:
             raise InternalError(f"scan: carry {p.name} is {p.type} but step returns {r.type}")
-    if list(instr.attrs["out_types"]) != scan_out_types(step, parts.n_carry, parts.n_ys):
+    if list(instr.attrs["out_types"]) != scan_out_types(step, scan.n_carry, scan.n_ys):
         raise InternalError("scan: out_types do not match its step")
 
 
@@ -290,4 +368,4 @@ def all_instrs(f: Func) -> Iterator[Instr]:
     for instr in f.body:
         yield instr
         if instr.op == "scan":
-            yield from all_instrs(instr.attrs["step"])
+            yield from all_instrs(Scan.of(instr).step)

@@ -9,6 +9,7 @@ for every file in `cells/` and the cells below.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cellc.backends import numpy_ref
 from cellc.backends.numpy_ref import Context
 from cellc.lower import sequence_program
 from cellc.shapes import Batch, Dim, TensorType
+from cellc.source import InternalError
 
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
 CELL_FILES = sorted(CELLS_DIR.glob("*.cell"))
@@ -301,6 +303,76 @@ def test_nothing_left_to_simplify_after_the_pipeline():
         assert leftovers(prog.fwd) == [] and leftovers(prog.bwd) == [], label
 
 
+# simplify's rule table: one case per (op, rule), each the before side of the rule's docstring.
+SIMPLIFY = importlib.import_module("cellc.passes.simplify")  # the module; passes.simplify is the pass
+ONE_VEC = TensorType((Dim.of(1),), Batch.STEP)  # [B,1]
+
+
+def zeros(b, t):
+    return b.const(0.0, like=t)
+
+
+RULE_CASES = [
+    ("add", "fold", {}, lambda b: b.add(b.const(2.0), b.const(3.0))),
+    ("sub", "fold", {}, lambda b: b.sub(b.const(2.0), b.const(3.0))),
+    ("mul", "fold", {}, lambda b: b.mul(b.const(2.0), b.const(3.0))),
+    ("div", "fold", {}, lambda b: b.div(b.const(6.0), b.const(4.0))),
+    ("neg", "fold", {}, lambda b: b.neg(b.const(2.0))),
+    ("sqrt", "fold", {}, lambda b: b.op("sqrt", b.const(2.0))),
+    ("exp", "fold", {}, lambda b: b.op("exp", b.const(0.5))),
+    ("log", "fold", {}, lambda b: b.op("log", b.const(2.0))),
+    ("tanh", "fold", {}, lambda b: b.op("tanh", b.const(0.5))),
+    ("mul", "linear_of_zero", {"x": VEC}, lambda b, x: b.mul(x, b.const(0.0))),
+    ("matmul", "linear_of_zero", {"x": VEC}, lambda b, x: b.op("matmul", zeros(b, MAT), x)),
+    ("matmul_t", "linear_of_zero", {"x": VEC}, lambda b, x: b.op("matmul_t", zeros(b, MAT), x)),
+    ("outer", "linear_of_zero", {"x": VEC}, lambda b, x: b.op("outer", x, zeros(b, VEC))),
+    ("sum", "linear_of_zero", {}, lambda b: b.op("sum", zeros(b, VEC))),
+    ("mean", "linear_of_zero", {}, lambda b: b.op("mean", zeros(b, VEC))),
+    ("broadcast", "linear_of_zero", {}, lambda b: b.op("broadcast", zeros(b, ONE_VEC), size=HD)),
+    ("sum_batch", "linear_of_zero", {}, lambda b: b.op("sum_batch", zeros(b, VEC))),
+    ("concat", "concat_of_zeros", {}, lambda b: b.op("concat", zeros(b, VEC), zeros(b, VEC))),
+    ("div", "zero_over", {"x": VEC}, lambda b, x: b.div(b.const(0.0), x)),
+    ("add", "add_neg", {"x": VEC, "y": VEC}, lambda b, x, y: b.add(b.neg(y), x)),
+    ("add", "add_zero", {"x": VEC}, lambda b, x: b.add(x, zeros(b, VEC))),
+    ("sub", "sub_zero", {"x": VEC}, lambda b, x: b.sub(x, b.const(0.0))),
+    ("sub", "sub_self", {"x": VEC}, lambda b, x: b.sub(x, x)),
+    ("sub", "c_minus_c_minus", {"x": VEC},
+     lambda b, x: b.sub(b.const(2.0), b.sub(b.const(2.0), x))),
+    ("mul", "mul_one", {"x": VEC}, lambda b, x: b.mul(b.const(1.0), x)),
+    ("div", "div_one", {"x": VEC}, lambda b, x: b.div(x, b.const(1.0))),
+    ("pow", "pow_one", {"x": VEC}, lambda b, x: b.op("pow", x, exponent=1.0)),
+    ("neg", "neg_neg", {"x": VEC}, lambda b, x: b.neg(b.neg(x))),
+]
+
+
+def first_rule(f: ir.Func) -> str | None:
+    """The name of the first rule that rewrites f's last instruction, given what precedes it."""
+    facts = SIMPLIFY._Facts()
+    for i in f.body[:-1]:
+        facts.record(i)
+    last = f.body[-1]
+    cs = [facts.const(a) for a in last.args]
+    return next((fn.__name__ for fn in SIMPLIFY.RULES.get(last.op, []) if fn(last, cs, facts)), None)
+
+
+@pytest.mark.parametrize(
+    "op,rule,params,body", RULE_CASES, ids=[f"{c[0]}-{c[1]}" for c in RULE_CASES]
+)
+def test_simplify_rule(op, rule, params, body):
+    f = build(params, body)
+    assert f.body[-1].op == op and f.body[-1].out is f.results[0]
+    assert first_rule(f) == rule
+    g = ir.verify(passes.simplify(f))
+    assert g is not f and not any(i.op == op for i in passes.dce(g).body)
+    assert_same_results(f, g, random_args(f, np.random.default_rng(12)))
+
+
+def test_every_simplify_rule_has_a_case():
+    # A rule nothing reaches is a dead arm; a case for a rule that is gone is a stale test.
+    table = {(op, fn.__name__) for op, fns in SIMPLIFY.RULES.items() for fn in fns}
+    assert table == {(c[0], c[1]) for c in RULE_CASES}
+
+
 # ---------------------------------------------------------------------------------------------
 # cse
 
@@ -517,14 +589,17 @@ def test_sink_moves_weight_gradients_after_the_reverse_loop():
     assert_same_results(f, g, random_args(f, rng))
 
 
-def scan_func(step_body, n_ys: int, reverse: bool = False) -> ir.Func:
-    """f(h0 [B,H], xs [T*B,H], w [H]) = scan with step(h, x, w) built by step_body(b, h, x, w)."""
+def scan_func(step_body, n_ys: int, reverse: bool = False, builder: bool = False) -> ir.Func:
+    """f(h0 [B,H], xs [T*B,H], w [H]) = scan with step(h, x, w) built by step_body(b, h, x, w);
+    the scan is written out attribute by attribute, or made by `Builder.scan` when `builder`."""
 
     def body(b, h0, xs, w):
         sb = ir.Builder(prefix="s")
         h, x, wp = ir.Value("h", VEC), ir.Value("x", VEC), ir.Value("w", PARAM)
         results = step_body(sb, h, x, wp)
         step = ir.verify(ir.Func("step", (h, x, wp), tuple(sb.body), results))
+        if builder:
+            return tuple(b.scan(step, [h0], [xs], [w], n_ys=n_ys, reverse=reverse))
         return tuple(
             b.emit(
                 "scan",
@@ -570,6 +645,69 @@ def test_pipeline_backward_has_no_reduction_in_the_loop():
     for name, cell in all_cells():
         bwd = pipeline.compile_program(cell).bwd
         assert not {"outer", "sum_batch"} & set(step_ops(bwd)), name
+
+
+# ---------------------------------------------------------------------------------------------
+# ir.Scan: the typed view of a scan that the passes read and rebuild through
+
+
+def carry_y_acc_step(b, h, x, w):
+    """A step with one of each: carry h, stacked y_t = h' * w, accumulator sum_batch(x)."""
+    nh = b.op("tanh", b.add(b.mul(h, w), x))
+    return nh, b.mul(nh, w), b.op("sum_batch", x)
+
+
+def test_scan_view_names_every_part_by_role():
+    f = scan_func(carry_y_acc_step, n_ys=1)
+    instr = scan_of(f)
+    s = ir.Scan.of(instr)
+    h0, xs, w = f.params
+    assert (s.carry_init, s.xs, s.consts) == ((h0,), (xs,), (w,))
+    assert (s.final_carry, s.ys, s.accs) == tuple((r,) for r in f.results)
+    assert [v.name for v in (*s.carry_params, *s.x_params, *s.const_params)] == ["h", "x", "w"]
+    nh, y, acc = s.step.results
+    assert (s.next_carry, s.y_results, s.acc_results) == ((nh,), (y,), (acc,))
+    assert [o.type.batch for o in s.ys + s.accs] == [Batch.SEQ, Batch.NONE]
+    assert s.step is instr.attrs["step"] and s.reverse is False
+    # The backends' older name gives the same split.
+    assert ir.scan_parts(instr).split_args(instr.args) == (s.carry_init, s.xs, s.consts)
+
+
+def test_scan_view_of_another_op_is_an_internal_error():
+    f = trivial_func()
+    with pytest.raises(InternalError, match="not a scan"):
+        ir.Scan.of(f.body[0])
+
+
+def test_scan_rebuild_keeps_the_text_and_follows_new_parts():
+    f = scan_func(carry_y_acc_step, n_ys=1)
+    s = ir.Scan.of(scan_of(f))
+    assert ir.format_instr(s.rebuild(s.step)) == ir.format_instr(s.instr)
+    # Keep only the accumulator: n_ys and out_types follow, the attributes keep their order.
+    nh, _, acc = s.step.results
+    new = s.rebuild(replace(s.step, results=(nh, acc)), ys=())
+    assert "{n_carry=1, n_xs=1, n_ys=0, reverse=False}" in ir.format_instr(new)[0]
+    assert list(new.attrs["out_types"]) == [VEC, acc.type] and new.outs == (*s.final_carry, *s.accs)
+    g = ir.verify(replace(f, body=(new,), results=new.outs))
+    want = run(f, random_args(f, np.random.default_rng(13)))
+    got = run(g, random_args(f, np.random.default_rng(13)))
+    np.testing.assert_array_equal(got[1], want[2])
+    # New sequences and consts go after the old ones; the counts follow.
+    xs2, w2 = ir.Value("xs2", SEQ), ir.Value("w2", PARAM)
+    x2p, w2p = ir.Value("x2", VEC), ir.Value("w2p", PARAM)
+    step2 = replace(s.step, params=(*s.carry_params, *s.x_params, x2p, *s.const_params, w2p))
+    wider = ir.Scan.of(s.rebuild(step2, xs=(*s.xs, xs2), consts=(*s.consts, w2)))
+    assert (wider.n_xs, wider.xs, wider.consts) == (2, (*s.xs, xs2), (*s.consts, w2))
+    assert wider.x_params == (*s.x_params, x2p) and wider.const_params == (*s.const_params, w2p)
+
+
+def test_builder_scan_writes_what_lowering_writes():
+    # Builder.scan (used by grad) and a scan written out key by key, as lower.py does, print
+    # the same, so the attribute order is one convention.
+    for n_ys, reverse in ((1, False), (0, True)):
+        step = carry_y_acc_step if n_ys else (lambda b, h, x, w: (b.add(h, x), b.op("sum_batch", x)))
+        by_hand = scan_func(step, n_ys=n_ys, reverse=reverse)
+        assert text(scan_func(step, n_ys=n_ys, reverse=reverse, builder=True)) == text(by_hand)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Func, Instr, scan_parts
-from .util import with_step
+from ..ir import Func, Instr, Scan
 
 
 def dce(f: Func) -> Func:
@@ -32,26 +31,23 @@ def dce(f: Func) -> Func:
 
 
 def _prune_scan(instr: Instr, live: set[int]) -> Instr:
-    step: Func = instr.attrs["step"]
-    parts = scan_parts(instr)
-    nc, ny = parts.n_carry, parts.n_ys
-    keep = [k for k, o in enumerate(instr.outs) if k < nc or id(o) in live]
-    results = tuple(step.results[k] for k in keep)
-    outs = tuple(instr.outs[k] for k in keep)
-    new_ny = sum(1 for k in keep if nc <= k < nc + ny)
-    step = dce(replace(step, results=results))
+    scan = Scan.of(instr)
+    # Keep the carry, and the stacked outputs and accumulators that are still read.
+    ys = [(r, o) for r, o in zip(scan.y_results, scan.ys) if id(o) in live]
+    accs = [(r, o) for r, o in zip(scan.acc_results, scan.accs) if id(o) in live]
+    results = (*scan.next_carry, *(r for r, _ in ys), *(r for r, _ in accs))
+    step = dce(replace(scan.step, results=results))
     # Drop per-step inputs and loop-invariant inputs the step no longer reads.
     used = {id(a) for i in step.body for a in i.args} | {id(r) for r in step.results}
-    carry_p, xs_p, const_p = parts.split_args(step.params)
-    carry_a, xs_a, const_a = parts.split_args(instr.args)
-    xs = [(p, a) for p, a in zip(xs_p, xs_a) if id(p) in used]
-    consts = [(p, a) for p, a in zip(const_p, const_a) if id(p) in used]
-    params = (*carry_p, *(p for p, _ in xs), *(p for p, _ in consts))
-    args = (*carry_a, *(a for _, a in xs), *(a for _, a in consts))
+    xs = [(p, a) for p, a in zip(scan.x_params, scan.xs) if id(p) in used]
+    consts = [(p, a) for p, a in zip(scan.const_params, scan.consts) if id(p) in used]
+    params = (*scan.carry_params, *(p for p, _ in xs), *(p for p, _ in consts))
     step = replace(step, params=params)
-    if outs == instr.outs and args == instr.args and step.body == instr.attrs["step"].body:
+    new = scan.rebuild(step, xs=(a for _, a in xs), consts=(a for _, a in consts),
+                       ys=(o for _, o in ys), accs=(o for _, o in accs))
+    if new.outs == instr.outs and new.args == instr.args and step.body == scan.step.body:
         return instr  # nothing pruned: keep the very same instruction
-    return with_step(instr, step, args=args, outs=outs, n_xs=len(xs), n_ys=new_ny)
+    return new
 
 
 def prune_residuals(fwd: Func, bwd: Func, n_results: int) -> tuple[Func, Func]:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Func, Instr, scan_parts
+from ..ir import Func, Instr, Scan
 from ..ops import OPS
 from ..shapes import Batch
-from .util import all_names, moved_instr, with_step
+from .util import all_names, moved_instr
 
 
 def hoist(f: Func) -> Func:
@@ -38,11 +38,9 @@ def hoist(f: Func) -> Func:
 
 
 def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
-    step: Func = instr.attrs["step"]
-    parts = scan_parts(instr)
-    carry_p, xs_p, const_p = parts.split_args(step.params)
-    carry_a, xs_a, const_a = parts.split_args(instr.args)
-    outer = {id(p): a for p, a in zip(xs_p + const_p, xs_a + const_a)}
+    scan = Scan.of(instr)
+    step = scan.step
+    outer = {id(p): a for p, a in zip(scan.x_params + scan.const_params, scan.xs + scan.consts)}
     const_instrs = {id(i.out): i for i in step.body if i.op == "const"}
     pre: list[Instr] = []
     hoisted: set[int] = set()
@@ -75,8 +73,8 @@ def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
                 if id(o) in used:
                     (new_xs if o.type.batch is Batch.STEP else new_consts).append(o)
     # The hoisted values themselves become the step's new inputs.
-    params = (*carry_p, *xs_p, *new_xs, *const_p, *new_consts)
-    args = (*carry_a, *xs_a, *(outer[id(o)] for o in new_xs), *const_a,
-            *(outer[id(o)] for o in new_consts))
+    params = (*scan.carry_params, *scan.x_params, *new_xs, *scan.const_params, *new_consts)
     step = replace(step, params=params, body=body)
-    return pre, with_step(instr, step, args=args, n_xs=len(xs_p) + len(new_xs))
+    xs = (*scan.xs, *(outer[id(o)] for o in new_xs))
+    consts = (*scan.consts, *(outer[id(o)] for o in new_consts))
+    return pre, scan.rebuild(step, xs=xs, consts=consts)

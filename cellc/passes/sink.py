@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Func, Instr, Value, scan_parts, substitute, uses
+from ..ir import Func, Instr, Scan, Value, substitute, uses
 from ..ops import OPS
 from ..shapes import Batch
-from .util import all_names, moved_instr, to_seq, with_step
+from .util import all_names, moved_instr, to_seq
 
 
 def sink(f: Func) -> Func:
@@ -45,9 +45,9 @@ def sink(f: Func) -> Func:
 
 
 def _sink_scan(instr: Instr, names: set[str]):
-    step: Func = instr.attrs["step"]
-    parts = scan_parts(instr)
-    nc, ny = parts.n_carry, parts.n_ys
+    scan = Scan.of(instr)
+    step = scan.step
+    nc, ny = scan.n_carry, scan.n_ys
     res = step.results
     defs = {id(o): i for i in step.body for o in i.outs}
 
@@ -90,9 +90,7 @@ def _sink_scan(instr: Instr, names: set[str]):
     if not any(OPS[i.op].kind == "reduce_batch" for i in step.body if id(i) in sunk):
         return instr, [], {}
 
-    carry_p, xs_p, const_p = parts.split_args(step.params)
-    carry_a, xs_a, const_a = parts.split_args(instr.args)
-    outside = {id(p): a for p, a in zip(xs_p + const_p, xs_a + const_a)}
+    outside = {id(p): a for p, a in zip(scan.x_params + scan.const_params, scan.xs + scan.consts)}
     const_instrs = {id(i.out): i for i in step.body if i.op == "const"}
     stacked: list[Value] = []  # step values to save per step for the moved work
     stacked_outer: list[Value] = []
@@ -124,10 +122,10 @@ def _sink_scan(instr: Instr, names: set[str]):
     ys_keep = [k for k in keep if nc <= k < nc + ny]
     acc_keep = [k for k in keep if k >= nc + ny]
     results = (*res[:nc], *(res[k] for k in ys_keep), *stacked, *(res[k] for k in acc_keep))
-    outs = (*instr.outs[:nc], *(instr.outs[k] for k in ys_keep), *stacked_outer,
-            *(instr.outs[k] for k in acc_keep))
     new_step = replace(step, body=tuple(i for i in step.body if id(i) not in sunk), results=results)
-    new = with_step(instr, new_step, outs=outs, n_ys=len(ys_keep) + len(stacked))
+    # The values stacked for the moved work are new stacked outputs, after the kept ones.
+    ys = (*(instr.outs[k] for k in ys_keep), *stacked_outer)
+    new = scan.rebuild(new_step, ys=ys, accs=(instr.outs[k] for k in acc_keep))
     return new, post, replaced
 
 

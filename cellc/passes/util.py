@@ -1,11 +1,14 @@
-"""Helpers the passes share: rebuilding scans and applying a pass inside loop bodies."""
+"""Helpers the passes share: applying a pass inside loop bodies, moving step work out of a loop.
+
+Scans are read and rebuilt through `ir.Scan` (`Scan.of(instr)`, `.rebuild(step, xs=...)`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
-from ..ir import Func, Instr, Value, scan_out_types
+from ..ir import Func, Instr, Scan, Value
 from ..shapes import Batch
 
 
@@ -15,26 +18,13 @@ def map_steps(f: Func, fn: Callable[[Func], Func]) -> Func:
     changed = False
     for instr in f.body:
         if instr.op == "scan":
-            step = instr.attrs["step"]
-            new = fn(step)
-            if new is not step:
-                instr = with_step(instr, new)
+            scan = Scan.of(instr)
+            new = fn(scan.step)
+            if new is not scan.step:
+                instr = scan.rebuild(new)
                 changed = True
         body.append(instr)
     return replace(f, body=tuple(body)) if changed else f
-
-
-def with_step(instr: Instr, step: Func, args=None, outs=None, n_xs=None, n_ys=None) -> Instr:
-    """The scan `instr` with a new step (and optionally new arguments/outputs/counts)."""
-    attrs = dict(instr.attrs)
-    attrs["step"] = step
-    if n_xs is not None:
-        attrs["n_xs"] = n_xs
-    if n_ys is not None:
-        attrs["n_ys"] = n_ys
-    attrs["out_types"] = tuple(scan_out_types(step, attrs["n_carry"], attrs["n_ys"]))
-    return replace(instr, args=instr.args if args is None else tuple(args),
-                   outs=instr.outs if outs is None else tuple(outs), attrs=attrs)
 
 
 def to_seq(t):
@@ -63,5 +53,5 @@ def all_names(f: Func) -> set[str]:
     for instr in f.body:
         names.update(o.name for o in instr.outs)
         if instr.op == "scan":
-            names |= all_names(instr.attrs["step"])
+            names |= all_names(Scan.of(instr).step)
     return names
