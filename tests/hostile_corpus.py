@@ -54,6 +54,7 @@ def _handwritten() -> dict[str, str]:
         "literal_5000_digits": _body("tanh(W @ x + U @ h) * " + "9" * 5000),
         "literal_tiny": _body("tanh(W @ x + U @ h) * 1e-400"),
         "pow_huge": _body("tanh(W @ x + U @ h) ^ 1e400"),
+        "exp_overflow": _body("tanh(W @ x + U @ h) * exp(1000) + log(0) + sqrt(-1)"),
         "init_log_neg": _body("tanh(W @ x + U @ h)",
                               "    param W[H, I], U[H, H] ~ uniform(log(-1), 1)\n"),
         "init_div_zero": _body("tanh(W @ x + U @ h)",
