@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from . import ast_nodes as A
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
+from . import initializers
 from .names import LAYER_ATTRIBUTES, MAX_NAME_LENGTH, MODULE_ATTRIBUTES, why_unusable
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
@@ -30,14 +31,8 @@ from .source import (
     Span,
 )
 
-INITIALIZERS = {  # name -> (min args, max args, what the args mean)
-    "uniform": (2, 2, "uniform(low, high)"),
-    "normal": (2, 2, "normal(mean, std)"),
-    "zeros": (0, 0, "zeros()"),
-    "ones": (0, 0, "ones()"),
-    "constant": (1, 1, "constant(value)"),
-    "orthogonal": (0, 1, "orthogonal() or orthogonal(gain)"),
-}
+# name -> (min args, max args, what the args mean), from the one table of initializers.
+INITIALIZERS = {n: (min(i.arity), max(i.arity), i.usage) for n, i in initializers.INITIALIZERS.items()}
 NUMERIC_FUNCTIONS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}
 
 

@@ -19,8 +19,9 @@ import torch
 from ..lower import CellIR
 from ..runtime.torch_layers import compiler_disabled, differentiable_backward, make_layer
 from . import blas, cache
+from .layer_spec import layer_spec
 from .llvm_jit import Arrays
-from .torch_eager import run_direction_eager, spec_from_cell
+from .torch_eager import run_direction_eager
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -129,4 +130,4 @@ def run_direction_for(cell: CellIR):
 
 def make_llvm_layers(cell: CellIR):
     """(LayerClass, CellClass) for a cell, drop-in for torch.nn.LSTM/LSTMCell on CPU tensors."""
-    return make_layer(spec_from_cell(cell), run_direction_for(cell))
+    return make_layer(layer_spec(cell).runtime(), run_direction_for(cell))

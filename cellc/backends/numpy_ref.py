@@ -1,151 +1,57 @@
 """The NumPy reference interpreter: the most obvious code, the oracle for every other backend.
 
-`NUMPY` maps each op to a function of (arguments, attributes, context); `run` is one loop over a
-function's instructions. Layout: a per-step value is (B, features), a whole-sequence value is
+`NUMPY` is the shared interpreter's op table (backends/interpret.py) over NumPy, whose choices
+are written out in `ARRAYS`; `run` is its one loop. Values are computed in the context's dtype,
+float64 for gradient checks. Layout: a per-step value is (B, features), a whole-sequence value is
 (T*B, features) with rows ordered (t, b), a parameter has no batch axis.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from ..ir import Func, Instr, scan_parts
+from ..initializers import INITIALIZERS, orthogonal  # noqa: F401  (orthogonal: re-exported)
+from ..ir import Func
 from ..lower import CellIR, sequence_program
-from ..shapes import Dim, TensorType
 from ..source import InternalError
+from . import interpret
+from .interpret import Context  # re-exported: tests and callers build contexts
 
+ARRAYS = interpret.ArrayLib(
+    name="numpy",
+    functions={
+        "neg": np.negative,
+        "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+        "tanh": np.tanh,
+        "relu": lambda x: np.maximum(x, 0),
+        "exp": np.exp,
+        "log": np.log,
+        "softplus": lambda x: np.logaddexp(0, x),
+        "sqrt": np.sqrt,
+        "abs": np.abs,
+        "sign": np.sign,
+        "min": np.minimum,
+        "max": np.maximum,
+    },
+    # Every value is kept as an array of the context's dtype (a rule may give a NumPy scalar).
+    store=lambda x, ctx: np.asarray(x, dtype=ctx.dtype),
+    full=lambda shape, value, ctx: np.full(shape, value, dtype=ctx.dtype),
+    as_dtype=lambda b, dtype: b.astype(dtype),
+    exponent=lambda x, p: x.dtype.type(p),  # p rounded to x's precision
+    outer=np.outer,
+    split=lambda x, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis=axis),
+    concat=lambda xs, axis: np.concatenate(xs, axis=axis),
+    broadcast=lambda x, n: np.broadcast_to(x, x.shape[:-1] + (n,)).copy(),
+)
 
-@dataclass(frozen=True)
-class Context:
-    sizes: Mapping[str, int]
-    steps: int  # T
-    batch: int  # B
-    dtype: np.dtype
-    detach_at: int | None = None  # reverse scans: no cotangent flows from step t into t-1
-
-
-def _feature_axis(t: TensorType) -> int:
-    return -t.rank
-
-
-def _const(args, instr: Instr, ctx: Context):
-    value = instr.attrs["value"]
-    if isinstance(value, Dim):
-        value = float(value.evaluate(ctx.sizes))
-    shape = instr.attrs["type"].concrete(ctx.sizes, ctx.steps, ctx.batch)
-    return np.full(shape, value, dtype=ctx.dtype)
-
-
-def _outer(args, instr, ctx):
-    a, b = args
-    return a.T @ b if a.ndim == 2 else np.outer(a, b)
-
-
-def _split(args, instr, ctx):
-    (x,) = args
-    ends = np.cumsum([int(o.type.shape[0].evaluate(ctx.sizes)) for o in instr.outs])[:-1]
-    return np.split(x, ends, axis=_feature_axis(instr.args[0].type))
-
-
-def _concat(args, instr, ctx):
-    return np.concatenate(args, axis=_feature_axis(instr.args[0].type))
-
-
-def _broadcast(args, instr, ctx):
-    (x,) = args
-    n = int(instr.attrs["size"].evaluate(ctx.sizes))
-    return np.broadcast_to(x, x.shape[:-1] + (n,)).copy()
-
-
-def _unary(fn):
-    return lambda args, instr, ctx: fn(args[0])
-
-
-def _binary(fn):
-    return lambda args, instr, ctx: fn(args[0], args[1])
-
-
-NUMPY: dict[str, Callable[[list[np.ndarray], Instr, Context], Any]] = {
-    "const": _const,
-    "neg": _unary(np.negative),
-    "sigmoid": _unary(lambda x: 1.0 / (1.0 + np.exp(-x))),
-    "tanh": _unary(np.tanh),
-    "relu": _unary(lambda x: np.maximum(x, 0)),
-    "exp": _unary(np.exp),
-    "log": _unary(np.log),
-    "softplus": _unary(lambda x: np.logaddexp(0, x)),
-    "sqrt": _unary(np.sqrt),
-    "abs": _unary(np.abs),
-    "heaviside": _unary(lambda x: (x > 0).astype(x.dtype)),
-    "sign": _unary(np.sign),
-    "pow": lambda args, instr, ctx: args[0] ** args[0].dtype.type(instr.attrs["exponent"]),
-    "add": _binary(np.add),
-    "sub": _binary(np.subtract),
-    "mul": _binary(np.multiply),
-    "div": _binary(np.divide),
-    "min": _binary(np.minimum),
-    "max": _binary(np.maximum),
-    "ge": _binary(lambda a, b: np.broadcast_arrays(a >= b, a, b)[0].astype(np.result_type(a, b))),
-    "matmul": _binary(lambda w, x: x @ w.T),
-    "matmul_t": _binary(lambda w, y: y @ w),
-    "outer": _outer,
-    "sum": _unary(lambda x: x.sum(-1, keepdims=True)),
-    "mean": _unary(lambda x: x.mean(-1, keepdims=True)),
-    "broadcast": _broadcast,
-    "sum_batch": _unary(lambda x: x.sum(0)),
-    "split": _split,
-    "concat": _concat,
-    "scan": None,  # set below: it needs `run`
-}
-
-
-def _scan(args, instr: Instr, ctx: Context):
-    """Run the step over t = 0..T-1 (or T-1..0 if reversed), slicing xs by rows of B."""
-    step: Func = instr.attrs["step"]
-    parts = scan_parts(instr)
-    carry, xs, consts = parts.split_args(list(args))
-    B, T = ctx.batch, ctx.steps
-    ys = [[None] * T for _ in range(parts.n_ys)]
-    accs = None
-    order = range(T - 1, -1, -1) if instr.attrs["reverse"] else range(T)
-    for t in order:
-        x_t = [x[t * B : (t + 1) * B] for x in xs]
-        res = run(step, carry + x_t + list(consts), ctx)
-        carry = res[: parts.n_carry]
-        if instr.attrs["reverse"] and t == ctx.detach_at:
-            carry = [np.zeros_like(c) for c in carry]
-        for k, y in enumerate(res[parts.n_carry : parts.n_carry + parts.n_ys]):
-            ys[k][t] = y
-        acc_t = res[parts.n_carry + parts.n_ys :]
-        accs = acc_t if accs is None else [a + b for a, b in zip(accs, acc_t)]
-    if accs is None:  # T == 0
-        accs = [np.zeros(r.type.concrete(ctx.sizes), ctx.dtype)
-                for r in step.results[parts.n_carry + parts.n_ys :]]
-    stacked = []
-    for k, y in enumerate(ys):
-        feat = step.results[parts.n_carry + k].type.concrete(ctx.sizes, 1, B)
-        stacked.append(np.concatenate(y, axis=0) if T else np.zeros((0,) + feat[1:], ctx.dtype))
-    return list(carry) + stacked + list(accs)
-
-
-NUMPY["scan"] = _scan
+NUMPY = interpret.rules(ARRAYS)
 
 
 def run(f: Func, args: list[np.ndarray], ctx: Context) -> list[np.ndarray]:
     """Evaluate f on concrete arrays."""
-    env = {id(p): a for p, a in zip(f.params, args, strict=True)}
-    for instr in f.body:
-        fn = NUMPY.get(instr.op)
-        if fn is None:
-            raise InternalError(f"numpy backend: no rule for op '{instr.op}'")
-        out = fn([env[id(a)] for a in instr.args], instr, ctx)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        for v, x in zip(instr.outs, outs, strict=True):
-            env[id(v)] = np.asarray(x, dtype=ctx.dtype)
-    return [env[id(r)] for r in f.results]
+    return interpret.run(ARRAYS, NUMPY, f, args, ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,34 +60,16 @@ def run(f: Func, args: list[np.ndarray], ctx: Context) -> list[np.ndarray]:
 
 def init_params(cell: CellIR, sizes: Mapping[str, int], rng: np.random.Generator | int | None = None,
                 dtype=np.float64) -> dict[str, np.ndarray]:
-    """Draw every parameter from its initializer."""
+    """Draw every parameter from its initializer (the NumPy column of cellc/initializers.py)."""
     rng = np.random.default_rng(rng)
     out = {}
     for p in cell.params:
-        shape = p.type.concrete(sizes)
-        args = p.init.values(dict(sizes))
-        fn = p.init.fn
-        if fn == "uniform":
-            x = rng.uniform(args[0], args[1], shape)
-        elif fn == "normal":
-            x = rng.normal(args[0], args[1], shape)
-        elif fn in ("zeros", "ones", "constant"):
-            x = np.full(shape, {"zeros": 0.0, "ones": 1.0}.get(fn, args[0] if args else 0.0))
-        elif fn == "orthogonal":
-            x = orthogonal(shape, rng) * (args[0] if args else 1.0)
-        else:
-            raise InternalError(f"no initializer '{fn}'")
+        init = INITIALIZERS.get(p.init.fn)
+        if init is None:
+            raise InternalError(f"no initializer '{p.init.fn}'")
+        x = init.numpy(rng, p.type.concrete(sizes), tuple(p.init.values(dict(sizes))))
         out[p.name] = x.astype(dtype)
     return out
-
-
-def orthogonal(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A (semi-)orthogonal matrix, as torch.nn.init.orthogonal_ draws it."""
-    rows, cols = shape
-    a = rng.normal(size=(max(rows, cols), min(rows, cols)))
-    q, r = np.linalg.qr(a)
-    q *= np.sign(np.diag(r))
-    return q if rows >= cols else q.T
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -224,7 +112,7 @@ def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Map
 
     dtype = check_dtype(dtype if dtype is not None else xs.dtype)
     T, B = _sequence_dims(xs)
-    ctx = Context(dict(sizes), T, B, dtype, detach_at)
+    ctx = Context(dict(sizes), T, B, dtype, detach_at=detach_at)
     prog = compile_program(cell, optimize=optimize)
     args = _program_args(cell, prog.fwd, ctx, xs, params, states)
     out = run(prog.fwd, args, ctx)

@@ -1,9 +1,10 @@
 """The plain-autograd torch interpreter: the IR run op by op on torch tensors, driving the layers.
 
-`TORCH_EAGER` maps each op to a function of (arguments, instruction, context) with exactly the
-semantics of `numpy_ref.NUMPY` (same layouts: a per-step value is (B, features), a parameter has
-no batch axis); `run` is one loop over a function's instructions. Autograd differentiates the
-result, so this backend needs no backward IR: it is the torch-side oracle for the compiled ones.
+`TORCH_EAGER` is the shared interpreter's op table (backends/interpret.py) over torch, whose
+choices are written out in `ARRAYS`, so it has exactly the semantics of `numpy_ref.NUMPY` (same
+layouts: a per-step value is (B, features), a parameter has no batch axis); `run` is its one
+loop. Autograd differentiates the result, so this backend needs no backward IR: it is the
+torch-side oracle for the compiled ones.
 
 `run_direction_eager` wraps the step function in a Python time loop that follows the
 `run_direction` contract of `cellc.runtime.torch_layers`, and `load_eager` puts the two together:
@@ -14,123 +15,54 @@ result, so this backend needs no backward IR: it is the torch-side oracle for th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fractions import Fraction
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
 
 import torch
 
-from ..frontend import load_file
-from ..ir import Func, Instr
-from ..lower import CellIR, eval_number
+from ..ir import Func
+from ..lower import CellIR
 from ..runtime.torch_layers import make_layer
-from ..shapes import Batch, Dim, TensorType
-from ..source import InternalError
+from ..shapes import Batch
+from . import interpret
+from .interpret import Context  # re-exported: tests and callers build contexts
+from .layer_spec import layer_spec
 
+ARRAYS = interpret.ArrayLib(
+    name="torch eager",
+    functions={
+        "neg": torch.neg,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "relu": torch.relu,
+        "exp": torch.exp,
+        "log": torch.log,
+        # log(1 + e^x) exactly, as numpy's logaddexp(0, x); F.softplus switches to x above 20.
+        "softplus": lambda x: torch.logaddexp(x, torch.zeros_like(x)),
+        "sqrt": torch.sqrt,
+        "abs": torch.abs,
+        "sign": torch.sign,
+        "min": torch.minimum,
+        "max": torch.maximum,
+    },
+    store=lambda x, ctx: x,  # tensors keep their autograd history as they are
+    full=lambda shape, value, ctx: torch.full(shape, value, dtype=ctx.dtype, device=ctx.device),
+    as_dtype=lambda b, dtype: b.to(dtype),
+    exponent=lambda x, p: float(p),
+    outer=torch.outer,
+    split=lambda x, sizes, axis: list(torch.split(x, sizes, dim=axis)),
+    concat=lambda xs, axis: torch.cat(xs, dim=axis),
+    broadcast=lambda x, n: x.expand(*x.shape[:-1], n),  # a view: autograd sums the gradient
+)
 
-@dataclass(frozen=True)
-class Context:
-    sizes: Mapping[str, int]
-    steps: int  # T
-    batch: int  # B
-    dtype: torch.dtype
-    device: torch.device
-
-
-def _feature_axis(t: TensorType) -> int:
-    return -t.rank
-
-
-def _const(args, instr: Instr, ctx: Context):
-    value = instr.attrs["value"]
-    if isinstance(value, Dim):
-        value = float(value.evaluate(ctx.sizes))
-    shape = instr.attrs["type"].concrete(ctx.sizes, ctx.steps, ctx.batch)
-    return torch.full(shape, value, dtype=ctx.dtype, device=ctx.device)
-
-
-def _outer(args, instr, ctx):
-    a, b = args
-    return a.T @ b if a.dim() == 2 else torch.outer(a, b)
-
-
-def _split(args, instr, ctx):
-    (x,) = args  # equal parts {parts=N} or given sizes {sizes=(...)}: the output types say which
-    sizes = [int(o.type.shape[0].evaluate(ctx.sizes)) for o in instr.outs]
-    return list(torch.split(x, sizes, dim=_feature_axis(instr.args[0].type)))
-
-
-def _concat(args, instr, ctx):
-    return torch.cat(args, dim=_feature_axis(instr.args[0].type))
-
-
-def _broadcast(args, instr, ctx):
-    (x,) = args
-    n = int(instr.attrs["size"].evaluate(ctx.sizes))
-    return x.expand(*x.shape[:-1], n)
-
-
-def _ge(args, instr, ctx):
-    a, b = args
-    return (a >= b).to(ctx.dtype)  # the comparison broadcasts a and b; the result is 0/1
-
-
-def _unary(fn):
-    return lambda args, instr, ctx: fn(args[0])
-
-
-def _binary(fn):
-    return lambda args, instr, ctx: fn(args[0], args[1])
-
-
-TORCH_EAGER: dict[str, Callable[[list[torch.Tensor], Instr, Context], Any]] = {
-    "const": _const,
-    "neg": _unary(torch.neg),
-    "sigmoid": _unary(torch.sigmoid),
-    "tanh": _unary(torch.tanh),
-    "relu": _unary(torch.relu),
-    "exp": _unary(torch.exp),
-    "log": _unary(torch.log),
-    # log(1 + e^x) exactly, as numpy's logaddexp(0, x); F.softplus switches to x above 20.
-    "softplus": _unary(lambda x: torch.logaddexp(x, torch.zeros_like(x))),
-    "sqrt": _unary(torch.sqrt),
-    "abs": _unary(torch.abs),
-    "heaviside": _unary(lambda x: (x > 0).to(x.dtype)),
-    "sign": _unary(torch.sign),
-    "pow": lambda args, instr, ctx: args[0] ** float(instr.attrs["exponent"]),
-    "add": _binary(torch.add),
-    "sub": _binary(torch.sub),
-    "mul": _binary(torch.mul),
-    "div": _binary(torch.div),
-    "min": _binary(torch.minimum),
-    "max": _binary(torch.maximum),
-    "ge": _ge,
-    "matmul": _binary(lambda w, x: x @ w.T),
-    "matmul_t": _binary(lambda w, y: y @ w),
-    "outer": _outer,
-    "sum": _unary(lambda x: x.sum(-1, keepdim=True)),
-    "mean": _unary(lambda x: x.mean(-1, keepdim=True)),
-    "broadcast": _broadcast,
-    "sum_batch": _unary(lambda x: x.sum(0)),
-    "split": _split,
-    "concat": _concat,
-    # No "scan": the eager driver loops over time in Python (run_direction_eager).
-}
+# No "scan": the eager driver loops over time in Python (run_direction_eager), where it can
+# leave finished rows of a packed batch untouched.
+TORCH_EAGER = {op: rule for op, rule in interpret.rules(ARRAYS).items() if op != "scan"}
 
 
 def run(f: Func, args: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
     """Evaluate f on tensors, recording autograd history."""
-    env = {id(p): a for p, a in zip(f.params, args, strict=True)}
-    for instr in f.body:
-        fn = TORCH_EAGER.get(instr.op)
-        if fn is None:
-            raise InternalError(f"torch eager backend: no rule for op '{instr.op}'")
-        out = fn([env[id(a)] for a in instr.args], instr, ctx)
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        for v, x in zip(instr.outs, outs, strict=True):
-            env[id(v)] = x
-    return [env[id(r)] for r in f.results]
+    return interpret.run(ARRAYS, TORCH_EAGER, f, args, ctx)
 
 
 def run_step(step: Func, args: list[torch.Tensor], sizes: Mapping[str, int]) -> list[torch.Tensor]:
@@ -175,41 +107,10 @@ def run_direction_eager(cell: CellIR, sizes: Mapping[str, int]):
 # Spec and classes
 
 
-def _whole(x: Fraction) -> int | Fraction:
-    return int(x) if x.denominator == 1 else x
-
-
-def _dims(shape: tuple[Dim, ...]):
-    return lambda s: tuple(_whole(d.evaluate(s)) for d in shape)
-
-
 def spec_from_cell(cell: CellIR) -> dict:
     """The torch_layers spec of a cell: shapes are its symbolic dims evaluated on a layer's sizes,
     initializer arguments its expressions (e.g. -1/sqrt(H)) evaluated the same way."""
-    from .torch_names import check_layer_cell
-
-    symbol = check_layer_cell(cell)
-    n = len(cell.states)
-    state_dims = [s.type.shape[0] for s in cell.states]
-    out_dim = cell.step.results[n].type.shape[0]
-    params = []
-    for p in cell.params:
-        params.append({
-            "name": p.name,
-            "kind": p.kind,
-            "shape": _dims(p.type.shape),
-            "init": p.init.fn,
-            "init_args": lambda s, init=p.init: tuple(eval_number(a, s) for a in init.args),
-        })
-    return {
-        "name": cell.name,
-        "sizes": [(s.arg, s.symbol) for s in cell.sizes],
-        "input_size": next(s.arg for s in cell.sizes if s.symbol == symbol),
-        "states": [s.name for s in cell.states],
-        "state_sizes": lambda s: tuple(_whole(d.evaluate(s)) for d in state_dims),
-        "output_size": lambda s: _whole(out_dim.evaluate(s)),
-        "params": params,
-    }
+    return layer_spec(cell).runtime()
 
 
 def make_eager(cell: CellIR):
@@ -219,4 +120,6 @@ def make_eager(cell: CellIR):
 
 def load_eager(path: str | Path):
     """Read, check and wrap a `.cell` file: (LayerClass, CellClass), torch.nn-compatible."""
+    from ..frontend import load_file  # here, not above: a backend takes cells, not files
+
     return make_eager(load_file(path))

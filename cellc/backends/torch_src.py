@@ -29,6 +29,7 @@ from typing import Callable
 from ..ir import Func, Instr, Value, scan_parts
 from ..shapes import Batch, Dim, TensorType
 from ..source import InternalError
+from .layer_spec import LayerSpec, layer_spec
 
 # Names the emitted code uses itself; a .cell name equal to one of these is renamed.
 RESERVED = {"torch", "math", "F", "S", "T", "B", "t", "n", "r", "dtype", "device", "batch_sizes",
@@ -326,32 +327,29 @@ def number_expr(e) -> str:
     return f"({number_expr(e.lhs)} {sym} {number_expr(e.rhs)})"
 
 
-def spec_source(cell) -> str:
-    """The torch_layers spec of a cell, as Python source."""
-    from .torch_names import check_layer_cell
-
-    symbol = check_layer_cell(cell)
-    n = len(cell.states)
-    out_dim = cell.step.results[n].type.shape[0]
+def spec_source(spec: LayerSpec) -> str:
+    """The layer spec as Python source: the dict LayerSpec.runtime() gives, with its size
+    functions as lambdas over the sizes dict S. Text from the .cell file enters only as repr()
+    of a string (names) or through size_expr / number_expr (S[repr(symbol)], numbers, math.*)."""
 
     def dims(shape):
         return "(" + ", ".join(size_expr(d, exact=True) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
     lines = [
         "SPEC = {",
-        f"    \"name\": {cell.name!r},",
-        f"    \"sizes\": {[(s.arg, s.symbol) for s in cell.sizes]!r},",
-        f"    \"input_size\": {next(s.arg for s in cell.sizes if s.symbol == symbol)!r},",
-        f"    \"states\": {[s.name for s in cell.states]!r},",
-        f"    \"state_sizes\": lambda S: {dims(tuple(s.type.shape[0] for s in cell.states))},",
-        f"    \"output_size\": lambda S: {size_expr(out_dim, exact=True)},",
+        f"    \"name\": {spec.name!r},",
+        f"    \"sizes\": {list(spec.sizes)!r},",
+        f"    \"input_size\": {spec.input_size!r},",
+        f"    \"states\": {list(spec.states)!r},",
+        f"    \"state_sizes\": lambda S: {dims(spec.state_sizes)},",
+        f"    \"output_size\": lambda S: {size_expr(spec.output_size, exact=True)},",
         "    \"params\": [",
     ]
-    for p in cell.params:
-        args = ", ".join(number_expr(a) for a in p.init.args)
+    for p in spec.params:
+        args = ", ".join(number_expr(a) for a in p.init_args)
         lines.append(
-            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r}, \"shape\": lambda S: {dims(p.type.shape)},"
-            f" \"init\": {p.init.fn!r}, \"init_args\": lambda S: ({args}{',' if p.init.args else ''})}},")
+            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r}, \"shape\": lambda S: {dims(p.shape)},"
+            f" \"init\": {p.init!r}, \"init_args\": lambda S: ({args}{',' if p.init_args else ''})}},")
     lines += ["    ],", "}"]
     return "\n".join(lines)
 
@@ -491,7 +489,7 @@ def run_direction(xs, states, params, batch_sizes, S):
     return ys, tuple(final)
 
 
-{spec_source(cell)}
+{spec_source(layer_spec(cell))}
 
 {name}, {name}Cell = make_layer(SPEC, lambda S: functools.partial(run_direction, S=dict(S)))
 Layer, Cell = {name}, {name}Cell

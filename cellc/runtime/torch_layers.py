@@ -35,8 +35,9 @@ A dict. Every function in it takes `s`, the sizes of one layer as a dict from si
     }
 
 `kind` is "param" or "bias"; a layer built with bias=False has no bias-kind parameters (as in
-torch). Initializers, with the arguments `init_args` returns: uniform(low, high),
-normal(mean, std), zeros(), ones(), constant(value), orthogonal() or orthogonal(gain).
+torch). `init` names a row of `_INITIALIZERS` below (uniform, normal, zeros, ones, constant,
+orthogonal), called with the arguments `init_args` returns, in the order cellc/initializers.py
+documents (uniform(low, high), ...).
 
 Constructor arguments: the input-size argument, then the first other size argument (normally
 hidden_size), then torch's (num_layers, bias, batch_first, dropout, bidirectional, device, dtype;
@@ -126,6 +127,8 @@ def differentiable_backward(run, inputs, needs_grad, grad_outputs):
     return [next(grads) if need else None for need in needs_grad]
 
 
+# Printed from the one initializer table, cellc/initializers.py (`torch_table_source()`): this file
+# must work without cellc, so it keeps a copy, which tests/test_initializers.py checks is current.
 _INITIALIZERS = {  # name -> (number of arguments allowed, fill function)
     "uniform": ((2,), lambda w, a: torch.nn.init.uniform_(w, a[0], a[1])),
     "normal": ((2,), lambda w, a: torch.nn.init.normal_(w, a[0], a[1])),

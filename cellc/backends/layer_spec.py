@@ -1,0 +1,86 @@
+"""The layer spec of a cell: what the torch.nn-compatible layer classes need to know, as one value.
+
+`layer_spec(cell)` builds a `LayerSpec` once from a checked cell: its name, size arguments, states,
+parameters and their initializers, with every size still a symbolic `Dim` and every initializer
+argument still an expression (-1/sqrt(H)), because a layer evaluates them for each of its
+layers' sizes (layer l > 0 rebinds the input size). Two consumers read the same value:
+
+- `LayerSpec.runtime()` gives the dict that cellc.runtime.torch_layers.make_layer takes, with the
+  sizes and arguments evaluated by cellc itself (the eager and llvm layer classes);
+- torch_src.spec_source prints it as that dict's Python source into a generated module, which
+  must not need cellc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .. import ast_nodes as A
+from ..lower import CellIR, eval_number
+from ..shapes import Dim
+from .torch_names import check_layer_cell
+
+
+@dataclass(frozen=True)
+class LayerParam:
+    name: str
+    kind: str  # "param" or "bias" (left out, i.e. zero, in a layer built with bias=False)
+    shape: tuple[Dim, ...]
+    init: str  # a name in cellc/initializers.py
+    init_args: tuple[A.Expr, ...]  # checked by lowering: numbers, sizes, + - * / ^, sqrt exp log
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str  # the cell name, which names the classes (LSTM and LSTMCell)
+    sizes: tuple[tuple[str, str], ...]  # (constructor argument, size symbol), in header order
+    input_size: str  # the argument sizing the input, rebound by stacked layers
+    states: tuple[str, ...]
+    state_sizes: tuple[Dim, ...]  # feature size of each state
+    output_size: Dim
+    params: tuple[LayerParam, ...]  # in the order the time loop takes them
+
+    def runtime(self) -> dict:
+        """The spec dict of cellc.runtime.torch_layers: each size a function of a layer's sizes
+        (symbol -> int), evaluated exactly (a Fraction where a size does not divide), so the
+        layer can reject sizes that give no whole number."""
+        return {
+            "name": self.name,
+            "sizes": list(self.sizes),
+            "input_size": self.input_size,
+            "states": list(self.states),
+            "state_sizes": _dims(self.state_sizes),
+            "output_size": lambda s, d=self.output_size: _whole(d.evaluate(s)),
+            "params": [{
+                "name": p.name,
+                "kind": p.kind,
+                "shape": _dims(p.shape),
+                "init": p.init,
+                "init_args": lambda s, args=p.init_args: tuple(eval_number(a, s) for a in args),
+            } for p in self.params],
+        }
+
+
+def layer_spec(cell: CellIR) -> LayerSpec:
+    """The spec of a cell, or a located CellError if the cell cannot make a layer."""
+    symbol = check_layer_cell(cell)
+    n = len(cell.states)
+    return LayerSpec(
+        name=cell.name,
+        sizes=tuple((s.arg, s.symbol) for s in cell.sizes),
+        input_size=next(s.arg for s in cell.sizes if s.symbol == symbol),
+        states=tuple(s.name for s in cell.states),
+        state_sizes=tuple(s.type.shape[0] for s in cell.states),
+        output_size=cell.step.results[n].type.shape[0],
+        params=tuple(LayerParam(p.name, p.kind, p.type.shape, p.init.fn, tuple(p.init.args))
+                     for p in cell.params),
+    )
+
+
+def _whole(x: Fraction) -> int | Fraction:
+    return int(x) if x.denominator == 1 else x
+
+
+def _dims(shape: tuple[Dim, ...]):
+    return lambda s: tuple(_whole(d.evaluate(s)) for d in shape)
