@@ -13,15 +13,24 @@ them with a NumPy reference interpreter, and (see the README) differentiates the
     layer = mod.LSTM(8, 16, num_layers=2, batch_first=True)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # kept in a leaf module: no import cycle
+from .api import grad_equations, load, torch_source
+from .backends import numpy_ref as reference
+from .frontend import load_file as load_cell
+from .frontend import load_source
+from .source import CellError, InternalError, Source
 
-from .frontend import load_file as load_cell, load_source  # noqa: E402
-from .source import CellError, InternalError, Source  # noqa: E402
-from .backends import numpy_ref as reference  # noqa: E402
-from .api import grad_equations, load, torch_source  # noqa: E402
-
-__all__ = ["load", "load_cell", "load_source", "torch_source", "grad_equations", "CellError",
-           "InternalError", "Source", "reference"]
+__all__ = [
+    "CellError",
+    "InternalError",
+    "Source",
+    "grad_equations",
+    "load",
+    "load_cell",
+    "load_source",
+    "reference",
+    "torch_source",
+]
 
 
 def __getattr__(name):

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import traceback
-from contextlib import contextmanager
-from pathlib import Path
 
-from . import __version__
+from . import targets
+from ._version import __version__
 from .source import CellError, InternalError, Source
 
-STAGES = ("ast", "ir", "seq", "opt", "grad", "torch", "llvm")
+# Re-exported: the targets raise these and use parse_sizes; they live in targets/_common.py so
+# that no target module imports this one (which imports the registry: a cycle).
+from .targets._common import MAX_SIZE, OutputError, UsageError, parse_sizes  # noqa: F401
+
+# The compiler's own stages, then those the targets add (`torch`, `llvm`: targets/*.py).
+STAGES = ("ast", "ir", "seq", "opt", "grad", "plan") + tuple(targets.stages())
 
 
 def _summary(path: str) -> str:
@@ -64,141 +67,27 @@ def cmd_show(args) -> int:
     if args.emit == "ast":
         print(format_cell(parse(Source.read(args.file))))
         return 0
-    if args.emit == "torch":
-        from .api import torch_source
-
-        print(torch_source(args.file))
-        return 0
-    if args.emit == "llvm":
-        from .backends.llvm_jit import render
-
-        cell = load_file(args.file)
-        sizes = parse_sizes(args.sizes, cell, required=False)
-        module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
-        print(f"; sizes {sizes}, {args.dtype}\n{module}")
+    stage = targets.stages().get(args.emit)
+    if stage is not None:  # a target's output: torch source, LLVM IR
+        print(stage.show(args))
         return 0
     cell = load_file(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
+    if args.emit == "plan":  # sized like --emit llvm, for the native kernels of this machine
+        from .backends.llvm_jit import kernel_features
+        from .lowering import Caps
+
+        sizes = parse_sizes(args.sizes, cell, required=False)
+        caps = Caps(inline_products=bool(kernel_features()))
+        print(pipeline.emit(cell, "plan", sizes, caps))
+        return 0
     print(pipeline.emit(cell, args.emit))
     return 0
 
 
-# A size is a count of features; one past 2**31-1 is a typo, not a model. Checking the number of
-# digits first keeps int() away from huge strings (it refuses more than 4300 digits).
-MAX_SIZE = 2**31 - 1
-
-
-def parse_sizes(text: str | None, cell, required: bool) -> dict[str, int]:
-    """--sizes input_size=8,hidden_size=16 -> the cell's size symbols; errors name the argument."""
-    given: dict[str, int] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        name, eq, value = (x.strip() for x in part.partition("="))
-        # ASCII digits only: str.isdigit() also accepts '²' (which int() then refuses) and other
-        # scripts' digits.
-        if not eq or not re.fullmatch(r"-?[0-9]+", value):
-            raise UsageError(f"--sizes: expected NAME=INT, got {part.strip()[:40]!r}")
-        if len(value.lstrip("-").lstrip("0")) > len(str(MAX_SIZE)) or abs(int(value)) > MAX_SIZE:
-            shown = value if len(value) <= 20 else value[:12] + "..."
-            raise UsageError(f"--sizes: {name}={shown} is out of range (at most {MAX_SIZE})")
-        given[name] = int(value)
-    if not required:
-        for s in cell.sizes:
-            given.setdefault(s.arg, 16)
-    args = {s.arg for s in cell.sizes}
-    missing = [a for a in args if a not in given]
-    if missing:
-        example = ",".join(f"{s.arg}=16" for s in cell.sizes)
-        raise UsageError(f"--sizes: missing {', '.join(sorted(missing))} (e.g. --sizes {example})")
-    try:
-        return cell.bind(**given)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"--sizes: {e}") from None
-
-
-class UsageError(Exception):
-    """A bad command-line argument: reported as `cellc: error: ...` with exit status 2."""
-
-
-class OutputError(Exception):
-    """The output could not be written: reported as `cellc: error: -o PATH: reason`, status 1."""
-
-
-@contextmanager
-def _writing(out: Path):
-    """Checking and writing the output: an OSError (a path under a regular file, in /proc, too
-    long, a full disk) names the -o path, not a temporary file, and becomes one line."""
-    try:
-        yield
-    except OSError as e:
-        raise OutputError(f"-o {out}: {e.strerror or e}") from None
-
-
-def _make_dirs(out: Path) -> list[Path]:
-    """`mkdir -p out`; returns the folders it created, innermost first, for _remove_dirs."""
-    missing = []
-    for d in (out, *out.parents):
-        if d.exists():
-            break
-        missing.append(d)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except BaseException:
-        _remove_dirs(missing)
-        raise
-    return missing
-
-
-def _remove_dirs(dirs: list[Path]) -> None:
-    """Remove the folders a failed build created (innermost first) so it leaves nothing behind;
-    a folder that is not empty is not ours to remove."""
-    for d in dirs:
-        try:
-            d.rmdir()
-        except OSError:
-            pass
-
-
 def cmd_compile(args) -> int:
-    from .api import torch_source, write_atomic
-    from .frontend import load_file
-
-    if args.target == "llvm":
-        from .backends import aot
-
-        cell = load_file(args.file)
-        sizes = parse_sizes(args.sizes, cell, required=True)
-        # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
-        out = Path(args.output or (Path(args.file).stem + "_llvm"))
-        with _writing(out):
-            if out.exists() and not out.is_dir():
-                raise UsageError(f"-o {out}: exists and is not a directory")
-            created = _make_dirs(out)
-            try:
-                written = aot.build(cell, sizes, out)
-            except BaseException as e:
-                _remove_dirs(created)  # leave nothing behind, not even the empty folders
-                if isinstance(e, aot.LinkError):
-                    print(f"cellc: error: {e}", file=sys.stderr)
-                    return 1
-                raise
-        for f in written:
-            print(f"wrote {f}")
-        return 0
-    if args.sizes:
-        raise UsageError("--sizes is for --target llvm; a torch module takes sizes when built")
-    text = torch_source(args.file)  # every error is raised before anything is written
-    out = Path(args.output) if args.output else Path(Path(args.file).stem + ".py")
-    with _writing(out):
-        if out.is_dir():
-            raise UsageError(f"-o {out} is a directory; give a file name")
-        if not out.parent.exists():
-            raise UsageError(f"-o {out}: directory {out.parent} does not exist")
-        write_atomic(out, text)
-    print(f"wrote {out}")
-    return 0
+    return targets.get(args.target).compile(args)
 
 
 def cmd_grad(args) -> int:
@@ -208,6 +97,13 @@ def cmd_grad(args) -> int:
     cell = load_file(args.file)
     print(pipeline.grad_equations(cell))
     return 0
+
+
+def _each_target(describe) -> str:
+    """A help text in the targets' own words, `torch: ...; llvm: ...`; a target for which
+    describe() gives None is left out."""
+    said = ((t.name, describe(t)) for t in targets.registry().values())
+    return "; ".join(f"{name}: {text}" for name, text in said if text is not None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,28 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="print one stage of the compiler pipeline")
     s.add_argument("file", metavar="FILE")
+    sized = ", ".join(t.name for t in targets.registry().values()
+                      if any(st.sized for st in t.stages))
     s.add_argument("--sizes", metavar="ARG=N,...",
-                   help="llvm: sizes to specialize for (default: 16 for each)")
+                   help=f"{sized}: sizes to specialize for (default: 16 for each)")
     s.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="llvm: the float type (default: float32)")
+                   help=f"{sized}: the float type (default: float32)")
     s.add_argument(
         "--emit", choices=STAGES, default="ir",
         help="ast: syntax tree; ir: the step function; seq: the time loop; opt: after the forward"
-        " passes; grad: the forward saving residuals and the optimized backward; torch: the"
-        " generated PyTorch module; llvm: the LLVM IR of the native kernels (default: ir)",
+        " passes; grad: the forward saving residuals and the optimized backward; plan: the"
+        " lowering plan of the native kernels (takes --sizes)"
+        + "".join(f"; {st.name}: {st.help}" for st in targets.stages().values())
+        + " (default: ir)",
     )
     s.set_defaults(fn=cmd_show)
 
     k = sub.add_parser("compile", help="compile a .cell file for a target")
     k.add_argument("file", metavar="FILE")
-    k.add_argument("--target", choices=("torch", "llvm"), default="torch",
-                   help="torch: one readable .py file that needs only torch (default); llvm: a"
-                   " shared library, its C header and a numpy/ctypes loader, in a directory")
-    k.add_argument("--sizes", metavar="ARG=N,...",
-                   help="llvm: the size arguments to compile for, e.g. input_size=8,hidden_size=16")
-    k.add_argument("-o", "--output", metavar="OUT",
-                   help="torch: output file (default: FILE's name with .py, here); llvm: output"
-                   " directory (default: FILE's name with _llvm)")
+    k.add_argument("--target", choices=targets.names(), default=targets.DEFAULT,
+                   help=_each_target(lambda t: t.compile_help
+                                     + (" (default)" if t.name == targets.DEFAULT else "")))
+    k.add_argument("--sizes", metavar="ARG=N,...", help=_each_target(lambda t: t.sizes_help))
+    k.add_argument("-o", "--output", metavar="OUT", help=_each_target(lambda t: t.output_help))
     k.set_defaults(fn=cmd_compile)
 
     g = sub.add_parser("grad", help="print the backward pass as simplified equations")

@@ -1,0 +1,109 @@
+"""The llvm target: native CPU kernels through llvmlite, forward and backward over whole sequences.
+
+`cellc.load(path, target="llvm")` gives a `NativeModule` (torch.nn-compatible layer classes over
+JIT-compiled kernels, backends/llvm_layers.py, and a NumPy-level `native(...)`), `cellc compile
+--target llvm` writes a shared library, its C header and a loader (backends/aot.py), and `cellc
+show --emit llvm` prints the LLVM IR. torch and llvmlite are imported on first use only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import frontend  # frontend.load_file looked up per call, so a patch of it applies
+from ._common import UsageError, make_dirs, parse_sizes, remove_dirs, writing
+from ._spec import Stage, Table, Target
+
+
+class NativeModule:
+    """What `load(path, target="llvm")` returns: the cell's torch.nn-compatible classes (built
+    on first use, so that the NumPy-level API works without torch) and `native(...)`."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.__name__ = f"cellc_llvm_{cell.name}"
+        self._classes = None
+
+    def native(self, dtype="float32", threads: int | None = None, **size_args):
+        """A NativeCell: forward/backward/step over NumPy arrays (see cellc.native)."""
+        from ..native import NativeCell
+
+        return NativeCell(self.cell, dtype=dtype, threads=threads, **size_args)
+
+    def _layer_classes(self):
+        if self._classes is None:
+            from ..backends.llvm_layers import make_llvm_layers
+
+            self._classes = make_llvm_layers(self.cell)
+        return self._classes
+
+    def __getattr__(self, name):
+        cell_name = self.__dict__["cell"].name
+        if name in ("Layer", cell_name):
+            return self._layer_classes()[0]
+        if name in ("Cell", cell_name + "Cell"):
+            return self._layer_classes()[1]
+        raise AttributeError(name)
+
+    def __repr__(self):
+        return f"<cellc llvm module for {self.cell.name} ({self.cell.source.name})>"
+
+
+def load(path: str | Path, key: str) -> NativeModule:
+    return NativeModule(frontend.load_file(path))
+
+
+def show_llvm(args) -> str:
+    """`cellc show FILE --emit llvm [--sizes ...] [--dtype ...]`: the kernels' LLVM IR."""
+    from ..backends.llvm_jit import render
+
+    cell = frontend.load_file(args.file)
+    sizes = parse_sizes(args.sizes, cell, required=False)
+    module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
+    return f"; sizes {sizes}, {args.dtype}\n{module}"
+
+
+def compile_to_disk(args) -> int:
+    """`cellc compile FILE --target llvm --sizes ... [-o DIR]`: library, header and loader."""
+    from ..backends import aot
+
+    cell = frontend.load_file(args.file)
+    sizes = parse_sizes(args.sizes, cell, required=True)
+    # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
+    out = Path(args.output or (Path(args.file).stem + "_llvm"))
+    with writing(out):
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"-o {out}: exists and is not a directory")
+        created = make_dirs(out)
+        try:
+            written = aot.build(cell, sizes, out)
+        except BaseException as e:
+            remove_dirs(created)  # leave nothing behind, not even the empty folders
+            if isinstance(e, aot.LinkError):
+                print(f"cellc: error: {e}", file=sys.stderr)
+                return 1
+            raise
+    for f in written:
+        print(f"wrote {f}")
+    return 0
+
+
+TARGET = Target(
+    name="llvm",
+    order=1,
+    load=load,
+    compile=compile_to_disk,
+    compile_help="a shared library, its C header and a numpy/ctypes loader, in a directory",
+    output_help="output directory (default: FILE's name with _llvm)",
+    sizes_help="the size arguments to compile for, e.g. input_size=8,hidden_size=16",
+    stages=(Stage("llvm", "the LLVM IR of the native kernels", show_llvm, sized=True),),
+    tables=(
+        # Elementwise ops only: products, reductions, views, concat, const and the time loop are
+        # decided and emitted by the code generator itself (backends/llvm_ir.py).
+        Table("cellc.backends.llvm_ir", "TABLE", kinds=frozenset({"elementwise"})),
+        # The layers' double backward (create_graph=True) reruns a direction through the eager
+        # torch interpreter, which loops over time in Python (no "scan" row).
+        Table("cellc.backends.torch_eager", "TORCH_EAGER", outside=frozenset({"scan"})),
+    ),
+)
