@@ -10,19 +10,22 @@
 Sequences of different lengths: `lengths` (B ints); outputs past a sequence's end are zero and
 its final state is the one at its last step. Compiled kernels are cached in memory and on disk
 (`cache.py`), keyed by the cell's text, the sizes, the dtype, the cellc version and the CPU.
+The argument checks are cellc/runtime/native_calls.py's, which every AOT loader holds too: a
+loader refuses what NativeCell refuses, with the same message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from .backends import numpy_ref
-from .backends.llvm_jit import Arrays, check_rows
+from .backends.llvm_jit import Arrays
 from .lower import CellIR
+from .runtime import native_calls as calls
 
 
 @dataclass
@@ -36,16 +39,6 @@ class Tape:
     B: int
     batch_sizes: np.ndarray
     order: np.ndarray | None  # rows sorted by decreasing length, or None
-
-
-def _unshared(arrays: list, returned: tuple = ()) -> list:
-    """The arrays, each copied when it shares memory with one of `returned` or an earlier one.
-    Kernels hand back one buffer for results that are equal (rnn's ys and its saved h', its
-    step's y and h', dbias_ih and dbias_hh), so changing one in place would change the other."""
-    out: list = []
-    for a in arrays:
-        out.append(a.copy() if any(np.may_share_memory(a, b) for b in (*returned, *out)) else a)
-    return out
 
 
 def _cell(cell: CellIR | str | Path) -> CellIR:
@@ -64,7 +57,7 @@ class NativeCell:
         from .backends import cache
 
         self.cell = _cell(cell)
-        self.dtype = numpy_ref.check_dtype(dtype)
+        self.dtype = calls._float_dtype(dtype)
         self.sizes = self.cell.bind(**size_args)
         self.program = cache.native_program(self.cell, self.sizes, self.dtype.name)
         from .backends import blas
@@ -86,46 +79,18 @@ class NativeCell:
     def init_params(self, rng=None) -> dict[str, np.ndarray]:
         return numpy_ref.init_params(self.cell, self.sizes, rng, self.dtype)
 
-    def _array(self, a, name: str, shape: tuple) -> np.ndarray:
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name} must be a numpy array, not {type(a).__name__}")
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} must be {self.dtype}, not {a.dtype}")
-        if a.shape != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-        return np.ascontiguousarray(a)
-
     def _states(self, given, B: int, label: str, order=None) -> list[np.ndarray]:
         """One (B, H) array per state, in the cell's order: given ones checked, others zero;
         rows reordered by `order` (sorted by length) when given."""
-        given = dict(given or {})
-        out = []
-        for name, size in self._state_sizes:
-            v = given.pop(name, None)
-            v = (np.zeros((B, size), self.dtype) if v is None
-                 else self._array(v, label.format(name=repr(name)), (B, size)))
-            out.append(v if order is None else np.ascontiguousarray(v[order]))
-        if given:
-            raise ValueError(f"unknown states {sorted(given)};"
-                             f" the cell has {[name for name, _ in self._state_sizes]}")
-        return out
+        return calls._states(given, B, self._state_sizes, self.dtype, label, order)
 
     def _params(self, params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for name, shape in self._param_shapes:
-            if name not in params:
-                raise ValueError(f"missing parameter {name!r}")
-            out.append(self._array(params[name], f"parameter {name!r}", shape))
-        return out
+        return calls._params(params, self._param_shapes, self.dtype)
 
     def _layout(self, T: int, B: int, lengths):
         if lengths is None:
             return np.full(T, B, np.int64), None
-        lengths = np.asarray(lengths)
-        if lengths.size == 0:  # np.asarray([]) is float64
-            lengths = lengths.astype(np.int64)
-        if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
-            raise ValueError(f"lengths must be {B} ints, got {lengths.dtype} {lengths.shape}")
+        lengths = calls._ints(lengths, B, "lengths")
         if B and (lengths.min() < 0 or lengths.max() > T):
             raise ValueError(f"lengths must lie in [0, {T}]")
         order = np.argsort(-lengths, kind="stable")
@@ -144,12 +109,9 @@ class NativeCell:
                 states: Mapping[str, np.ndarray] | None = None, lengths=None):
         """Run over xs (T, B, I). Returns (ys (T, B, out), {state: (B, H)}, tape)."""
         cell = self.cell
-        if not isinstance(xs, np.ndarray) or xs.ndim != 3:
-            raise ValueError(f"xs must be a 3-d numpy array (T, B, features), got {getattr(xs, 'shape', type(xs))}")
-        T, B = xs.shape[:2]
-        check_rows(T, B)  # before xs is copied
+        T, B = calls._sequence_shape(xs)  # checks T*B before xs is copied
         I = self._input_size
-        xs = self._array(xs, "xs", (T, B, I))
+        xs = calls._array(xs, "xs", (T, B, I), self.dtype)
         batch_sizes, order = self._layout(T, B, lengths)
         initial = self._states(states, B, "state {name}", order)
         weights = self._params(params)
@@ -157,8 +119,8 @@ class NativeCell:
         args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
         self._threads()
         out = self.program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
-        outputs = _unshared(out[: self.program.n_results])
-        residuals = _unshared(out[self.program.n_results :], tuple(outputs))  # the tape's own
+        outputs = calls._unshared(out[: self.program.n_results])
+        residuals = calls._unshared(out[self.program.n_results :], tuple(outputs))  # the tape's own
         n = len(cell.states)
         ys = outputs[n].reshape(T, B, self._output_size)
         final = dict(zip((s.name for s in cell.states), outputs[:n]))
@@ -175,13 +137,14 @@ class NativeCell:
         and the final states (zero where not given)."""
         cell, T, B = self.cell, tape.T, tape.B
         ys_shape = (T, B, self._output_size)
-        d_ys = np.zeros(ys_shape, self.dtype) if d_ys is None else self._array(d_ys, "d_ys", ys_shape)
+        d_ys = (np.zeros(ys_shape, self.dtype) if d_ys is None
+                else calls._array(d_ys, "d_ys", ys_shape, self.dtype))
         seeds = self._states(d_states, B, "d_states[{name}]", tape.order)
         dy = d_ys if tape.order is None else d_ys[:, tape.order]
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
         self._threads()
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes, list(tape.residuals) + seeds, _ARRAYS)
-        grads = _unshared(grads)
+        grads = calls._unshared(grads)
         names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
         out = dict(zip(names, grads))
         out["xs"] = out["xs"].reshape(T, B, out["xs"].shape[1])
@@ -202,14 +165,11 @@ class NativeCell:
         if self._step is None:
             self._step = cache.native_step(self.cell, self.sizes, self.dtype.name)
         cell = self.cell
-        if not isinstance(x, np.ndarray) or x.ndim != 2:
-            raise ValueError(f"x must be a 2-d numpy array (B, features), got {getattr(x, 'shape', type(x))}")
-        B = x.shape[0]
-        check_rows(1, B)  # before x is copied
-        args = [*self._states(states, B, "state {name}"), self._array(x, "x", (B, self._input_size)),
-                *self._params(params)]
+        B = calls._step_batch(x)  # checks the rows before x is copied
+        args = [*self._states(states, B, "state {name}"),
+                calls._array(x, "x", (B, self._input_size), self.dtype), *self._params(params)]
         self._threads()
-        out = _unshared(self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS))
+        out = calls._unshared(self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS))
         n = len(cell.states)
         return out[n], dict(zip((s.name for s in cell.states), out[:n]))
 

@@ -9,6 +9,7 @@
   reference (float64 1e-10, float32 1e-4, relative to the reference's largest magnitude), and
   rejects bad arrays with errors (a wrong dtype, complex input or fractional batch_sizes too:
   nothing is converted). tests/test_hostile_native.py has the hostile cases.
+- The three files are the whole artifact: a copy of the folder runs elsewhere, under `python -I`.
 - Usage errors: missing or bad --sizes and -o naming a regular file exit with status 2 and write
   nothing; a broken .cell file exits with status 1 and a located error; a failing link exits
   with status 1 and leaves no files behind.
@@ -317,6 +318,43 @@ def test_loader_check_can_fail(loader_runs):
     ys, _ = numpy_ref.forward(cell, sizes, p["xs"], p["params"], p["states"])
     with pytest.raises(AssertionError):
         assert_rel(got["float64/ys"], ys, 1e-4, "ys")
+
+
+COPIED_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import lstm
+cell = lstm.LSTM("float64")
+rng = np.random.default_rng(3)
+params = {k: rng.standard_normal(s) for k, s in lstm.PARAMS}
+ys, final, tape = cell.forward(rng.standard_normal((4, 2, lstm.SIZES["I"])), params)
+grads = cell.backward(tape, np.ones_like(ys))
+print(json.dumps({"file": lstm.__file__, "ys": ys.tolist(), "grads": sorted(grads),
+                  "modules": sorted(m for m in sys.modules
+                                    if m.split(".")[0] in ("cellc", "llvmlite", "torch"))}))
+"""
+
+
+def test_a_copied_folder_runs_in_a_bare_interpreter(builds, tmp_path):
+    """The three files are the whole artifact: copied elsewhere, they run in an isolated
+    interpreter (-I: no PYTHONPATH, no user site, not started in the repository) that imports
+    neither cellc nor llvmlite nor torch, and give the same numbers as where they were built."""
+    runs = {}
+    for where in ("built", "copied"):
+        folder = built(builds, "lstm")
+        if where == "copied":
+            folder = Path(shutil.copytree(folder, tmp_path / "elsewhere" / "lstm_native"))
+        res = subprocess.run([sys.executable, "-I", "-c", COPIED_SCRIPT, str(folder)],
+                             capture_output=True, text=True, cwd=tmp_path, env=child_env(),
+                             timeout=300, check=False)
+        assert res.returncode == 0, res.stderr
+        runs[where] = json.loads(res.stdout.strip().splitlines()[-1])
+        assert Path(runs[where]["file"]).parent == folder
+        assert runs[where]["modules"] == [], runs[where]["modules"]
+    params = [p.name for p in problem("lstm")[0].params]
+    assert runs["copied"]["grads"] == sorted(["xs", "h", "c", *params])
+    assert runs["copied"]["ys"] == runs["built"]["ys"]
 
 
 # ---------------------------------------------------------------------------------------------

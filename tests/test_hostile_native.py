@@ -6,7 +6,9 @@ NumPy-level `NativeCell` (`native.py`).
   a header from a hostile path compiles and runs nothing, hostile names still import.
 - A cell name of any length gives bounded file names.
 - Arrays returned by forward, backward and step share no memory with the tape or each other.
-- The loader checks its arguments as NativeCell does (same messages), and takes T=0 and B=0.
+- The loader checks its arguments as NativeCell does (same messages), and takes T=0 and B=0;
+  its kernel calls are checked as Kernel.run's, because both run cellc/runtime/native_calls.py,
+  which the loader holds verbatim.
 - T*B at or over 2**31 is refused before anything is allocated (BLAS sizes are 32-bit).
 - `-o -evil` is not a flag to cc; a killed build leaves nothing beside the output; files follow
   the umask.
@@ -403,6 +405,96 @@ def test_loader_takes_empty_sequences_and_batches(loaders, natives, T, B):
         np.testing.assert_array_equal(g[k], w[k], err_msg=k)
     y, _ = cls("float64").step(np.zeros((B, I)), None, params)
     assert y.shape == (B, H)
+
+
+def _kernel_args(cell, sizes, T, B):
+    """Valid float64 arguments of the forward kernel: xs rows, initial states, parameters."""
+    params = numpy_ref.init_params(cell, sizes, np.random.default_rng(1), np.float64)
+    return [np.zeros((T * B, I)), *[np.zeros((B, H)) for _ in cell.states],
+            *[params[p.name] for p in cell.params]]
+
+
+def test_loader_and_kernel_run_refuse_bad_kernel_calls_alike(loaders, natives):
+    """The loader's _call once had checks and messages of its own, apart from Kernel.run's; both
+    now run cellc/runtime/native_calls.py's. Same bad call, same error, for each check."""
+    from cellc.native import _ARRAYS
+
+    cell, sizes, _, path = loaders["rnn"]
+    mod, kernel = import_loader(path), natives("rnn").program.forward_kernel
+    T, B = 4, 2
+    full = np.full(T, B)
+
+    def with_arg(k, value):
+        args = _kernel_args(cell, sizes, T, B)
+        args[k] = value
+        return args
+
+    cases = {
+        "too few arrays": (full, _kernel_args(cell, sizes, T, B)[:-1]),
+        "float32 xs": (full, with_arg(0, np.zeros((T * B, I), np.float32))),
+        "list xs": (full, with_arg(0, np.zeros((T * B, I)).tolist())),
+        "short xs": (full, with_arg(0, np.zeros((T * B - 1, I)))),
+        "strided xs": (full, with_arg(0, np.zeros((T * B, 2 * I))[:, ::2])),
+        "batch_sizes increase": ([1, 2, 2, 2], _kernel_args(cell, sizes, T, B)),
+        "batch_sizes exceed B": ([B + 1] * T, _kernel_args(cell, sizes, T, B)),
+        "batch_sizes short": ([B], _kernel_args(cell, sizes, T, B)),
+    }
+    callers = {"loader": lambda bs, args: mod._call("rnn_forward_f64", T, B, bs, args),
+               "Kernel.run": lambda bs, args: kernel.run(T, B, bs, args, _ARRAYS)}
+    for case, (bs, args) in cases.items():
+        got = {}
+        for who, call in callers.items():
+            with pytest.raises((TypeError, ValueError)) as e:
+                call(bs, args)
+            got[who] = f"{e.type.__name__}: {e.value}"
+        assert got["loader"] == got["Kernel.run"], (case, got)
+    # and a valid call gives the same numbers
+    args = _kernel_args(cell, sizes, T, B)
+    args[0] = np.random.default_rng(2).standard_normal((T * B, I))
+    for a, b in zip(callers["loader"](full, args), callers["Kernel.run"](full, args)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_loader_kernels_are_described_as_jit_kernels_are(loaders, natives):
+    """A loader's KERNELS entry is the same data that the JIT Kernel checks calls against
+    (llvm_jit.kernel_spec): argument names and shapes, results, buffers, workspace."""
+    _, _, _, path = loaders["rnn"]
+    mod = import_loader(path)
+    program = natives("rnn").program
+    assert mod.KERNELS["rnn_forward_f64"] == program.forward_kernel.spec
+    assert mod.KERNELS["rnn_backward_f64"] == program.backward_kernel.spec
+
+
+def test_the_loader_is_the_runtime_module_plus_data(loaders):
+    """The runtime module obeys the rules that let it be pasted into a loader: no `from
+    __future__`, imports of ctypes, os and numpy only, every name it binds private (a public one
+    could be taken by the cell's class alias, and names.GENERATED_NAMES would not know it), ASCII
+    only. The loader holds its code verbatim; after it come only data and the cell class."""
+    from cellc.runtime import native_calls
+
+    text = Path(native_calls.__file__).read_text(encoding="utf-8")
+    assert text.isascii()
+    tree = ast.parse(text)
+    imported, bound = set(), set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+            bound |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    assert imported == {"ctypes", "os", "numpy"}, imported
+    assert {n for n in bound if not n.startswith("_")} == {"ctypes", "os", "np"}, bound
+    loader = loaders["rnn"][3].read_text()
+    assert aot._runtime_source() in loader
+    after = loader.split(aot._runtime_source(), 1)[1]
+    defined = {n.name for n in ast.parse(after).body
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert defined == {"_Cell"}, defined  # no second copy of a check
 
 
 # ---------------------------------------------------------------------------------------------

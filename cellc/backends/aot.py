@@ -3,7 +3,10 @@
     cellc compile cells/lstm.cell --target llvm --sizes input_size=8,hidden_size=16 -o out/
 
 writes out/liblstm.so (object code from LLVM linked with the system C compiler against the BLAS
-of `blas.py`), out/lstm.h and out/lstm.py. The loader needs only numpy and ctypes. Kernels are
+of `blas.py`), out/lstm.h and out/lstm.py. The loader needs only numpy and ctypes: it is
+cellc/runtime/native_calls.py verbatim (the argument checks NativeCell and Kernel.run use, and
+the cell class) followed by this cell's data as literals (names, shapes, kernel layouts, sizes)
+and a subclass that holds them, so it stays one file that runs wherever it is copied. Kernels are
 specialized to the given sizes and tuned for this machine's CPU. Files appear whole or not at
 all: everything is built in a temporary folder under the system's temp dir (so a killed build
 leaves nothing beside the output) and then renamed (or copied, then renamed) into place.
@@ -31,12 +34,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..lower import CellIR
-from ..pipeline import compile_program
-from ..shapes import Batch
+from ..runtime import native_calls
 from . import blas, llvm_ir
-from .llvm_jit import _llvm, kernel_features, optimize, step_function, target_machine
+from .llvm_jit import _llvm, kernel_features, kernel_spec, optimize, step_function, target_machine
 
 DTYPES = {"f32": "float32", "f64": "float64"}
 MAX_PREFIX = 48  # characters of the cell's name kept in a file stem; file names stay far below 255
@@ -92,17 +94,17 @@ def _c_string(text: str) -> str:
     return '"' + "".join(chr(c) if c in _C_PLAIN else f"\\{c:03o}" for c in data) + '"'
 
 
-def _shape_spec(t, sizes) -> list:
-    """A type's array shape with symbolic rows: "TB" (T*B), "B", or ints."""
-    rows = {Batch.SEQ: ["TB"], Batch.STEP: ["B"], Batch.NONE: []}[t.batch]
-    return rows + [int(d.evaluate(sizes)) for d in t.shape]
+def build(cell: CellIR, sizes: dict, out_dir: Path, prog=None) -> list[Path]:
+    """Build lib<prefix>.so, <prefix>.h and <prefix>.py into out_dir (which must exist).
 
-
-def build(cell: CellIR, sizes: dict, out_dir: Path) -> list[Path]:
-    """Build lib<prefix>.so, <prefix>.h and <prefix>.py into out_dir (which must exist)."""
+    prog is the cell's compiled program (`pipeline.compile_program(cell)`); given None, it is
+    compiled here, for callers that hold only the cell."""
     llvm = _llvm()
     prefix = file_prefix(cell.name)
-    prog = compile_program(cell)
+    if prog is None:
+        from ..pipeline import compile_program  # lazily: backends take the program as an argument
+
+        prog = compile_program(cell)
     step = step_function(cell)
     tm = target_machine(reloc="pic")
     kernels = {}
@@ -125,14 +127,7 @@ def build(cell: CellIR, sizes: dict, out_dir: Path) -> list[Path]:
             obj.write_bytes(tm.emit_object(mod))
             objects.append(obj)
             for (f, name), layout in zip(funcs, layouts):
-                kernels[name] = {
-                    "dtype": dtype,
-                    "args": [(p.name, _shape_spec(p.type, sizes)) for p in f.params],
-                    "results": [(kind, k, _shape_spec(r.type, sizes))
-                                for (kind, k), r in zip(layout.results, f.results)],
-                    "buffers": layout.n_buffers,
-                    "workspace": list(layout.workspace),
-                }
+                kernels[name] = kernel_spec(f, layout, sizes, dtype)
         lib = tmp / f"lib{prefix}.so"
         cc = os.environ.get("CC", "cc")
         cmd = [cc, "-shared", "-o", str(lib), *map(str, objects), *blas.link_args(), "-lm"]
@@ -236,184 +231,54 @@ def class_alias(name: str, loader_text: str) -> str | None:
     return None if name in taken else name
 
 
+def _runtime_source() -> str:
+    """cellc/runtime/native_calls.py, pasted into every loader, less its module docstring (the
+    loader has its own): the checks and the cell class that NativeCell shares."""
+    text = Path(native_calls.__file__).read_text(encoding="utf-8")
+    first = ast.parse(text).body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        text = "\n".join(text.splitlines()[first.end_lineno :])
+    return text.strip()
+
+
 def _loader(cell, sizes, kernels, prefix) -> str:
-    n = len(cell.states)
+    """The loader's text: native_calls' code, then this cell's data as literals and a subclass of
+    its `_LoadedCell` that holds them."""
     states = [(s.name, int(s.type.shape[0].evaluate(sizes))) for s in cell.states]
     params = [(p.name, [int(d.evaluate(sizes)) for d in p.type.shape]) for p in cell.params]
     input_size = int(cell.input.type.shape[0].evaluate(sizes))
-    output_size = int(cell.step.results[n].type.shape[0].evaluate(sizes))
+    output_size = int(cell.step.results[len(states)].type.shape[0].evaluate(sizes))
     # User text enters below only as repr() (and _plain() in docstrings); every name the code
     # binds at module level is fixed, and the cell's own name is bound last, only if it is free.
     body = f'''
-import ctypes
-import os
+# ---------------------------------------------------------------------------------------------
+# Argument checks and the cell class: cellc/runtime/native_calls.py, as cellc itself uses them
 
-import numpy as np
+{_runtime_source()}
+
+
+# ---------------------------------------------------------------------------------------------
+# This cell, at its compiled sizes
 
 SIZES = {sizes!r}
 STATES = {[name for name, _ in states]!r}
 PARAMS = {params!r}  # name, shape
 KERNELS = {kernels!r}
 
-_STATE_SIZES = {[size for _, size in states]!r}
-_INPUT_SIZE = {input_size!r}
-_OUTPUT_SIZE = {output_size!r}
-_MAX_ROWS = 2**31 - 1  # BLAS sizes are 32-bit, and whole-sequence products have T*B rows
-_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)), {f"lib{prefix}.so"!r}))
-_SIG = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                        ctypes.c_void_p, ctypes.c_void_p)
+_LIB = _Library(__file__, {f"lib{prefix}.so"!r}, KERNELS)
+_call = _LIB.call
 
 
-def _shape(spec, T, B):
-    return tuple(T * B if d == "TB" else B if d == "B" else d for d in spec)
-
-
-def _check_rows(T, B):
-    if T * B > _MAX_ROWS:
-        raise ValueError(f"T*B = {{T}}*{{B}} = {{T * B}} rows is more than the native kernels take"
-                         f" ({{_MAX_ROWS}}: BLAS sizes are 32-bit); split the batch or the sequence")
-
-
-def _array(a, name, shape, dtype):
-    """a, checked as cellc's NativeCell checks it (same messages; nothing is converted)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{{name}} must be a numpy array, not {{type(a).__name__}}")
-    if a.dtype != dtype:
-        raise TypeError(f"{{name}} must be {{dtype}}, not {{a.dtype}}")
-    if a.shape != shape:
-        raise ValueError(f"{{name}} must have shape {{shape}}, got {{a.shape}}")
-    return np.ascontiguousarray(a)
-
-
-def _batch_sizes(batch_sizes, T, B):
-    if batch_sizes is None:
-        return np.full(T, B, np.int64)
-    bs = np.asarray(batch_sizes)
-    if bs.size == 0:  # np.asarray([]) is float64
-        bs = bs.astype(np.int64)
-    if bs.shape != (T,) or not np.issubdtype(bs.dtype, np.integer):
-        raise ValueError(f"batch_sizes must be {{T}} ints, got {{bs.dtype}} {{bs.shape}}")
-    return bs
-
-
-def _unshared(arrays, returned=()):
-    """The arrays, each copied when it shares memory with one of `returned` or an earlier one:
-    kernels hand back one buffer for equal results (an output and its saved copy, two equal
-    gradients), and changing one in place must not change the other."""
-    out = []
-    for a in arrays:
-        out.append(a.copy() if any(np.may_share_memory(a, b) for b in (*returned, *out)) else a)
-    return out
-
-
-def _call(name, T, B, batch_sizes, args):
-    _check_rows(T, B)
-    k = KERNELS[name]
-    dtype = np.dtype(k["dtype"])
-    if len(args) != len(k["args"]):
-        raise ValueError(f"{{name}}: expected {{len(k['args'])}} arrays, got {{len(args)}}")
-    for a, (arg_name, spec) in zip(args, k["args"]):
-        shape = _shape(spec, T, B)
-        if not isinstance(a, np.ndarray) or a.dtype != dtype:
-            raise TypeError(f"{{arg_name}}: expected a {{dtype}} numpy array")
-        if a.shape != shape or not a.flags.c_contiguous:
-            raise ValueError(f"{{arg_name}}: expected a contiguous array of shape {{shape}}, got {{a.shape}}")
-    bs = np.ascontiguousarray(batch_sizes, dtype=np.int64)
-    if bs.shape != (T,) or (T and (bs.min() < 0 or bs.max() > B or np.any(np.diff(bs) > 0))):
-        raise ValueError(f"batch_sizes must be {{T}} non-increasing ints in [0, {{B}}]")
-    buffers = [None] * k["buffers"]
-    out = []
-    for kind, idx, spec in k["results"]:
-        if kind == "arg":
-            out.append(args[idx])
-        else:
-            if buffers[idx] is None:
-                buffers[idx] = np.empty(_shape(spec, T, B), dtype)
-            out.append(buffers[idx])
-    a, b, c = k["workspace"]
-    ws = np.empty(a * T * B + b * B + c + 1, dtype)
-    argv = (ctypes.c_void_p * max(1, len(args)))(*[x.ctypes.data for x in args])
-    bufv = (ctypes.c_void_p * max(1, len(buffers)))(*[x.ctypes.data for x in buffers])
-    fn = _SIG(ctypes.cast(getattr(_LIB, name), ctypes.c_void_p).value)
-    fn(T, B, bs.ctypes.data, ctypes.addressof(argv), ctypes.addressof(bufv), ws.ctypes.data)
-    return out
-
-
-class _Cell:
+class _Cell(_LoadedCell):
     """The cell at sizes {_plain(str(sizes))}, in float32 or float64. Arrays are checked, not
     converted: they must have the cell's dtype and exact shapes."""
 
-    def __init__(self, dtype="float32"):
-        self.dtype = np.dtype(dtype)
-        if self.dtype.name not in ("float32", "float64"):
-            raise TypeError(f"dtype must be float32 or float64, not {{self.dtype}}")
-        tag = "f32" if self.dtype == np.float32 else "f64"
-        self._forward = {prefix + "_forward_"!r} + tag
-        self._backward = {prefix + "_backward_"!r} + tag
-        self._step = {prefix + "_step_"!r} + tag
-
-    def _params(self, params):
-        out = []
-        for name, shape in PARAMS:
-            if name not in params:
-                raise ValueError(f"missing parameter {{name!r}}")
-            out.append(_array(params[name], f"parameter {{name!r}}", tuple(shape), self.dtype))
-        return out
-
-    def _states(self, given, B, label):
-        given = dict(given or {{}})
-        out = []
-        for name, size in zip(STATES, _STATE_SIZES):
-            v = given.pop(name, None)
-            out.append(np.zeros((B, size), self.dtype) if v is None
-                       else _array(v, label.format(name=repr(name)), (B, size), self.dtype))
-        if given:
-            raise ValueError(f"unknown states {{sorted(given)}}; the cell has {{STATES}}")
-        return out
-
-    def forward(self, xs, params, states=None, batch_sizes=None):
-        """xs (T, B, I) -> (ys (T, B, out), {{state: (B, H)}}, tape)."""
-        if not isinstance(xs, np.ndarray) or xs.ndim != 3:
-            raise ValueError("xs must be a 3-d numpy array (T, B, features),"
-                             f" got {{getattr(xs, 'shape', type(xs))}}")
-        T, B = xs.shape[:2]
-        _check_rows(T, B)  # before xs is copied
-        xs = _array(xs, "xs", (T, B, _INPUT_SIZE), self.dtype)
-        bs = _batch_sizes(batch_sizes, T, B)
-        args = [xs.reshape(T * B, _INPUT_SIZE), *self._states(states, B, "state {{name}}"),
-                *self._params(params)]
-        out = _call(self._forward, T, B, bs, args)
-        n = len(STATES)
-        outputs = _unshared(out[: n + 1])
-        residuals = _unshared(out[n + 1 :], outputs)  # the tape's own
-        ys = outputs[n].reshape(T, B, _OUTPUT_SIZE)
-        return ys, dict(zip(STATES, outputs[:n])), (residuals, T, B, bs)
-
-    def backward(self, tape, d_ys=None, d_states=None):
-        """Gradients of "xs", each initial state and each parameter."""
-        residuals, T, B, bs = tape
-        ys_shape = (T, B, _OUTPUT_SIZE)
-        d_ys = (np.zeros(ys_shape, self.dtype) if d_ys is None
-                else _array(d_ys, "d_ys", ys_shape, self.dtype))
-        seeds = self._states(d_states, B, "d_states[{{name}}]")
-        seeds.append(d_ys.reshape(T * B, _OUTPUT_SIZE))
-        grads = _unshared(_call(self._backward, T, B, bs, list(residuals) + seeds))
-        out = dict(zip(["xs"] + STATES + [p for p, _ in PARAMS], grads))
-        out["xs"] = out["xs"].reshape(T, B, _INPUT_SIZE)
-        return out
-
-    def step(self, x, states, params):
-        """One time step for a batch x (B, I): (y (B, out), {{state: next value}})."""
-        if not isinstance(x, np.ndarray) or x.ndim != 2:
-            raise ValueError("x must be a 2-d numpy array (B, features),"
-                             f" got {{getattr(x, 'shape', type(x))}}")
-        B = x.shape[0]
-        _check_rows(1, B)  # before x is copied
-        args = [*self._states(states, B, "state {{name}}"), _array(x, "x", (B, _INPUT_SIZE), self.dtype),
-                *self._params(params)]
-        out = _unshared(_call(self._step, 1, B, np.array([B], np.int64), args))
-        n = len(STATES)
-        return out[n], dict(zip(STATES, out[:n]))
+    _library = _LIB
+    _kernel_prefix = {prefix + "_"!r}
+    _state_sizes = {states!r}
+    _param_shapes = PARAMS
+    _input_size = {input_size!r}
+    _output_size = {output_size!r}
 '''
     alias = class_alias(cell.name, body)
     usage = alias or "_Cell"

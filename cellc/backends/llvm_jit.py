@@ -4,15 +4,14 @@
     host CPU) -> MCJIT -> function pointers -> ctypes calls with checked buffers
 
 `NativeProgram(cell, sizes, dtype)` is one cell specialized to concrete sizes and a float type,
-with a forward (saving residuals) and a backward over whole sequences. Every array handed to
-native code is checked here first (dtype, shape, contiguity); buffers the kernels write are
-allocated here with the shapes the kernels assume, so no input can make them read or write out
-of bounds.
+with a forward (saving residuals) and a backward over whole sequences. `Kernel.run` checks every
+array handed to native code first (dtype, shape, contiguity) and allocates the buffers the
+kernels write with the shapes they assume, so no input can make them read or write out of
+bounds; the checks are cellc/runtime/native_calls.py's, shared with the AOT loader.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import threading
@@ -24,12 +23,12 @@ import numpy as np
 from ..ir import Func
 from ..lower import CellIR
 from ..pipeline import Program, compile_program
+from ..runtime import native_calls
+from ..shapes import Batch
 from . import blas, llvm_ir
 
 _lock = threading.Lock()
 _initialized = False
-_SIGNATURE = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 
 def _llvm():
@@ -113,16 +112,31 @@ def kernel_features() -> str:
     return host_cpu()[1]
 
 
-# BLAS takes 32-bit sizes (scipy-openblas32, MKL's LP64 interface), and the products over whole
-# sequences have T*B rows: more would wrap around.
-MAX_ROWS = 2**31 - 1
+# The argument checks live in cellc/runtime/native_calls.py, shared with NativeCell and the AOT
+# loader; these are their names for cellc's own code (llvm_layers subclasses Arrays for torch).
+MAX_ROWS = native_calls._MAX_ROWS
+check_rows = native_calls._check_rows
+Arrays = native_calls._Arrays
 
 
-def check_rows(T: int, B: int) -> None:
-    """Refuse T*B rows that 32-bit BLAS sizes cannot hold; called before anything is allocated."""
-    if T * B > MAX_ROWS:
-        raise ValueError(f"T*B = {T}*{B} = {T * B} rows is more than the native kernels take"
-                         f" ({MAX_ROWS}: BLAS sizes are 32-bit); split the batch or the sequence")
+def _shape_spec(t, sizes: dict[str, int]) -> list:
+    """A type's array shape with symbolic rows: "TB" (T*B), "B", or ints."""
+    rows = {Batch.SEQ: ["TB"], Batch.STEP: ["B"], Batch.NONE: []}[t.batch]
+    return rows + [int(d.evaluate(sizes)) for d in t.shape]
+
+
+def kernel_spec(func: Func, layout: llvm_ir.Layout, sizes: dict[str, int], dtype: str) -> dict:
+    """A compiled function as the plain data native_calls checks calls against (the AOT
+    loader's KERNELS holds the same, as a literal)."""
+    assert layout.n_args == len(func.params), (layout.name, layout.n_args, len(func.params))
+    return {
+        "dtype": dtype,
+        "args": [(p.name, _shape_spec(p.type, sizes)) for p in func.params],
+        "results": [(kind, k, _shape_spec(r.type, sizes))
+                    for (kind, k), r in zip(layout.results, func.results)],
+        "buffers": layout.n_buffers,
+        "workspace": list(layout.workspace),
+    }
 
 
 @dataclass
@@ -137,13 +151,12 @@ class Kernel:
     engine: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        self._call = _SIGNATURE(self.address)
+        self._call = native_calls._SIGNATURE(self.address)
         self._scratch = threading.local()  # the workspace, reused by calls on the same thread
-        # Shapes with the sizes evaluated once: each call only multiplies in T and B.
-        self._arg_shapes = [(p.name, p.type.bound(self.sizes)) for p in self.func.params]
-        self._result_shapes = [r.type.bound(self.sizes) for r in self.func.results]
+        # The shapes with the sizes evaluated once: each call only multiplies in T and B.
+        self.spec = kernel_spec(self.func, self.layout, self.sizes, self.dtype.name)
 
-    def workspace(self, n: int, arrays: "Arrays", like):
+    def workspace(self, n: int, arrays: Arrays, like):
         """A scratch buffer of at least n elements: reused (fresh pages cost page faults), one
         per thread so that concurrent calls never share it."""
         ws = getattr(self._scratch, "buffer", None)
@@ -152,55 +165,10 @@ class Kernel:
             self._scratch.buffer = ws
         return ws
 
-    def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: "Arrays") -> list:
+    def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: Arrays) -> list:
         """Call the kernel on checked arrays; return its results (arguments handed back as is)."""
-        layout = self.layout
-        check_rows(T, B)
-        if len(args) != layout.n_args:
-            raise ValueError(f"expected {layout.n_args} arrays, got {len(args)}")
-        for a, (name, shape) in zip(args, self._arg_shapes):
-            arrays.check(a, shape(T, B), self.dtype, name)
-        bs = np.ascontiguousarray(batch_sizes, dtype=np.int64)
-        if bs.shape != (T,) or (T and (bs.min() < 0 or bs.max() > B or np.any(np.diff(bs) > 0))):
-            raise ValueError(f"batch_sizes must be {T} non-increasing ints in [0, {B}]")
-        buffers: list[Any] = [None] * layout.n_buffers
-        results = []
-        for (kind, k), shape in zip(layout.results, self._result_shapes):
-            if kind == "arg":
-                results.append(args[k])
-            else:
-                if buffers[k] is None:
-                    buffers[k] = arrays.empty(shape(T, B), self.dtype, like=args[0])
-                results.append(buffers[k])
-        a, b, c = layout.workspace
-        ws = self.workspace(a * T * B + b * B + c + 1, arrays, args[0])
-        argv = (ctypes.c_void_p * max(1, len(args)))(*[arrays.ptr(x) for x in args])
-        bufv = (ctypes.c_void_p * max(1, len(buffers)))(*[arrays.ptr(x) for x in buffers])
-        self._call(T, B, bs.ctypes.data, ctypes.addressof(argv), ctypes.addressof(bufv), arrays.ptr(ws))
-        return results
-
-
-class Arrays:
-    """How kernels see numpy arrays (torch has its own subclass in llvm_layers)."""
-
-    def check(self, a, shape, dtype, name):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy array, got {type(a).__name__}")
-        if a.dtype != dtype:
-            raise TypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
-        if a.shape != tuple(shape):
-            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name}: must be C-contiguous")
-
-    def empty(self, shape, dtype, like=None):
-        return np.empty(shape, dtype)
-
-    def ptr(self, a) -> int:
-        return a.ctypes.data
-
-    def size(self, a) -> int:
-        return a.size
+        return native_calls._run_kernel(self._call, self.spec, T, B, batch_sizes, args, arrays,
+                                        self.workspace)
 
 
 def _jit(module_ir, object_cache=None):
