@@ -126,6 +126,7 @@ def check_recompiled(d: Path, tmp_path, filled):
     assert not [p for p in d.iterdir() if p.suffix == ".tmp"]
 
 
+@pytest.mark.slow
 def test_foreign_entry_in_another_key_slot_is_recompiled(filled, tmp_path):
     """rnn's program (a valid entry, checksum and all) in lstm's slot aborted the process."""
     d = copy_of(filled, tmp_path)
@@ -134,6 +135,7 @@ def test_foreign_entry_in_another_key_slot_is_recompiled(filled, tmp_path):
     check_recompiled(d, tmp_path, filled)
 
 
+@pytest.mark.slow
 def test_swapped_program_and_step_entries_are_recompiled(filled, tmp_path):
     d = copy_of(filled, tmp_path)
     program, step = entry(d, "lstm", "program"), entry(d, "lstm", "step")
@@ -143,6 +145,7 @@ def test_swapped_program_and_step_entries_are_recompiled(filled, tmp_path):
     check_recompiled(d, tmp_path, filled)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["fifo", "directory"])
 def test_non_regular_file_in_entry_place_is_not_read(filled, tmp_path, what):
     """A FIFO where an entry belongs made the child block forever in read()."""
@@ -252,6 +255,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_evicted_kernels_in_use_stay_valid(tmp_path):
     """A NativeCell whose program and step kernel the LRU evicted still runs them correctly
     (their engines live as long as the kernels; freed code would crash or give garbage)."""

@@ -74,11 +74,13 @@ def check_gradgrad(path, target, lengths=None, **kwargs):
     assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True, raise_exception=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_gradgradcheck_every_cell(cell_path, target):
     check_gradgrad(cell_path, target)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_gradgradcheck_packed_sequence(target):
     """Rows of different lengths (not sorted): the recomputed forward masks them as the fast
@@ -92,6 +94,7 @@ def test_gradgradcheck_two_layer_bidirectional_lstm(target):
     check_gradgrad(cellc_path("lstm"), target, num_layers=2, bidirectional=True)
 
 
+@pytest.mark.slow_cells
 @pytest.mark.parametrize("target", TARGETS)
 def test_create_graph_gradients_match_the_fast_backward(cell_path, target):
     """gradgradcheck only ever sees the create_graph path; its first derivatives must be the

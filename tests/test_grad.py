@@ -137,6 +137,7 @@ def numeric_grads_from_text(text: str) -> dict[str, np.ndarray]:
     return central_differences(p.loss, p.inputs())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimize", [True, False], ids=["opt", "noopt"])
 @pytest.mark.parametrize("path", CELL_FILES, ids=CELL_IDS)
 def test_cell_gradients_match_central_differences(path, optimize):
@@ -217,6 +218,7 @@ cell AllOps(input_size I, hidden_size H):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimize", [True, False], ids=["opt", "noopt"])
 def test_all_ops_cell_gradients_match_central_differences(optimize):
     p = problem_from_text(ALL_OPS_CELL)
@@ -363,6 +365,7 @@ def test_truncation_matches_torch_detach(name, detach_at):
         assert max(np.abs(full[k] - got[k]).max() for k in ("h", "weight_hh")) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimize", [True, False], ids=["opt", "noopt"])
 @pytest.mark.parametrize("detach_at", [0, 2], ids=lambda k: f"detach{k}")
 @pytest.mark.parametrize("path", CELL_FILES, ids=CELL_IDS)

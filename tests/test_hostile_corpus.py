@@ -18,6 +18,8 @@ from cellc import cli
 
 from hostile_corpus import corpus
 
+pytestmark = pytest.mark.slow  # 521 texts through the CLI; CI runs them
+
 CASES = corpus()
 # `show --emit ast` only parses, so it may succeed where the checks fail; the rest agree.
 PARSE_ONLY = ["show", "--emit", "ast"]

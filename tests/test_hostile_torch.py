@@ -173,6 +173,7 @@ def comments(text: str) -> list[str]:
             if t.type == tokenize.COMMENT]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_text_cannot_run_on_import(case, compiled, plain_header, capfd):
     status, path, out, imported, files = compiled[case.id]
@@ -189,6 +190,7 @@ def test_hostile_text_cannot_run_on_import(case, compiled, plain_header, capfd):
 IN_MEMORY = [pytest.param(c, id=c.id) for c in CASES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", IN_MEMORY)
 def test_hostile_text_loads_in_memory(case, compiled, monkeypatch):
     torch = pytest.importorskip("torch")
@@ -200,6 +202,7 @@ def test_hostile_text_loads_in_memory(case, compiled, monkeypatch):
     assert sorted(os.listdir(path.parent)) == files
 
 
+@pytest.mark.slow
 def test_issue_reproduction_with_import(tmp_path):
     """The issue's steps, literally: `import gen` in a fresh interpreter, cwd = the folder.
     (Before the fix this created `pwned`.)"""

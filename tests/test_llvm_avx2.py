@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # compiles every kernel again for AVX2; CI runs it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = r"""

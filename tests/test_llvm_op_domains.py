@@ -140,6 +140,7 @@ def check(dtype: str, cache_dir: str) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_op_matches_numpy_over_its_domain(dtype, tmp_path, monkeypatch):
     monkeypatch.setenv("CELLC_CACHE_DIR", str(tmp_path))
@@ -178,6 +179,7 @@ print(json.dumps({"features": host_cpu()[1],
 """
 
 
+@pytest.mark.slow
 def test_avx2_code_matches_too(tmp_path):
     with open("/proc/cpuinfo") as f:
         if " avx2 " not in f.read():

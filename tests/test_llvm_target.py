@@ -183,6 +183,7 @@ def grad_names(cell) -> set[str]:
 # 1. NativeCell forward/backward vs the reference, every cell
 
 
+@pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_backward_match_reference(cell_path, dtype):
     nc = native(str(cell_path), dtype)
@@ -214,6 +215,7 @@ def test_forward_backward_match_reference(cell_path, dtype):
             assert np.array_equal(v, before[group][k]), f"{group} {k}"
 
 
+@pytest.mark.slow_cells
 def test_reference_comparison_can_fail(cell_path):
     """Guard: the initial states, the final-state cotangents and every parameter move the
     results by much more than the tolerance (so a kernel ignoring any of them would fail)."""
@@ -261,6 +263,7 @@ def test_degenerate_shapes(shape):
 LENGTHS = [3, 0, 5]  # unsorted, one empty sequence, one of full length (T = 5, B = 3)
 
 
+@pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lengths_match_per_sequence_reference(cell_path, dtype):
     nc = native(str(cell_path), dtype)
@@ -325,6 +328,7 @@ def test_lengths_all_zero():
 # 3. step()
 
 
+@pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_steps_equal_forward(cell_path, dtype):
     nc = native(str(cell_path), dtype)
@@ -366,6 +370,7 @@ def llvm_module(name: str):
     return cellc.load(CELLS_DIR / f"{name}.cell", target="llvm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))
@@ -385,6 +390,7 @@ def test_llvm_layer_comparison_can_fail():
         compare(ours, ref, "gru", {}, "time_major", True, torch.float64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", list(TORCH_CELLS))
 def test_llvm_cell_class_matches_torch(name, dtype):
@@ -584,6 +590,7 @@ def error_results():
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(EXPECTED_ERRORS))
 def test_bad_arguments_are_rejected(error_results, case):
     kind, words = EXPECTED_ERRORS[case]
@@ -689,6 +696,7 @@ def first_run(tmp_path_factory):
     return d, load_npz(out), info
 
 
+@pytest.mark.slow
 def test_disk_cache_is_written_once(first_run):
     d, _, info = first_run
     assert info["torch"] is True  # torch was blocked, not imported
@@ -698,6 +706,7 @@ def test_disk_cache_is_written_once(first_run):
     assert (d / names[0]).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_disk_cache_hit_in_fresh_process(first_run, tmp_path):
     d0, want, _ = first_run
     d = tmp_path / "cache"
@@ -709,6 +718,7 @@ def test_disk_cache_hit_in_fresh_process(first_run, tmp_path):
     assert {n: (d / n).read_bytes() for n in entries(d)} == before  # nothing rewritten or added
 
 
+@pytest.mark.slow
 def test_disk_cache_key_depends_on_sizes(first_run, tmp_path):
     """Guard: other sizes must not reuse the entry (different kernels)."""
     from cellc.backends.llvm_jit import blas_choice  # noqa: F401  (same process: same BLAS)
@@ -721,6 +731,7 @@ def test_disk_cache_key_depends_on_sizes(first_run, tmp_path):
     assert len({k1, k2, k3, k4}) == 4
 
 
+@pytest.mark.slow
 def test_concurrent_compiles_leave_one_entry(first_run, tmp_path):
     _, want, _ = first_run
     d = tmp_path / "cache"
@@ -762,6 +773,7 @@ def _corrupt(path: Path, how: str):
         path.write_bytes(b"garbage, not an object file\n" * 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["empty", "truncated", "garbage"])
 def test_corrupt_cache_entry_is_recompiled_and_replaced(first_run, tmp_path, how):
     """A broken entry must not crash the process (MCJIT aborts on a broken object file) nor be
@@ -813,6 +825,7 @@ print(json.dumps({"errors": errors, "blas": blas_choice(), "torch_imported": imp
 """
 
 
+@pytest.mark.slow
 def test_numpy_api_without_torch():
     res = python(NO_TORCH_SCRIPT, CELLS_DIR / "lstm.cell")
     info = report(res)

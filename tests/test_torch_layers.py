@@ -49,6 +49,7 @@ def eager(name: str):
 # ---------------------------------------------------------------------------------------------
 # Layer parity with torch.nn.LSTM / GRU / RNN
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))

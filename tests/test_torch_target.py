@@ -72,6 +72,7 @@ def size_args(cell, input_size, other):
 # ---------------------------------------------------------------------------------------------
 # Parity with torch.nn.LSTM / GRU / RNN
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(TORCH_LAYERS))
@@ -204,6 +205,7 @@ def test_backward_is_deterministic(name, form):
 # gradcheck, every cell
 
 
+@pytest.mark.slow_cells
 def test_gradcheck(cell_path):
     cell = cellc.load_cell(cell_path)
     mod = cellc.load(cell_path)
@@ -297,6 +299,7 @@ def _compile_andcompare(backend):
     assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
 
 
+@pytest.mark.slow
 def test_torch_compile_eager_backend():
     _compile_andcompare("eager")
 
@@ -416,6 +419,7 @@ def cli_outputs(tmp_path_factory):
     return {"compiled": compiled, "listing": listing, "train": r, "trained": trained}
 
 
+@pytest.mark.slow
 def test_cli_output_is_standalone_and_trains(cell_path, cli_outputs):
     out, rc, stdout, stderr = cli_outputs["compiled"][cell_path.name]
     assert rc == 0, stderr
@@ -446,6 +450,7 @@ def test_cli_output_is_standalone_and_trains(cell_path, cli_outputs):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_standalone_check_can_fail(cli_outputs):
     """The fresh-interpreter check above does see a module that pulls in cellc (the editable
     install makes it importable), and only that one."""
@@ -610,6 +615,7 @@ def _exec_generated(out, capfd):
     assert isinstance(ns["Layer"], type)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filename", [
     'a"""+str(__import__("os").system("echo INJECTED"))+""".cell',
     'b\nprint("INJECTED")\n.cell',
@@ -714,6 +720,7 @@ def test_ordinary_parameter_names_work(pname, tmp_path):
 # cellc compile: atomic, and nothing written on errors
 
 
+@pytest.mark.slow
 def test_compile_errors_write_nothing(tmp_path):
     broken = tmp_path / "broken.cell"
     broken.write_text("cell Broken(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n"
