@@ -12,6 +12,7 @@ from . import passes
 from .grad import Vjp, vjp
 from .ir import Func, print_func, verify
 from .lower import CellIR, sequence_program
+from .lowering import Caps, format_plan, plan, verify_plan
 
 # Each pass is Func -> Func; `verify` runs after every one.
 FORWARD_PASSES = [
@@ -73,7 +74,15 @@ def compile_program(cell: CellIR, optimize: bool = True) -> Program:
     return Program(cell, verify(fwd_full), verify(bwd), g.n_results, g.adjoint_names)
 
 
-def emit(cell: CellIR, stage: str) -> str:
+def emit(cell: CellIR, stage: str, sizes: dict | None = None, caps: Caps | None = None) -> str:
+    """The text of one stage. "plan" (the lowering plan of the native kernels, cellc/lowering)
+    needs the bound sizes; `caps` default to a target with inlined loop products."""
+    if stage == "plan":
+        if sizes is None:
+            raise ValueError("the plan stage needs sizes")
+        prog = compile_program(cell)
+        funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
+        return format_plan(verify_plan(plan(funcs, sizes, caps or Caps())))
     if stage == "ir":
         return print_func(cell.step)
     if stage == "seq":
@@ -89,15 +98,13 @@ def emit(cell: CellIR, stage: str) -> str:
 def residual_summary(prog: Program, texts: dict[int, tuple[str, int]]) -> list[str]:
     """The values the forward pass saves per time step for the backward, and their size;
     `texts` are the forward values' texts from `equations.forward_texts`."""
-    from .ir import scan_parts
+    from .ir import Scan
     from .shapes import Dim
 
-    scan = next(i for i in prog.fwd.body if i.op == "scan")
-    step = scan.attrs["step"]
-    parts = scan_parts(scan)
-    by_out = {id(o): r for o, r in zip(scan.outs, step.results)}
+    scan = Scan.of(next(i for i in prog.fwd.body if i.op == "scan"))
+    by_out = {id(o): r for o, r in zip(scan.instr.outs, scan.step.results)}
     # The cell's output sequence, stored anyway (absent when the passes made it a constant).
-    output = scan.outs[parts.n_carry] if len(scan.outs) > parts.n_carry else None
+    output = scan.ys[0] if scan.ys else None
     saved, reads, total = [], [], Dim.of(0)
     for r in prog.residuals:
         if output is not None and r is output:
@@ -130,12 +137,12 @@ def grad_equations(cell: CellIR) -> str:
     one `Namespace`, so none is a .cell name or used twice.
     """
     from .equations import Namespace, equations, forward_expressions, forward_texts, source_names
-    from .ir import scan_parts
+    from .ir import Scan
 
     prog = compile_program(cell)
     bscan = next(i for i in prog.bwd.body if i.op == "scan")
-    bstep = bscan.attrs["step"]
-    nc = scan_parts(bscan).n_carry
+    view = Scan.of(bscan)
+    bstep, nc = view.step, view.n_carry
     texts, named = forward_texts(prog.fwd, cell)
     ns = Namespace(source_names(cell))
     names, soft, comments = {}, {}, {}

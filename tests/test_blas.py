@@ -89,7 +89,7 @@ def _sgemm_object(path: str) -> None:
     import llvmlite.binding as llvm
     from llvmlite import ir
 
-    from cellc.backends.llvm_math import target_machine
+    from cellc.backends.llvm_jit import target_machine
 
     mod = ir.Module(name="aot_sgemm")
     sgemm = ir.Function(mod, blas.llvm_function_type("cblas_sgemm"), blas.prefix() + "cblas_sgemm")

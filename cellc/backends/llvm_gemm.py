@@ -18,6 +18,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from . import llvm_math
+from .llvm_loops import for_range
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -46,7 +47,8 @@ class GemmEmitter:
         key = (K, N, accumulate)
         if key not in self.cache:
             name = f"cellc.gemm.k{K}.n{N}" + (".acc" if accumulate else "")
-            fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64]), name)
+            fty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64])
+            fn = ir.Function(self.module, fty, name)
             fn.linkage = "internal"
             for a in (fn.args[1], fn.args[3], fn.args[4]):
                 a.add_attribute("noalias")
@@ -68,20 +70,12 @@ class GemmEmitter:
             start = stop
         b.ret_void()
 
-    def _loop(self, b, fn, start, stop, step, body, name):
-        """for i = start; i < stop; i += step: body(i)  (i64)"""
-        pre = b.block
-        head = fn.append_basic_block(f"{name}.head")
-        exit_ = fn.append_basic_block(f"{name}.exit")
-        b.cbranch(b.icmp_signed("<", start, stop), head, exit_)
-        b.position_at_end(head)
-        i = b.phi(I64, name)
-        i.add_incoming(start, pre)
-        body(i)
-        nxt = b.add(i, ir.Constant(I64, step))
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, stop), head, exit_)
-        b.position_at_end(exit_)
+    @staticmethod
+    def _loop(b, start, stop, step: int, name: str):
+        """for i = start; i < stop; i += step (i64), blocks named after the loop, its exit
+        right after its head."""
+        return for_range(b, start, stop, step=step, name=name, head=f"{name}.head",
+                         exit=f"{name}.exit", exit_last=False)
 
     def _row_loop(self, b, fn, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate):
         full = nvec // self.cb * self.cb  # vectors in whole column blocks
@@ -90,16 +84,17 @@ class GemmEmitter:
             # Whole column blocks in a run-time loop (one copy of the block's code), then the
             # leftover vectors, then the leftover columns one by one.
             if full:
-                self._loop(b, fn, ir.Constant(I64, 0), ir.Constant(I64, full * self.vw), self.cb * self.vw,
-                           lambda col0: self._block(b, fn, r0, rb, col0, self.cb, K, A, lda, Bm, C,
-                                                    ldc, N, accumulate), "cblk")
+                stop = ir.Constant(I64, full * self.vw)
+                with self._loop(b, ir.Constant(I64, 0), stop, self.cb * self.vw, "cblk") as col0:
+                    self._block(b, fn, r0, rb, col0, self.cb, K, A, lda, Bm, C, ldc, N, accumulate)
             if nvec > full:
                 self._block(b, fn, r0, rb, ir.Constant(I64, full * self.vw), nvec - full, K, A, lda,
                             Bm, C, ldc, N, accumulate)
             for col in range(nvec * self.vw, N):
                 self._scalar_column(b, fn, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate)
 
-        self._loop(b, fn, start, stop, rb, rows_body, f"r{rb}")
+        with self._loop(b, start, stop, rb, f"r{rb}") as r0:
+            rows_body(r0)
 
     def gemv_function(self, M: int, K: int) -> ir.Function:
         """void gemv(ptr W, ptr x, ptr y): y[m] = sum_k W[m, k] x[k], W (M, K) row-major.
@@ -125,7 +120,8 @@ class GemmEmitter:
         align = 4 if isinstance(t, ir.FloatType) else 8
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         nk = K // self.vw
-        reduce_name = f"llvm.vector.reduce.fadd.v{self.vw}{'f32' if isinstance(t, ir.FloatType) else 'f64'}"
+        suffix = "f32" if isinstance(t, ir.FloatType) else "f64"
+        reduce_name = f"llvm.vector.reduce.fadd.v{self.vw}{suffix}"
         reduce = self.module.globals.get(reduce_name) or ir.Function(
             self.module, ir.FunctionType(t, [t, vt]), reduce_name)
 
@@ -133,28 +129,21 @@ class GemmEmitter:
             pre = b.block
             accs = [ir.Constant(vt, [0.0] * self.vw)] * rb
             if nk:
-                head = fn.append_basic_block("kv.head")
-                done = fn.append_basic_block("kv.done")
-                b.branch(head)
-                b.position_at_end(head)
-                kv = b.phi(I64, "kv")
-                kv.add_incoming(ir.Constant(I64, 0), pre)
-                phis = [b.phi(vt) for _ in range(rb)]
-                for p in phis:
-                    p.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
-                k0 = b.mul(kv, ir.Constant(I64, self.vw))
-                xv = b.load(b.gep(x, [k0], source_etype=t), typ=vt, align=align)
-                new = []
-                for r, p in enumerate(phis):
-                    row = b.mul(b.add(m0, ir.Constant(I64, r)), ir.Constant(I64, K))
-                    wv = b.load(b.gep(W, [b.add(row, k0)], source_etype=t), typ=vt, align=align)
-                    new.append(llvm_math.fma(b, wv, xv, p))
-                kv2 = b.add(kv, ir.Constant(I64, 1))
-                kv.add_incoming(kv2, b.block)
+                with for_range(b, 0, nk, name="kv", head="kv.head", exit="kv.done",
+                               guard=False) as kv:
+                    phis = [b.phi(vt) for _ in range(rb)]
+                    for p in phis:
+                        p.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
+                    k0 = b.mul(kv, ir.Constant(I64, self.vw))
+                    xv = b.load(b.gep(x, [k0], source_etype=t), typ=vt, align=align)
+                    new = []
+                    for r, p in enumerate(phis):
+                        row = b.mul(b.add(m0, ir.Constant(I64, r)), ir.Constant(I64, K))
+                        wv = b.load(b.gep(W, [b.add(row, k0)], source_etype=t), typ=vt,
+                                    align=align)
+                        new.append(llvm_math.fma(b, wv, xv, p))
                 for p, v in zip(phis, new):
-                    p.add_incoming(v, b.block)
-                b.cbranch(b.icmp_signed("<", kv2, ir.Constant(I64, nk)), head, done)
-                b.position_at_end(done)
+                    p.add_incoming(v, kv.parent)
                 accs = new
             for r in range(rb):
                 total = b.call(reduce, [ir.Constant(t, -0.0), accs[r]], fastmath=("reassoc",))
@@ -167,50 +156,44 @@ class GemmEmitter:
 
         full = M // 4 * 4
         if full:
-            self._loop(b, fn, ir.Constant(I64, 0), ir.Constant(I64, full), 4, lambda m0: rows(m0, 4), "m4")
+            with self._loop(b, ir.Constant(I64, 0), ir.Constant(I64, full), 4, "m4") as m0:
+                rows(m0, 4)
         for m in range(full, M):
             rows(ir.Constant(I64, m), 1)
         b.ret_void()
 
     def _splat(self, b, x):
         v = b.insert_element(ir.Constant(self.vt, None), x, ir.Constant(I32, 0))
-        return b.shuffle_vector(v, ir.Constant(self.vt, None), ir.Constant(ir.VectorType(I32, self.vw), [0] * self.vw))
+        zeros = ir.Constant(ir.VectorType(I32, self.vw), [0] * self.vw)
+        return b.shuffle_vector(v, ir.Constant(self.vt, None), zeros)
 
     def _block(self, b, fn, r0, rb, col0, cb, K, A, lda, Bm, C, ldc, N, accumulate):
         """Accumulate an rb x (cb vectors) block of C over all k in registers."""
         t, vt = self.t, self.vt
         pre = b.block
-        head = fn.append_basic_block("k.head")
-        done = fn.append_basic_block("k.done")
-        b.branch(head)
-        b.position_at_end(head)
-        k = b.phi(I64, "k")
-        k.add_incoming(ir.Constant(I64, 0), pre)
-        accs = [[b.phi(vt) for _ in range(cb)] for _ in range(rb)]
-        for row in accs:
-            for acc in row:
-                acc.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
-        bk = b.mul(k, ir.Constant(I64, N))
         align = 4 if isinstance(t, ir.FloatType) else 8  # buffers are only element-aligned
-        bvec = [b.load(b.gep(Bm, [b.add(bk, b.add(col0, ir.Constant(I64, c * self.vw)))], source_etype=t),
-                       typ=vt, align=align) for c in range(cb)]
-        new = []
-        for r in range(rb):
-            arow = b.add(r0, ir.Constant(I64, r))
-            a = b.load(b.gep(A, [b.add(b.mul(arow, lda), k)], source_etype=t), typ=t)
-            av = self._splat(b, a)
-            new.append([llvm_math.fma(b, av, bvec[c], accs[r][c]) for c in range(cb)])
-        k2 = b.add(k, ir.Constant(I64, 1))
-        k.add_incoming(k2, b.block)
+        with for_range(b, 0, K, name="k", head="k.head", exit="k.done", guard=False) as k:
+            accs = [[b.phi(vt) for _ in range(cb)] for _ in range(rb)]
+            for row in accs:
+                for acc in row:
+                    acc.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
+            bk = b.mul(k, ir.Constant(I64, N))
+            bvec = [b.load(b.gep(Bm, [b.add(bk, b.add(col0, ir.Constant(I64, c * self.vw)))],
+                                 source_etype=t), typ=vt, align=align) for c in range(cb)]
+            new = []
+            for r in range(rb):
+                arow = b.add(r0, ir.Constant(I64, r))
+                a = b.load(b.gep(A, [b.add(b.mul(arow, lda), k)], source_etype=t), typ=t)
+                av = self._splat(b, a)
+                new.append([llvm_math.fma(b, av, bvec[c], accs[r][c]) for c in range(cb)])
         for r in range(rb):
             for c in range(cb):
-                accs[r][c].add_incoming(new[r][c], b.block)
-        b.cbranch(b.icmp_signed("<", k2, ir.Constant(I64, K)), head, done)
-        b.position_at_end(done)
+                accs[r][c].add_incoming(new[r][c], k.parent)
         for r in range(rb):
             crow = b.mul(b.add(r0, ir.Constant(I64, r)), ldc)
             for c in range(cb):
-                p = b.gep(C, [b.add(crow, b.add(col0, ir.Constant(I64, c * self.vw)))], source_etype=t)
+                col = b.add(col0, ir.Constant(I64, c * self.vw))
+                p = b.gep(C, [b.add(crow, col)], source_etype=t)
                 v = new[r][c]
                 if accumulate:
                     v = b.fadd(v, b.load(p, typ=vt, align=align))
@@ -219,29 +202,22 @@ class GemmEmitter:
     def _scalar_column(self, b, fn, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate):
         t = self.t
         pre = b.block
-        head = fn.append_basic_block("ks.head")
-        done = fn.append_basic_block("ks.done")
-        b.branch(head)
-        b.position_at_end(head)
-        k = b.phi(I64, "k")
-        k.add_incoming(ir.Constant(I64, 0), pre)
-        accs = [b.phi(t) for _ in range(rb)]
-        for acc in accs:
-            acc.add_incoming(ir.Constant(t, 0.0), pre)
-        w = b.load(b.gep(Bm, [b.add(b.mul(k, ir.Constant(I64, N)), ir.Constant(I64, col))], source_etype=t), typ=t)
-        new = []
+        with for_range(b, 0, K, name="k", head="ks.head", exit="ks.done", guard=False) as k:
+            accs = [b.phi(t) for _ in range(rb)]
+            for acc in accs:
+                acc.add_incoming(ir.Constant(t, 0.0), pre)
+            w = b.load(b.gep(Bm, [b.add(b.mul(k, ir.Constant(I64, N)), ir.Constant(I64, col))],
+                             source_etype=t), typ=t)
+            new = []
+            for r in range(rb):
+                arow = b.add(r0, ir.Constant(I64, r))
+                a = b.load(b.gep(A, [b.add(b.mul(arow, lda), k)], source_etype=t), typ=t)
+                new.append(llvm_math.fma(b, a, w, accs[r]))
         for r in range(rb):
-            arow = b.add(r0, ir.Constant(I64, r))
-            a = b.load(b.gep(A, [b.add(b.mul(arow, lda), k)], source_etype=t), typ=t)
-            new.append(llvm_math.fma(b, a, w, accs[r]))
-        k2 = b.add(k, ir.Constant(I64, 1))
-        k.add_incoming(k2, b.block)
+            accs[r].add_incoming(new[r], k.parent)
         for r in range(rb):
-            accs[r].add_incoming(new[r], b.block)
-        b.cbranch(b.icmp_signed("<", k2, ir.Constant(I64, K)), head, done)
-        b.position_at_end(done)
-        for r in range(rb):
-            p = b.gep(C, [b.add(b.mul(b.add(r0, ir.Constant(I64, r)), ldc), ir.Constant(I64, col))], source_etype=t)
+            crow = b.mul(b.add(r0, ir.Constant(I64, r)), ldc)
+            p = b.gep(C, [b.add(crow, ir.Constant(I64, col))], source_etype=t)
             v = new[r]
             if accumulate:
                 v = b.fadd(v, b.load(p, typ=t))

@@ -5,7 +5,8 @@ into eight libm calls per vector), and llvmlite 0.50 has no vector math library.
 here emits, with an `ir.IRBuilder`, plain IR for one element: `fmul`/`fadd`/`fdiv`, `llvm.fma`
 for every polynomial step, `select` instead of branches, integer ops on the float's bits for
 exponent tricks, and only intrinsics that have vector forms (`fma`, `fabs`, `copysign`,
-`roundeven`, `sqrt`). A loop of them becomes 8-wide AVX2+FMA code (4-wide for double; 16/8 with AVX-512).
+`roundeven`, `sqrt`). A loop of them becomes 8-wide AVX2+FMA code (4-wide for double; 16/8 with
+AVX-512).
 
 Every function takes the builder and a `float` or `double` value (or a vector of them) and
 dispatches on `x.type`. No fast-math flags are used: the code relies on the exact rounding of each
@@ -61,15 +62,13 @@ AVX-512 kernels:
 
 float64 costs about 2.5x float32 (half the lanes, and the Pade/rational forms divide).
 
-`compile_unary` at the end JIT-compiles `void f(T* x, T* y, i64 n)` over one of these functions;
-the tests and benchmarks use it.
+This module only emits IR; it imports nothing else of cellc's backends (tests/test_llvm_math.py
+JIT-compiles a loop over one function with llvm_jit to measure it).
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from llvmlite import ir
@@ -478,126 +477,3 @@ UNARY: dict[str, Emit] = {
     "softplus": softplus,
     "sqrt": sqrt,
 }
-
-
-# --- a JIT-compiled loop over one function, for tests and benchmarks --------------------------
-
-
-def target_machine(reloc: str = "default", cpu: str | None = None, features: str | None = None):
-    """llvm_jit's target machine for this CPU, or one for `cpu` (e.g. "znver3") with its
-    default features, to inspect what another CPU would get."""
-    from . import llvm_jit
-
-    if cpu is None:
-        return llvm_jit.target_machine(reloc)
-    llvm = llvm_jit._llvm()
-    target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=cpu, features=features or "", opt=3, reloc=reloc,
-                                        codemodel="jitdefault")
-
-
-def optimize(module, tm) -> None:
-    """The pass pipeline of the native backend (llvm_jit.optimize)."""
-    from . import llvm_jit
-
-    llvm_jit.optimize(module, tm)
-
-
-def unary_loop_module(emit: Emit, ty: ir.Type, name: str = "f") -> ir.Module:
-    """`void name(T* noalias x, T* noalias y, i64 n)`: y[i] = emit(x[i]) for i < n."""
-    mod = ir.Module(name="llvm_math_" + name)
-    ptr = ir.PointerType()
-    i64 = ir.IntType(64)
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ptr, ptr, i64]), name=name)
-    x, y, n = fn.args
-    x.add_attribute("noalias")
-    y.add_attribute("noalias")
-    entry, loop, done = (fn.append_basic_block(s) for s in ("entry", "loop", "done"))
-    b = ir.IRBuilder(entry)
-    b.cbranch(b.icmp_signed(">", n, i64(0)), loop, done)
-    b.position_at_end(loop)
-    i = b.phi(i64)
-    i.add_incoming(i64(0), entry)
-    # Explicit alignment: a vector type's default (its size) would let LLVM emit aligned vector
-    # moves, which fault on numpy's 16-byte-aligned buffers.
-    align = 8 if _is64(ty) else 4
-    v = b.load(b.gep(x, [i], inbounds=True, source_etype=ty), typ=ty, align=align)
-    b.store(emit(b, v), b.gep(y, [i], inbounds=True, source_etype=ty), align=align)
-    i_next = b.add(i, i64(1))
-    i.add_incoming(i_next, loop)
-    b.cbranch(b.icmp_signed("<", i_next, n), loop, done)
-    b.position_at_end(done)
-    b.ret_void()
-    return mod
-
-
-@dataclass
-class UnaryKernel:
-    """A JIT-compiled elementwise loop; call it on a contiguous array of its dtype."""
-
-    dtype: np.dtype
-    optimized_ir: str
-    asm: str
-    address: int
-    width: int = 1  # elements per emitted value (1: scalar, 8: <8 x float>)
-    _keep: list = field(default_factory=list, repr=False)  # engine + target machine
-
-    def __post_init__(self) -> None:
-        self._cfunc = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
-            self.address
-        )
-
-    def run(self, x_ptr: int, y_ptr: int, n: int) -> None:
-        """n elements (a multiple of width) from x_ptr to y_ptr."""
-        self._cfunc(x_ptr, y_ptr, n // self.width)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        y = np.empty_like(x)
-        if x.size % self.width:
-            raise ValueError(f"size {x.size} is not a multiple of the width {self.width}")
-        self._cfunc(x.ctypes.data, y.ctypes.data, x.size // self.width)
-        return y
-
-
-def _optimized_module(emit: Emit, ty: ir.Type, tm):
-    import llvmlite.binding as llvm
-
-    mod = llvm.parse_assembly(str(unary_loop_module(emit, ty)))
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    mod.verify()
-    optimize(mod, tm)
-    return mod
-
-
-def optimized_unary_ir(emit: Emit | str, dtype=np.float32, cpu: str | None = None) -> str:
-    """The O3-optimized IR of the loop over `emit`, for the host or for a named cpu."""
-    emit = UNARY[emit] if isinstance(emit, str) else emit
-    return str(_optimized_module(emit, _TYPES[np.dtype(dtype)], target_machine(cpu=cpu)))
-
-
-_TYPES = {np.dtype(np.float32): F32, np.dtype(np.float64): F64}
-
-
-def compile_unary(
-    emit: Emit | str, dtype=np.float32, cpu: str | None = None, width: int = 1
-) -> UnaryKernel:
-    """JIT `emit` (a function of this module or its name in UNARY) in a loop, MCJIT at O3.
-
-    `cpu` (e.g. "znver3") targets another CPU of which this one must be a superset. `width` > 1
-    applies `emit` to `<width x T>` values (the array size must then be a multiple of width).
-    """
-    import llvmlite.binding as llvm
-
-    emit = UNARY[emit] if isinstance(emit, str) else emit
-    dtype = np.dtype(dtype)
-    ty = _TYPES[dtype] if width == 1 else ir.VectorType(_TYPES[dtype], width)
-    tm = target_machine(cpu=cpu)
-    mod = _optimized_module(emit, ty, tm)
-    optimized = str(mod)
-    asm = tm.emit_assembly(mod)
-    engine = llvm.create_mcjit_compiler(mod, tm)
-    engine.finalize_object()
-    fn = engine.get_function_address("f")
-    return UnaryKernel(dtype, optimized, asm, fn, width, [engine, tm])

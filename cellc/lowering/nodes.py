@@ -1,0 +1,165 @@
+"""The plan's data: pointers, locations, nodes (kernels, products, reductions, the time loop),
+and the plan of a function. Plain dataclasses: `planner` makes them, `text` prints them,
+`check` verifies them, a renderer (backends/llvm_ir.py) turns them into code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir import Func, Instr, Value
+
+# Products inside the time loop use the inlined kernel for matrices up to this many elements
+# (1 MB in float32: the transposed copy stays in cache), and, for W @ x, which needs that copy,
+# only when the sequence has at least INLINE_MIN_STEPS steps to pay for it.
+INLINE_MAX_ELEMENTS = 1 << 18
+INLINE_MIN_STEPS = 8
+# Ops that need no code: their result is a view of their argument.
+VIEWS = ("split", "broadcast")
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What the target offers the plan: `inline_products` is an inlined GEMM kernel for the
+    products inside time loops (without one, every product goes to the library)."""
+
+    inline_products: bool = True
+
+
+# -- pointers: defined once, at their place in the op list -------------------------------------
+
+
+@dataclass(eq=False)
+class Ptr:
+    """A pointer the renderer defines where this op stands."""
+
+
+@dataclass(eq=False)
+class Arg(Ptr):
+    index: int  # args[index]
+
+
+@dataclass(eq=False)
+class Result(Ptr):
+    slot: int  # results[slot], a buffer the caller allocates
+
+
+@dataclass(eq=False)
+class Work(Ptr):
+    """A fresh workspace region of rows x cols elements (bump allocation)."""
+
+    rows: object
+    cols: int
+    index: int  # regions are numbered in order
+
+
+@dataclass(eq=False)
+class Offset(Ptr):
+    base: Ptr
+    elements: int
+
+
+@dataclass(eq=False)
+class RowBlock(Ptr):
+    """Row block t of a sequence buffer inside the time loop: base + t*B*row_stride."""
+
+    base: Ptr
+    row_stride: int
+
+
+@dataclass(eq=False)
+class Loc:
+    """Where a value's elements are: element (r, c) is at ptr[r * row_stride + c * col_stride]."""
+
+    ptr: Ptr | None  # None: an immediate constant
+    row_stride: int
+    col_stride: int
+    rows: object  # "seq" (T*B), "step" (active rows), "batch" (B) or an int
+    cols: int
+    const: float | None = None
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Kernel:
+    """for r < rows, c < cols: outs[k][r, c] = f(ins[..][r, c]), one loop nest.
+
+    what: "fused" (the elementwise `instrs`, reading `inputs`, storing `outputs`), "copy",
+    "fill" (a copy from a constant), "add" (outs[0] = ins[0] + ins[1]) or "sum" (the same,
+    reassociable: a sum over batch rows)."""
+
+    what: str
+    ins: list[Loc]
+    outs: list[Loc]
+    rows: object
+    cols: int
+    instrs: list[Instr] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Product:
+    """C = op(A) op(B) for a matmul, matmul_t or outer instruction.
+
+    strategy "library": a BLAS gemm. "inline": the inlined kernel on `bm` (K x N). "choose": at
+    run time, a GEMV on `a` (the weight) for one active row (if `gemv`), else the inlined kernel
+    on the transposed copy `bm` if the loop made it, else the library."""
+
+    instr: Instr
+    out: Loc
+    a: Loc
+    b: Loc
+    strategy: str
+    bm: Loc | None = None
+    gemv: bool = False
+
+
+@dataclass(eq=False)
+class RowSum:
+    """[rows, n] -> [rows, 1]: sum (mean: times 1/n) over features."""
+
+    instr: Instr
+    src: Loc
+    out: Loc
+    scale: float
+
+
+@dataclass(eq=False)
+class TimeLoop:
+    """The time loop. Before it: `init` (the carry copied into the final-carry buffers, the
+    stacked outputs' buffers), `ys_fill` (zeroed only when a sequence ends early), `prep` (the
+    accumulators zeroed, the sequences made contiguous), the regions of `transposes` (weights
+    transposed for the inlined kernel, only when it will be used). `body` runs per step; the
+    step's workspace regions take step_ws = (b, c) elements, b*B + c."""
+
+    instr: Instr
+    reverse: bool
+    init: list
+    ys_fill: list[Kernel]
+    prep: list
+    transpose_allocs: list
+    transposes: list[Kernel]
+    body: list
+    step_ws: tuple[int, int]
+    carry: list[Loc] = field(default_factory=list)
+    xs: list[Loc] = field(default_factory=list)
+
+
+@dataclass
+class FunctionPlan:
+    name: str
+    func: Func
+    ops: list
+    results: list[tuple[str, int]]  # ("arg", k): return argument k; ("buf", slot): a buffer
+    n_buffers: int
+    workspace: tuple[int, int, int]  # elements: a*T*B + b*B + c
+    regions: list[Work] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    sizes: dict
+    caps: Caps
+    functions: list[FunctionPlan]

@@ -1,0 +1,502 @@
+"""Deciding the plan: a walk over one top-level IR function in emission order (see the package
+docstring for what is decided)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..ir import Func, Instr, Value, scan_parts
+from ..ops import OPS
+from ..shapes import Batch, Dim
+from ..source import InternalError
+from .nodes import (
+    INLINE_MAX_ELEMENTS,
+    VIEWS,
+    Arg,
+    Caps,
+    FunctionPlan,
+    Kernel,
+    Loc,
+    Offset,
+    Plan,
+    Product,
+    Ptr,
+    Result,
+    RowBlock,
+    RowSum,
+    TimeLoop,
+    Work,
+)
+
+
+def _size(d: Dim, sizes) -> int:
+    v = d.evaluate(sizes)
+    if v.denominator != 1:
+        raise InternalError(f"size {d} is not whole for {sizes}")
+    return int(v)
+
+
+def dims(v: Value, sizes, at_step: bool) -> tuple[object, int]:
+    """(rows kind, cols) of a value as a 2-D array."""
+    t = v.type
+    shape = [_size(d, sizes) for d in t.shape]
+    if t.batch is Batch.NONE:
+        if len(shape) == 2:
+            return shape[0], shape[1]
+        return 1, (shape[0] if shape else 1)
+    cols = shape[0] if shape else 1
+    if t.batch is Batch.SEQ:
+        return "seq", cols
+    return ("step" if at_step else "batch"), cols
+
+
+def group(f: Func) -> list:
+    """Runs of elementwise instructions with one output shape (lists); everything else alone."""
+    out: list = []
+    current: list[Instr] = []
+    shape = None
+    for i in f.body:
+        if OPS[i.op].kind == "elementwise":
+            s = (i.out.type.batch, i.out.type.shape)
+            if current and s == shape:
+                current.append(i)
+                continue
+            if current:
+                out.append(current)
+            current, shape = [i], s
+            continue
+        if i.op in ("const",) + VIEWS:
+            # Views and constants do not break a run unless they read a value the run makes;
+            # otherwise they are placed before it (their arguments exist already).
+            if any(a is o for a in i.args for x in current for o in x.outs):
+                out.append(current)
+                current, shape = [], None
+            out.append(i)
+            continue
+        if current:
+            out.append(current)
+            current, shape = [], None
+        out.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+def broadcast_to(loc: Loc, rows, cols: int) -> Loc:
+    """The same elements seen as (rows, cols): a single column or row repeats."""
+    col_stride = 0 if loc.cols == 1 and cols != 1 else loc.col_stride
+    row_stride = 0 if loc.rows == 1 and rows != 1 else loc.row_stride
+    if (col_stride, row_stride) == (loc.col_stride, loc.row_stride):
+        return loc
+    return Loc(loc.ptr, row_stride, col_stride, rows, cols, loc.const)
+
+
+@dataclass
+class _Scope:
+    """What changes inside the time loop's step: the locations, the caller's buffers for the
+    values computed in place, the values that must be stored, the concat slices."""
+
+    locs: dict
+    result_ptrs: dict
+    extra_live: set
+    into_concat: dict
+
+
+class _Planner:
+    """Walks one top-level function in emission order, appending ops to `self.ops`.
+
+    The order is the renderer's: it defines each pointer where its op stands and numbers LLVM
+    values as it goes, so the order of `define` and `emit` calls below is kept exactly (moving
+    one changes the IR text, not its meaning)."""
+
+    def __init__(self, sizes: dict, caps: Caps):
+        self.sizes = sizes
+        self.caps = caps
+        self.ws_coef = [0, 0, 0]
+        self.regions: list[Work] = []
+        self.ops: list = []
+        self.transposed: dict[int, Loc] = {}
+        self.scope = _Scope({}, {}, set(), {})
+
+    def define(self, p: Ptr) -> Ptr:
+        self.ops.append(p)
+        return p
+
+    def emit(self, node):
+        self.ops.append(node)
+        return node
+
+    def dims(self, v: Value, at_step: bool):
+        return dims(v, self.sizes, at_step)
+
+    # -- entry --------------------------------------------------------------------------
+
+    def function(self, f: Func, name: str) -> FunctionPlan:
+        locs = self.scope.locs
+        for k, p in enumerate(f.params):
+            rows, cols = self.dims(p, at_step=False)
+            row_stride = cols if rows != 1 or p.type.rank == 2 else 0
+            locs[id(p)] = Loc(self.define(Arg(k)), row_stride, 1, rows, cols)
+        # Results: a parameter is handed back; each distinct computed value gets a buffer.
+        results, slots = [], {}
+        params = {id(p): k for k, p in enumerate(f.params)}
+        for r in f.results:
+            if id(r) in params:
+                results.append(("arg", params[id(r)]))
+            else:
+                if id(r) not in slots:
+                    slots[id(r)] = len(slots)
+                results.append(("buf", slots[id(r)]))
+        ptrs = {vid: self.define(Result(s)) for vid, s in slots.items()}
+        for r in f.results:  # caller's buffers are contiguous
+            if id(r) in ptrs:
+                full = r.type.batch is not Batch.NONE or r.type.rank == 2
+                self.scope.result_ptrs[id(r)] = (ptrs[id(r)], self.dims(r, False)[1] if full else 0)
+        self.body(f, at_step=False)
+        return FunctionPlan(name, f, self.ops, results, len(slots), tuple(self.ws_coef),
+                            self.regions)
+
+    # -- storage ------------------------------------------------------------------------
+
+    def alloc(self, rows, cols: int) -> Ptr:
+        k = {"seq": 0, "batch": 1, "step": 1}.get(rows, 2)
+        self.ws_coef[k] += cols * (1 if k < 2 else rows)
+        w = Work(rows, cols, len(self.regions))
+        self.regions.append(w)
+        return self.define(w)
+
+    def find_concat_slices(self, f: Func, at_step: bool) -> None:
+        """The values computed straight into their slice of a concat's buffer: those whose only
+        use is that concat."""
+        uses: dict[int, list[Instr]] = {}
+        for i in f.body:
+            for a in i.args:
+                uses.setdefault(id(a), []).append(i)
+        result_ids = {id(r) for r in f.results}
+        into = self.scope.into_concat = {}
+        for i in f.body:
+            if i.op == "concat":
+                off = 0
+                for a in i.args:
+                    _, cols = self.dims(a, at_step)
+                    if (len(uses.get(id(a), [])) == 1 and id(a) not in result_ids
+                            and id(a) not in self.scope.locs
+                            and sum(1 for x in i.args if x is a) == 1 and a.type.rank == 1):
+                        into[id(a)] = (i, off)
+                    off += cols
+
+    def storage(self, v: Value, at_step: bool) -> Loc:
+        """A writable Loc for a value about to be computed."""
+        s = self.scope
+        if id(v) in s.locs:
+            return s.locs[id(v)]
+        rows, cols = self.dims(v, at_step)
+        if id(v) in s.result_ptrs:
+            ptr, stride = s.result_ptrs[id(v)]
+            loc = Loc(ptr, stride, 1, rows, cols)
+        elif id(v) in s.into_concat:
+            concat, off = s.into_concat[id(v)]
+            parent = self.storage(concat.out, at_step)
+            loc = Loc(self.define(Offset(parent.ptr, off)), parent.row_stride, 1, rows, cols)
+        else:
+            row_stride = cols if (rows != 1 or v.type.rank == 2) else 0
+            loc = Loc(self.alloc(rows, cols), row_stride, 1, rows, cols)
+        s.locs[id(v)] = loc
+        return loc
+
+    def copy(self, src: Loc, dst: Loc, rows, cols: int, what: str = "copy") -> Kernel:
+        return self.emit(Kernel(what, [src], [dst], rows, cols))
+
+    def fill(self, loc: Loc, value: float) -> Kernel:
+        return self.copy(Loc(None, 0, 0, loc.rows, loc.cols, const=value), loc, loc.rows,
+                         loc.cols, "fill")
+
+    def materialized(self, v: Value) -> Loc:
+        """A Loc with real memory and unit column stride (for BLAS)."""
+        loc = self.scope.locs[id(v)]
+        if loc.ptr is not None and loc.col_stride == 1 and (loc.row_stride != 0 or loc.rows == 1):
+            return loc
+        out = Loc(self.alloc(loc.rows, loc.cols), loc.cols, 1, loc.rows, loc.cols)
+        self.copy(loc, out, loc.rows, loc.cols)
+        self.scope.locs[id(v)] = out  # copy once; later uses read the copy
+        return out
+
+    def offset(self, loc: Loc, k: int) -> Ptr | None:
+        if loc.ptr is None or k == 0:
+            return loc.ptr
+        return self.define(Offset(loc.ptr, k))
+
+    def bind_view(self, v: Value, view: Loc, at_step: bool):
+        """A view; if the value must live in a given buffer (a result), copy it there."""
+        if id(v) in self.scope.result_ptrs or id(v) in self.scope.into_concat:
+            dst = self.storage(v, at_step)
+            self.copy(view, dst, view.rows, view.cols)
+        else:
+            self.scope.locs[id(v)] = view
+
+    # -- body ---------------------------------------------------------------------------
+
+    def body(self, f: Func, at_step: bool):
+        self.find_concat_slices(f, at_step)
+        for g in group(f):
+            if isinstance(g, list):
+                self.fused(g, f, at_step)
+            else:
+                self.instr(g, at_step)
+
+    def instr(self, i: Instr, at_step: bool):
+        rule = _RULES.get(i.op)
+        if rule is None:
+            raise InternalError(f"llvm backend: no rule for op '{i.op}'")
+        rule(self, i, at_step)
+
+    def const(self, i: Instr, at_step: bool):
+        s = self.scope
+        rows, cols = self.dims(i.out, at_step)
+        value = i.attrs["value"]
+        value = float(value.evaluate(self.sizes)) if isinstance(value, Dim) else float(value)
+        s.locs[id(i.out)] = Loc(None, 0, 0, rows, cols, const=value)
+        if id(i.out) in s.result_ptrs or id(i.out) in s.into_concat:
+            src = s.locs.pop(id(i.out))
+            dst = self.storage(i.out, at_step)
+            self.copy(src, dst, rows, cols)
+
+    def split(self, i: Instr, at_step: bool):
+        src = self.scope.locs[id(i.args[0])]
+        off = 0
+        for o in i.outs:
+            rows, cols = self.dims(o, at_step)
+            if i.args[0].type.rank == 2:  # matrices split by rows
+                ptr = self.offset(src, off * src.row_stride)
+                off += rows
+            else:
+                ptr = self.offset(src, off * src.col_stride)
+                off += cols
+            view = Loc(ptr, src.row_stride, src.col_stride, rows, cols, src.const)
+            self.bind_view(o, view, at_step)
+
+    def broadcast(self, i: Instr, at_step: bool):
+        src = self.scope.locs[id(i.args[0])]
+        rows, cols = self.dims(i.out, at_step)
+        self.bind_view(i.out, Loc(src.ptr, src.row_stride, 0, rows, cols, src.const), at_step)
+
+    def concat(self, i: Instr, at_step: bool):
+        out = self.storage(i.out, at_step)
+        off = 0
+        for a in i.args:
+            loc = self.scope.locs[id(a)]
+            rows, cols = self.dims(a, at_step)
+            if id(a) in self.scope.into_concat:  # already computed in place
+                off += cols if a.type.rank == 1 else 0
+                continue
+            if a.type.rank == 2:
+                dst = Loc(self.offset(out, off * out.row_stride), out.row_stride, 1, rows, cols)
+                off += rows
+            else:
+                dst = Loc(self.offset(out, off), out.row_stride, 1, rows, cols)
+                off += cols
+            self.copy(loc, dst, rows, cols)
+
+    def fused(self, instrs: list[Instr], f: Func, at_step: bool):
+        ids = {id(o) for i in instrs for o in i.outs}
+        inside = {id(i) for i in instrs}
+        needed_outside = set()
+        for i in f.body:
+            if id(i) in inside:
+                continue
+            for a in i.args:
+                if id(a) in ids:
+                    needed_outside.add(id(a))
+        for r in f.results:
+            if id(r) in ids:
+                needed_outside.add(id(r))
+        needed_outside |= ids & self.scope.extra_live
+        inputs: list[Value] = []
+        for i in instrs:
+            for a in i.args:
+                if id(a) not in ids and not any(a is x for x in inputs):
+                    inputs.append(a)
+        outputs = [o for i in instrs for o in i.outs if id(o) in needed_outside]
+        if not outputs:
+            return
+        rows, cols = self.dims(instrs[0].out, at_step)
+        in_locs = [broadcast_to(self.scope.locs[id(a)], rows, cols) for a in inputs]
+        out_locs = [self.storage(o, at_step) for o in outputs]
+        self.emit(Kernel("fused", in_locs, out_locs, rows, cols, list(instrs), inputs, outputs))
+
+    # -- products and reductions --------------------------------------------------------
+
+    def product(self, i: Instr, at_step: bool):
+        out = self.storage(i.out, at_step)
+        x, y = i.args
+        # Materialize operands before any branch: allocation must not happen inside one.
+        lx, ly = self.materialized(x), self.materialized(y)
+        node = Product(i, out, lx, ly, "library")
+        if at_step and self.caps.inline_products and i.op in ("matmul", "matmul_t"):
+            W, A = lx, ly
+            if i.op == "matmul":
+                bm = self.transposed.get(id(x))
+            else:
+                contiguous = W.ptr is not None and W.col_stride == 1 and W.row_stride == W.cols
+                bm = W if contiguous and W.rows * W.cols <= INLINE_MAX_ELEMENTS else None
+            if bm is not None and A.col_stride == 1:
+                node.bm = bm
+                node.strategy = "inline" if i.op == "matmul_t" else "choose"
+                # GEMV reads W's rows whole.
+                node.gemv = i.op == "matmul" and W.row_stride == W.cols and W.col_stride == 1
+        self.emit(node)
+
+    def row_sum(self, i: Instr, at_step: bool):
+        src = self.scope.locs[id(i.args[0])]
+        out = self.storage(i.out, at_step)
+        scale = 1.0 / src.cols if i.op == "mean" else 1.0
+        self.emit(RowSum(i, src, out, scale))
+
+    def batch_sum(self, i: Instr, at_step: bool):
+        src = self.scope.locs[id(i.args[0])]
+        out = self.storage(i.out, at_step)
+        self.fill(out, 0.0)
+        acc = Loc(out.ptr, 0, 1, src.rows, out.cols)  # every row adds into row 0
+        # out[c] += src[r, c] for each r: a loop nest whose inner loop vectorizes.
+        self.emit(Kernel("sum", [acc, src], [acc], src.rows, out.cols))
+
+    # -- the time loop ------------------------------------------------------------------
+
+    @contextmanager
+    def collecting(self):
+        """Ops planned inside go to a fresh list (one part of a loop node)."""
+        outer = self.ops
+        self.ops = ops = []
+        try:
+            yield ops
+        finally:
+            self.ops = outer
+
+    @contextmanager
+    def in_scope(self, scope: _Scope):
+        """The step's locations and buffers stand in for the function's while it is planned."""
+        outer = self.scope
+        self.scope = scope
+        try:
+            yield
+        finally:
+            self.scope = outer
+
+    def scan(self, i: Instr, at_step: bool):
+        step: Func = i.attrs["step"]
+        parts = scan_parts(i)
+        carry_a, xs_a, const_a = parts.split_args(i.args)
+        carry_o, ys_o, acc_o = parts.split_outs(i.outs)
+        # Carries live in the final-carry buffers; stacked outputs start zeroed (finished rows).
+        with self.collecting() as init:
+            carry_locs = []
+            for a, o in zip(carry_a, carry_o):
+                loc = self.storage(o, at_step=False)
+                self.copy(self.scope.locs[id(a)], loc, "batch", loc.cols)
+                carry_locs.append(loc)
+            ys_locs = [self.storage(o, at_step=False) for o in ys_o]
+        with self.collecting() as ys_fill:
+            for loc in ys_locs:  # rows of sequences that have ended are zero
+                self.fill(loc, 0.0)
+        with self.collecting() as prep:
+            acc_locs = [self.storage(o, at_step=False) for o in acc_o]
+            for loc in acc_locs:
+                self.fill(loc, 0.0)
+            xs_locs = [self.materialized(a) for a in xs_a]
+        consts = [self.scope.locs[id(a)] for a in const_a]
+        with self.collecting() as transpose_allocs:
+            transposes = self.transposes(step, parts.split_args(step.params)[2], consts)
+        saved = list(self.ws_coef)
+        with self.collecting() as body:
+            self.step(i, step, carry_locs, ys_locs, acc_locs, xs_locs, consts)
+        if self.ws_coef[0] != saved[0]:
+            raise InternalError("a step allocated a whole-sequence buffer")
+        step_ws = (self.ws_coef[1] - saved[1], self.ws_coef[2] - saved[2])
+        self.emit(TimeLoop(i, bool(i.attrs["reverse"]), init, ys_fill, prep, transpose_allocs,
+                       transposes, body, step_ws, carry_locs, xs_locs))
+
+    def transposes(self, step: Func, const_p, consts: list[Loc]) -> list[Kernel]:
+        """Weights of products inside the loop, transposed once per call for the inlined
+        kernel: only small matrices (a large one is better served by the library)."""
+        self.transposed = {}
+        out = []
+        if not self.caps.inline_products:
+            return out
+        for ins in step.body:
+            w = ins.args[0] if ins.op == "matmul" else None
+            if w is None or not any(w is p for p in const_p) or id(w) in self.transposed:
+                continue
+            src = consts[list(const_p).index(w)]
+            if src.ptr is None or src.col_stride != 1 or src.rows * src.cols > INLINE_MAX_ELEMENTS:
+                continue
+            M, K = src.rows, src.cols
+            self.transposed[id(w)] = Loc(self.alloc(K, M), M, 1, K, M)
+            # Element (k, m) of the view is W[m, k].
+            out.append(Kernel("copy", [Loc(src.ptr, 1, src.row_stride, K, M)],
+                              [self.transposed[id(w)]], K, M))
+        return out
+
+    def step(self, i: Instr, step: Func, carry_locs, ys_locs, acc_locs, xs_locs, consts):
+        """One step's ops: the row blocks it reads, its body, then what it writes."""
+        parts = scan_parts(i)
+        nc, ny = parts.n_carry, parts.n_ys
+        carry_p, xs_p, const_p = parts.split_args(step.params)
+        res = step.results
+        locs = {}
+        for p, loc in zip(carry_p, carry_locs):
+            locs[id(p)] = Loc(loc.ptr, loc.row_stride, 1, "step", loc.cols)
+        for p, loc in zip(xs_p, xs_locs):
+            ptr = self.define(RowBlock(loc.ptr, loc.row_stride))
+            locs[id(p)] = Loc(ptr, loc.row_stride, loc.col_stride, "step", loc.cols)
+        for p, loc in zip(const_p, consts):
+            locs[id(p)] = loc
+        # Stacked outputs computed in the step are written straight into their row block.
+        params = {id(p) for p in step.params}
+        direct: dict[int, tuple[Ptr, int]] = {}
+        for r, loc in zip(res[nc:nc + ny], ys_locs):
+            if id(r) not in params and id(r) not in direct:
+                direct[id(r)] = (self.define(RowBlock(loc.ptr, loc.row_stride)), loc.row_stride)
+        with self.in_scope(_Scope(locs, direct, {id(r) for r in res}, {})):
+            self.body(step, at_step=True)
+        # ys (those not written in place), accumulators, then the new carry.
+        for r, loc in zip(res[nc:nc + ny], ys_locs):
+            src = locs[id(r)]
+            ptr = self.define(RowBlock(loc.ptr, loc.row_stride))
+            if src.ptr is not None and id(r) in direct and src.ptr is direct[id(r)][0]:
+                continue
+            self.copy(src, Loc(ptr, loc.row_stride, 1, "step", loc.cols), "step", loc.cols)
+        for r, loc in zip(res[nc + ny:], acc_locs):
+            self.emit(Kernel("add", [loc, locs[id(r)]], [loc], loc.rows, loc.cols))
+        for r, loc in zip(res[:nc], carry_locs):
+            src = locs[id(r)]
+            if src.ptr is not loc.ptr:
+                self.copy(src, Loc(loc.ptr, loc.row_stride, 1, "step", loc.cols), "step", loc.cols)
+
+
+_RULES = {
+    "const": _Planner.const,
+    "split": _Planner.split,
+    "broadcast": _Planner.broadcast,
+    "concat": _Planner.concat,
+    "matmul": _Planner.product,
+    "matmul_t": _Planner.product,
+    "outer": _Planner.product,
+    "sum": _Planner.row_sum,
+    "mean": _Planner.row_sum,
+    "sum_batch": _Planner.batch_sum,
+    "scan": _Planner.scan,
+}
+
+
+def plan_function(f: Func, name: str, sizes: dict, caps: Caps | None = None) -> FunctionPlan:
+    """The plan of one top-level function, named `name` in the native code."""
+    return _Planner(sizes, caps or Caps()).function(f, name)
+
+
+def plan(funcs, sizes: dict, caps: Caps | None = None) -> Plan:
+    """The plan of top-level functions: a Func or a list of (Func, native name)."""
+    if isinstance(funcs, Func):
+        funcs = [(funcs, funcs.name)]
+    caps = caps or Caps()
+    return Plan(dict(sizes), caps, [plan_function(f, n, sizes, caps) for f, n in funcs])
