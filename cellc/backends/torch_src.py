@@ -24,7 +24,7 @@ import builtins
 import keyword
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ..ir import Func, Instr, Value, scan_parts
 from ..shapes import Batch, Dim, TensorType
@@ -85,7 +85,8 @@ def size_expr(d: Dim, exact: bool = False) -> str:
     terms = []
     for m, c in d.terms:
         factors = [f"S[{s!r}]" for s in m]
-        text = " * ".join(([str(abs(c.numerator))] if abs(c.numerator) != 1 or not factors else []) + factors)
+        text = " * ".join(([str(abs(c.numerator))] if abs(c.numerator) != 1 or not factors else [])
+                          + factors)
         if c.denominator != 1:
             text = f"{text} {'/' if exact else '//'} {c.denominator}"
         terms.append(("- " if c < 0 else "+ ") + text)
@@ -202,7 +203,8 @@ class FunctionEmitter:
     def comment(self, instr: Instr) -> str:
         if instr.span is None:
             return ""
-        text = self.source_lines[instr.span.line - 1].strip() if instr.span.line <= len(self.source_lines) else ""
+        text = (self.source_lines[instr.span.line - 1].strip()
+                if instr.span.line <= len(self.source_lines) else "")
         return f"  # {instr.span.line}: {comment_text(text)}" + (" (grad)" if instr.grad else "")
 
     def emit_function(self, f: Func, py_name: str, doc: str) -> str:
@@ -281,7 +283,8 @@ class FunctionEmitter:
             self.lines.append(f"{i2}{self.names(o)} = {self.names(o)} + {self.ref(acc)}")
         for o, new in zip(carry_outs, res[:nc]):
             c = self.names(o)
-            self.lines.append(f"{i2}{c} = {self.ref(new)} if n == B else torch.cat([{self.ref(new)}, {c}[n:]])")
+            self.lines.append(f"{i2}{c} = {self.ref(new)} if n == B"
+                              f" else torch.cat([{self.ref(new)}, {c}[n:]])")
         for lst, o in zip(ys_lists, ys_outs):
             self.lines.append(f"{indent}{self.names(o)} = stack_steps({lst}, B)")
 
@@ -333,7 +336,8 @@ def spec_source(spec: LayerSpec) -> str:
     of a string (names) or through size_expr / number_expr (S[repr(symbol)], numbers, math.*)."""
 
     def dims(shape):
-        return "(" + ", ".join(size_expr(d, exact=True) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+        return ("(" + ", ".join(size_expr(d, exact=True) for d in shape)
+                + ("," if len(shape) == 1 else "") + ")")
 
     lines = [
         "SPEC = {",
@@ -348,8 +352,9 @@ def spec_source(spec: LayerSpec) -> str:
     for p in spec.params:
         args = ", ".join(number_expr(a) for a in p.init_args)
         lines.append(
-            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r}, \"shape\": lambda S: {dims(p.shape)},"
-            f" \"init\": {p.init!r}, \"init_args\": lambda S: ({args}{',' if p.init_args else ''})}},")
+            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r},"
+            f" \"shape\": lambda S: {dims(p.shape)}, \"init\": {p.init!r},"
+            f" \"init_args\": lambda S: ({args}{',' if p.init_args else ''})}},")
     lines += ["    ],", "}"]
     return "\n".join(lines)
 
@@ -368,22 +373,15 @@ def _runtime_source() -> str:
     return text.strip()
 
 
-MODULE_RESERVED = {"Layer", "Cell", "compiler_disabled", "sys", "SPEC", "SYMBOLIC_BACKWARD", "N_RESULTS", "make_layer", "run_direction",
-                   "differentiable_backward",
-                   "stack_steps", "torch", "math", "functools", "PackedSequence", "inspect",
-                   "numbers", "warnings"}
-
-
 def emit_module(cell, prog, source_name: str, version: str) -> str:
     """The whole generated file for a compiled cell."""
+    from ..names import why_unusable
     from ..source import CellNameError
     name = cell.name
     source_name = comment_text(source_name)  # written in comments only, never on lines 1-2
-    taken = MODULE_RESERVED | {name + "Sequence", "forward", "backward"}
-    # the cell name is written unmangled (it names the classes): it must be a plain identifier
-    if (identifier(name) != name or keyword.iskeyword(name) or hasattr(builtins, name)
-            or name in taken or name.startswith("_")
-            or {name + "Cell", name + "Sequence"} & MODULE_RESERVED):
+    # The cell name is written unmangled (it names the classes). lower() refuses the names the
+    # generated code uses (cellc/names.py, the one list); this guards other callers of emit.
+    if identifier(name) != name or why_unusable(name, "cell") is not None:
         raise CellNameError(
             f"the cell name '{name}' cannot name a Python class here; rename the cell",
             None, cell.source.name)
@@ -451,7 +449,8 @@ class {name}Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, S, batch_sizes, xs, *states_and_params):
         T, B = xs.shape[0], xs.shape[1]
-        outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
+        outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), \
+*states_and_params)
         results, residuals = outs[:N_RESULTS], outs[N_RESULTS:]
         ctx.S, ctx.T, ctx.B, ctx.batch_sizes = S, T, B, batch_sizes
         ctx.is_tensor = [isinstance(r, torch.Tensor) for r in residuals]
