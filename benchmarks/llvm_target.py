@@ -452,7 +452,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: T/20 (at least 2), 1 repeat, 1 warm-up, 1 thread, no torch.compile")
+                   help="smoke run: T/20 (at least 2), 1 repeat, 1 warm-up, 1 thread,"
+                        " no torch.compile")
     p.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated: lstm,gru,rnn")
     p.add_argument("--shapes", default=None,
                    help="comma-separated indices into " + ", ".join(
@@ -537,7 +538,8 @@ def main(argv=None) -> int:
             "cpu": cpu_model(), "cpus": os.cpu_count(), "args": vars(args), "repeat": repeat,
             "warmup": warmup, "load_start": load_start, "load_end": load_end,
             "sgemm_peak_gflops": peaks, "jit_compile": probes,
-            "rows": [{("pass" if k == "pass_" else k): v for k, v in asdict(r).items()} for r in rows],
+            "rows": [{("pass" if k == "pass_" else k): v for k, v in asdict(r).items()}
+                     for r in rows],
         }
         Path(args.json).write_text(json.dumps(data, indent=1))
         print(f"raw numbers saved to {args.json}")

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-import cellc  # noqa: E402
+import cellc
 
 SIZES = [  # (T, B, I, H)
     (100, 64, 256, 256),

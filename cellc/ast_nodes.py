@@ -111,7 +111,8 @@ def format_cell(cell: Cell) -> str:
         if isinstance(st, Decl):
             items = []
             for d in st.names:
-                dims = "" if d.dims is None else "[" + ", ".join(format_expr(x) for x in d.dims) + "]"
+                dims = ("" if d.dims is None
+                        else "[" + ", ".join(format_expr(x) for x in d.dims) + "]")
                 items.append(d.name.id + dims)
             init = f" ~ {format_expr(st.init)}" if st.init else ""
             lines.append(f"  Decl {st.kind} {', '.join(items)}{init}    # line {st.span.line}")

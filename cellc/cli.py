@@ -44,7 +44,8 @@ def _summary(path: str) -> str:
     states = ", ".join(f"{s.name}{s.type}".replace("[B,", "[") for s in cell.states)
     for w in cell.warnings:
         print(w, file=sys.stderr)
-    return f"{path}: ok: {cell.name}({sizes}) states {states}; {cell.param_count_formula} parameters"
+    return (f"{path}: ok: {cell.name}({sizes}) states {states};"
+            f" {cell.param_count_formula} parameters")
 
 
 def cmd_check(args) -> int:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cellc: interrupted", file=sys.stderr)
         return 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
-    except Exception as e:  # noqa: BLE001  InternalError, or anything unexpected: a bug
+    except Exception as e:  # InternalError, or anything unexpected: a bug
         if os.environ.get("CELLC_DEBUG") == "1":
             traceback.print_exc()
         what = str(e) if isinstance(e, InternalError) else ": ".join(

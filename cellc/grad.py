@@ -120,12 +120,14 @@ def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
     return Vjp(fwd, bwd, len(f.results), adjoint_names)
 
 
-def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) -> tuple[list[Value], Instr]:
+def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None],
+              adjoint_names) -> tuple[list[Value], Instr]:
     """Cotangents of a scan's arguments, and the forward scan rewritten to save residuals."""
     scan = Scan.of(instr)
     step, nc = scan.step, scan.n_carry
     if scan.acc_results:
-        raise InternalError("differentiating a scan with accumulators (second order) is not supported")
+        raise InternalError(
+            "differentiating a scan with accumulators (second order) is not supported")
     if scan.reverse:
         raise InternalError("differentiating a reverse scan is not supported")
     xs_args, const_args = scan.xs, scan.consts
@@ -158,7 +160,8 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
     for p, a in zip(const_p, const_args):
         if id(p) in needed_consts and not any(p is c for c, _ in consts):
             consts.append((p, a))
-    stacked = [Value(b.fresh(r.name.replace("'", "_next") + "_seq"), r.type.with_batch(Batch.SEQ)) for r in saved]
+    stacked = [Value(b.fresh(r.name.replace("'", "_next") + "_seq"), r.type.with_batch(Batch.SEQ))
+               for r in saved]
     per_step += list(zip(saved, stacked))
 
     # The forward scan, now also stacking the saved values as extra per-step outputs.
@@ -170,7 +173,8 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names) 
     d_final = [d if d is not None else b.const(0.0, like=c.type)
                for d, c in zip(d_carry, scan.carry_init)]
     d_ys = [d if d is not None else b.const(0.0, like=o.type) for d, o in zip(d_ys, scan.ys)]
-    rev_params = seeds[:nc] + tuple(v for v, _ in per_step) + seeds[nc:] + tuple(v for v, _ in consts)
+    rev_params = (seeds[:nc] + tuple(v for v, _ in per_step)
+                  + seeds[nc:] + tuple(v for v, _ in consts))
     rev_step = Func(step.name + "_bwd", rev_params, tuple(invariant) + g.bwd.body, g.bwd.results)
     # Its outputs: d(initial carry), then d(x_t) stacked over time, then d(consts) summed.
     outs = b.scan(rev_step, d_final, xs=[*(s for _, s in per_step), *d_ys],

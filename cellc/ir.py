@@ -168,7 +168,8 @@ def scan_out_types(step: Func, n_carry: int, n_ys: int) -> list[TensorType]:
     """Output types of a scan: final carry, ys stacked over time (batch T*B), accs (no batch)."""
     res = [r.type for r in step.results]
     carry = res[:n_carry]
-    ys = [t.with_batch(Batch.SEQ if t.batch is Batch.STEP else Batch.NONE) for t in res[n_carry : n_carry + n_ys]]
+    ys = [t.with_batch(Batch.SEQ if t.batch is Batch.STEP else Batch.NONE)
+          for t in res[n_carry : n_carry + n_ys]]
     accs = res[n_carry + n_ys :]
     assert all(t.batch is Batch.NONE for t in accs), "scan accumulators must be per-batch sums"
     return carry + ys + accs
@@ -244,7 +245,8 @@ def format_instr(instr: Instr, indent: str = "  ") -> list[str]:
     outs = ", ".join(f"%{v.name} : {v.type}" for v in instr.outs)
     args = ", ".join(f"%{a.name}" for a in instr.args)
     attrs = ", ".join(t for k, v in instr.attrs.items() if (t := _attr_text(k, v)))
-    text = f"{indent}{outs} = {instr.op}" + (f" {args}" if args else "") + (f" {{{attrs}}}" if attrs else "")
+    text = (f"{indent}{outs} = {instr.op}" + (f" {args}" if args else "")
+            + (f" {{{attrs}}}" if attrs else ""))
     if instr.span is not None:
         text = f"{text:<64} # {instr.span.source.name.rsplit('/', 1)[-1]}:{instr.span.line}"
         if instr.grad:
@@ -293,7 +295,8 @@ def verify(f: Func) -> Func:
             raise InternalError(f"{f.name}: {instr.op} takes {opdef.arity} arguments")
         for a in instr.args:
             if id(a) not in defined:
-                raise InternalError(f"{f.name}: %{a.name} is used before it is defined ({instr.op})")
+                raise InternalError(
+                    f"{f.name}: %{a.name} is used before it is defined ({instr.op})")
         if instr.op == "scan":
             _verify_scan(instr)
         try:

@@ -16,8 +16,8 @@ import operator
 from dataclasses import dataclass, field, replace
 
 from . import ast_nodes as A
-from .ir import Builder, Func, Instr, Value, scan_out_types, verify
 from . import initializers
+from .ir import Builder, Func, Instr, Value, scan_out_types, verify
 from .names import LAYER_ATTRIBUTES, MAX_NAME_LENGTH, MODULE_ATTRIBUTES, why_unusable
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
@@ -32,7 +32,8 @@ from .source import (
 )
 
 # name -> (min args, max args, what the args mean), from the one table of initializers.
-INITIALIZERS = {n: (min(i.arity), max(i.arity), i.usage) for n, i in initializers.INITIALIZERS.items()}
+INITIALIZERS = {n: (min(i.arity), max(i.arity), i.usage)
+                for n, i in initializers.INITIALIZERS.items()}
 NUMERIC_FUNCTIONS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}
 
 
@@ -95,14 +96,16 @@ class CellIR:
         known = {s.arg for s in self.sizes}
         for k in args:
             if k not in known:
-                raise TypeError(f"{self.name}: unexpected size argument {k!r}; expects {sorted(known)}")
+                raise TypeError(
+                    f"{self.name}: unexpected size argument {k!r}; expects {sorted(known)}")
         sizes = {}
         for s in self.sizes:
             if s.arg not in args:
                 raise TypeError(f"{self.name}: missing size argument {s.arg!r}")
             v = args[s.arg]
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{self.name}: {s.arg} must be an int, got {type(v).__name__} {v!r}")
+                raise TypeError(
+                    f"{self.name}: {s.arg} must be an int, got {type(v).__name__} {v!r}")
             if v <= 0:
                 raise ValueError(f"{self.name}: {s.arg} must be positive, got {v}")
             sizes[s.symbol] = v
@@ -160,7 +163,7 @@ def _evaluate(e: A.Expr, sizes: dict[str, int] | None) -> float | None:
         if x is None:
             return None
         fn = e.fn.id
-        if fn in ("sqrt", "log") and x < 0 or fn == "log" and x == 0:
+        if (fn in ("sqrt", "log") and x < 0) or (fn == "log" and x == 0):
             raise _NotFinite(f"{fn} of {x:g} is not a finite real number", e.span)
         try:
             return _finite(NUMERIC_FUNCTIONS[fn](x), e)
@@ -212,7 +215,8 @@ class _Lowerer:
             _Binding(None, self.sizes[name.id].span, "size") if name.id in self.sizes else None
         )
         if prev is not None:
-            what = "size symbol" if prev.kind == "size" else prev.kind if prev.kind != "value" else "name"
+            what = ("size symbol" if prev.kind == "size"
+                    else prev.kind if prev.kind != "value" else "name")
             raise CellNameError(f"'{name.id}' is already defined", name.span).note(
                 f"previous definition of {what} '{name.id}'", prev.span
             )
@@ -224,7 +228,8 @@ class _Lowerer:
             return self.env[name.id].value
         if name.id in self.sizes:
             return self.b.const(Dim.of(name.id))
-        if name.id.endswith("'") and self.env.get(name.id[:-1], _Binding(None, None, "")).kind == "state":
+        if (name.id.endswith("'")
+                and self.env.get(name.id[:-1], _Binding(None, None, "")).kind == "state"):
             raise CellNameError(f"'{name.id}' is used before it is assigned", name.span)
         known = list(self.env) + list(self.sizes)
         err = CellNameError(f"unknown name '{name.id}'", name.span)
@@ -262,9 +267,11 @@ class _Lowerer:
         if isinstance(e, A.BinOp) and e.op == "div":
             rhs = self.dim(e.rhs)
             if rhs.constant is None or rhs.constant.denominator != 1 or rhs.constant <= 0:
-                raise CellShapeError("a size can only be divided by a positive whole number", e.rhs.span)
+                raise CellShapeError("a size can only be divided by a positive whole number",
+                                     e.rhs.span)
             return self.dim(e.lhs).divide(int(rhs.constant))
-        raise CellShapeError("a size is built from size symbols, whole numbers, + - * and /", e.span)
+        raise CellShapeError("a size is built from size symbols, whole numbers, + - * and /",
+                             e.span)
 
     def check_numeric(self, e: A.Expr):
         """Initializer arguments: numbers, size symbols, + - * / ^ and sqrt/exp/log."""
@@ -336,7 +343,8 @@ class _Lowerer:
             if isinstance(exponent, A.Neg):
                 exponent, sign = exponent.operand, -1.0
             if not isinstance(exponent, A.Num):
-                raise CellShapeError("an exponent must be a number, as in x^2 or x^-0.5", e.rhs.span)
+                raise CellShapeError("an exponent must be a number, as in x^2 or x^-0.5",
+                                     e.rhs.span)
             base = self.expr(e.lhs)
             return self.emit("pow", [base], e, exponent=sign * exponent.value)
         lhs, rhs = self.expr(e.lhs), self.expr(e.rhs)
@@ -346,8 +354,10 @@ class _Lowerer:
         fn = e.fn.id
         if fn == "split":
             raise CellShapeError(
-                "split gives several values; assign them to names, as in a, b = split(x, 2)", e.span)
-        arity = 1 if fn in UNARY_FUNCTIONS or fn in REDUCTIONS else 2 if fn in BINARY_FUNCTIONS else None
+                "split gives several values; assign them to names, as in a, b = split(x, 2)",
+                e.span)
+        arity = (1 if fn in UNARY_FUNCTIONS or fn in REDUCTIONS
+                 else 2 if fn in BINARY_FUNCTIONS else None)
         if fn == "concat":
             if not e.args:
                 raise CellShapeError("concat needs at least one argument", e.span)
@@ -420,11 +430,12 @@ class _Lowerer:
         results = tuple(next_values[v.name] for v in state_vals) + (self.env[output.id].value,)
         step_params = state_vals + (inputs[0][0],) + tuple(v for v, _ in params)
         step = verify(Func(cell.name.id, step_params, tuple(self.b.body), results))
-        specs = tuple(ParamSpec(v.name, kind, v.type, init, d.span) for v, (d, kind, init) in params)
+        specs = tuple(ParamSpec(v.name, kind, v.type, init, d.span)
+                      for v, (d, kind, init) in params)
         return CellIR(
             cell.name.id, tuple(SizeSpec(s.arg.id, s.symbol.id) for s in cell.sizes),
-            inputs[0][0], state_vals, specs, output.id, step, cell.span.source, tuple(self.warnings),
-            inputs[0][1].span,
+            inputs[0][0], state_vals, specs, output.id, step, cell.span.source,
+            tuple(self.warnings), inputs[0][1].span,
         )
 
     def statement(self, st: A.Statement, inputs, states, params, next_values, output):
@@ -472,8 +483,8 @@ class _Lowerer:
                 if c is not None and c <= 0:
                     raise CellShapeError(f"a size must be positive, not {dim}", x.span)
             if st.kind in ("input", "state") and len(dims) != 1:
-                raise CellShapeError(f"an {st.kind} is a vector: give one size, as in {d.name.id}[H]",
-                                     d.span)
+                raise CellShapeError(
+                    f"an {st.kind} is a vector: give one size, as in {d.name.id}[H]", d.span)
             if len(dims) > 2:
                 raise CellShapeError("a parameter has at most two dimensions", d.span)
             if init.fn == "orthogonal" and len(dims) != 2:
@@ -493,7 +504,9 @@ class _Lowerer:
         start = len(self.b.body)
         is_split = isinstance(value, A.Call) and value.fn.id == "split"
         if is_split:
-            if len(value.args) != 2 or not isinstance(value.args[1], A.Num) or value.args[1].value != int(value.args[1].value) or value.args[1].value < 1:
+            if (len(value.args) != 2 or not isinstance(value.args[1], A.Num)
+                    or value.args[1].value != int(value.args[1].value)
+                    or value.args[1].value < 1):
                 raise CellShapeError("use split(x, N) with N a whole number of parts", value.span)
             parts = int(value.args[1].value)
             if parts != len(st.targets):
@@ -529,7 +542,8 @@ class _Lowerer:
                         target.span).note(how, base.span)
                 if v.type != base.value.type:
                     raise CellShapeError(
-                        f"the next value of state '{name[:-1]}' must be {base.value.type}, not {v.type}",
+                        f"the next value of state '{name[:-1]}' must be {base.value.type},"
+                        f" not {v.type}",
                         st.value.span).note(f"'{name[:-1]}' is declared", base.span)
                 next_values[name[:-1]] = v
             elif name in self.env and self.env[name].kind in ("input", "state", "param", "bias"):
@@ -575,10 +589,12 @@ def sequence_program(cell: CellIR) -> Func:
     init = tuple(Value(f"{s.name}0", s.type) for s in cell.states)
     params = tuple(Value(p.name, p.type) for p in cell.params)
     types = scan_out_types(step, n, 1)
-    outs = tuple(Value(name, t) for name, t in zip([f"{s.name}_n" for s in cell.states] + ["ys"], types))
+    outs = tuple(Value(name, t)
+                 for name, t in zip([f"{s.name}_n" for s in cell.states] + ["ys"], types))
     attrs = {"step": step, "n_carry": n, "n_xs": 1, "n_ys": 1, "reverse": False,
              "out_types": tuple(types)}
-    scan = Instr("scan", (*init, xs, *params), outs, attrs, cell.step.body[-1].span if step.body else None)
+    scan = Instr("scan", (*init, xs, *params), outs, attrs,
+                 cell.step.body[-1].span if step.body else None)
     return verify(Func(cell.name, (xs, *init, *params), (scan,), outs))
 
 

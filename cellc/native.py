@@ -3,9 +3,9 @@
     import cellc
     cell = cellc.native.NativeCell("cells/lstm.cell", input_size=8, hidden_size=16)
     params = cell.init_params(rng=0)
-    ys, final, tape = cell.forward(xs, params)                 # xs: (T, B, 8) float32
-    grads = cell.backward(tape, d_ys)                          # {"xs": ..., "h": ..., "weight_ih": ...}
-    y, states = cell.step(x, states, params)                   # one step, for streaming
+    ys, final, tape = cell.forward(xs, params)   # xs: (T, B, 8) float32
+    grads = cell.backward(tape, d_ys)            # {"xs": ..., "h": ..., "weight_ih": ...}
+    y, states = cell.step(x, states, params)     # one step, for streaming
 
 Sequences of different lengths: `lengths` (B ints); outputs past a sequence's end are zero and
 its final state is the one at its last step. Compiled kernels are cached in memory and on disk
@@ -62,7 +62,8 @@ class NativeCell:
         self.program = cache.native_program(self.cell, self.sizes, self.dtype.name)
         from .backends import blas
 
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
             raise ValueError(f"threads must be a positive int or None, not {threads!r}")
         # Threads of the BLAS that runs the large products (the time loop itself is one thread).
         self.threads = threads or blas.default_threads()
@@ -71,7 +72,8 @@ class NativeCell:
         S, n = self.sizes, len(self.cell.states)
         self._input_size = int(self.cell.input.type.shape[0].evaluate(S))
         self._output_size = int(self.cell.step.results[n].type.shape[0].evaluate(S))
-        self._state_sizes = [(st.name, int(st.type.shape[0].evaluate(S))) for st in self.cell.states]
+        self._state_sizes = [(st.name, int(st.type.shape[0].evaluate(S)))
+                             for st in self.cell.states]
         self._param_shapes = [(p.name, p.type.concrete(S)) for p in self.cell.params]
 
     # -- helpers ----------------------------------------------------------------------------
@@ -143,7 +145,8 @@ class NativeCell:
         dy = d_ys if tape.order is None else d_ys[:, tape.order]
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
         self._threads()
-        grads = self.program.backward_kernel.run(T, B, tape.batch_sizes, list(tape.residuals) + seeds, _ARRAYS)
+        grads = self.program.backward_kernel.run(T, B, tape.batch_sizes,
+                                                 list(tape.residuals) + seeds, _ARRAYS)
         grads = calls._unshared(grads)
         names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
         out = dict(zip(names, grads))
@@ -157,7 +160,8 @@ class NativeCell:
 
     # -- streaming --------------------------------------------------------------------------
 
-    def step(self, x: np.ndarray, states: Mapping[str, np.ndarray] | None, params: Mapping[str, np.ndarray]):
+    def step(self, x: np.ndarray, states: Mapping[str, np.ndarray] | None,
+             params: Mapping[str, np.ndarray]):
         """One time step for a batch x (B, I): returns (y (B, out), {state: next value}). The
         caller keeps the state between calls. Uses a kernel compiled for single steps."""
         from .backends import cache

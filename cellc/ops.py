@@ -10,8 +10,9 @@ A shape rule takes the argument types and the attributes and returns the output 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType, broadcast
 

@@ -148,14 +148,14 @@ def grad_equations(cell: CellIR) -> str:
     names, soft, comments = {}, {}, {}
     # Cotangents of unnamed forward values: numbered, with the forward expression as a comment.
     source_exprs = forward_expressions(cell.step)
-    for k, (v, fv) in prog.adjoint_names.items():
+    for k, (_, fv) in prog.adjoint_names.items():
         if id(fv) in named:
             names[k] = ns.cotangent(named[id(fv)])
         elif id(fv) in source_exprs:
             soft[k] = ns.fresh("d")
             comments[soft[k]] = source_exprs[id(fv)][0]
     # Then those of values the passes made (a fused product, a hoisted input projection).
-    for k, (v, fv) in prog.adjoint_names.items():
+    for k, (_, fv) in prog.adjoint_names.items():
         if k not in names and k not in soft and id(fv) in texts:
             soft[k] = ns.fresh("d")
             comments[soft[k]] = texts[id(fv)][0]

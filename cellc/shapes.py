@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Mapping
 
 Monomial = tuple[str, ...]  # sorted symbol names; () is the constant term
 
@@ -142,7 +142,8 @@ class TensorType:
         return BoundShape(self.batch, tuple(int(d.evaluate(sizes)) for d in self.shape))
 
     def __str__(self) -> str:
-        dims = ([self.batch.value] if self.batch is not Batch.NONE else []) + [str(d) for d in self.shape]
+        dims = (([self.batch.value] if self.batch is not Batch.NONE else [])
+                + [str(d) for d in self.shape])
         return "[" + ",".join(dims) + "]"
 
 

@@ -203,9 +203,11 @@ def _syntax_error(source: Source, e: UnexpectedInput) -> CellSyntaxError:
     span = Span(source, line, col, line, col + width)
     accepts = e.accepts or e.expected
     if "CELL" in accepts:
-        return CellSyntaxError(f"unexpected {_describe(tok)}; a file starts with 'cell NAME(...):'", span)
+        return CellSyntaxError(
+            f"unexpected {_describe(tok)}; a file starts with 'cell NAME(...):'", span)
     if tok.type == "NAME" and "_NL" in accepts:
-        return CellSyntaxError(f"unexpected name '{tok}'; expected end of line (missing operator?)", span)
+        return CellSyntaxError(
+            f"unexpected name '{tok}'; expected end of line (missing operator?)", span)
     err = CellSyntaxError(f"unexpected {_describe(tok)}" + _expected(e), span)
     unclosed = _unclosed(source, tok.start_pos)
     if unclosed is not None and unclosed[1].line < tok.line:
@@ -267,7 +269,8 @@ class _ToAst(Transformer_NonRecursive):
         return Span(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
 
     def _tok(self, tok: Token) -> A.Name:
-        return A.Name(str(tok), Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column))
+        return A.Name(str(tok),
+                      Span(self.source, tok.line, tok.column, tok.end_line, tok.end_column))
 
     def start(self, meta, children):
         return children[-1]
@@ -290,7 +293,8 @@ class _ToAst(Transformer_NonRecursive):
     def declared(self, meta, children):
         name, lsqb, *dims = children
         dims = [d for d in dims if d is not None and not isinstance(d, Token)]
-        return A.Declared(self._tok(name), tuple(dims) if lsqb is not None else None, self._span(meta))
+        return A.Declared(self._tok(name), tuple(dims) if lsqb is not None else None,
+                          self._span(meta))
 
     def assign(self, meta, children):
         *targets, value = children

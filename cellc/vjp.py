@@ -11,7 +11,7 @@ statistic broadcast over features); `grad.py` sums it back down to the argument'
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .ir import Builder, Instr, Value
 from .shapes import Batch
@@ -114,7 +114,7 @@ def _mul(b, instr, dys):
 
 @vjp_rule("div")
 def _div(b, instr, dys):
-    x, y = instr.args
+    _, y = instr.args
     dx = b.div(dys[0], y)
     return [dx, b.neg(b.mul(dx, instr.out))]  # d(x/y)/dy = -(x/y)/y
 

@@ -70,7 +70,8 @@ def assert_rel(got, want, tol, what):
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    """name -> (output dir, CompletedProcess-like (rc, stdout, stderr)); both compiles run at once."""
+    """name -> (output dir, CompletedProcess-like (rc, stdout, stderr)); both compiles run at
+    once."""
     base = tmp_path_factory.mktemp("aot")
     procs = {}
     for name in NAMES:
@@ -95,22 +96,25 @@ def built(builds, name) -> Path:
 @pytest.mark.parametrize("name", NAMES)
 def test_compile_writes_three_files(builds, name):
     out = built(builds, name)
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"lib{name}.so", f"{name}.h", f"{name}.py"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"lib{name}.so", f"{name}.h", f"{name}.py"])
     _, _, stdout, _ = builds[name]
-    assert sorted(stdout.split()) == sorted(["wrote"] * 3 + [str(out / f) for f in
-                                                             (f"lib{name}.so", f"{name}.h", f"{name}.py")])
+    assert sorted(stdout.split()) == sorted(
+        ["wrote"] * 3 + [str(out / f) for f in (f"lib{name}.so", f"{name}.h", f"{name}.py")])
     assert (out / f"lib{name}.so").read_bytes()[:4] == b"\x7fELF"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_header_declares_every_kernel(builds, name):
     text = (built(builds, name) / f"{name}.h").read_text()
-    declared = re.findall(r"^void (\w+)\(int64_t T, int64_t B, const int64_t \*batch_sizes, void \*const \*args,"
-                          r" void \*const \*results, (float|double) \*workspace\);$", text, re.MULTILINE)
+    declared = re.findall(r"^void (\w+)\(int64_t T, int64_t B, const int64_t \*batch_sizes,"
+                          r" void \*const \*args, void \*const \*results,"
+                          r" (float|double) \*workspace\);$", text, re.MULTILINE)
     assert sorted(declared) == sorted(
         (f"{name}_{k}", "float" if k.endswith("f32") else "double") for k in KERNELS)
     for k in KERNELS:
-        assert re.search(rf"^#define {name.upper()}_{k.upper()}_WORKSPACE\(T, B\) \(", text, re.MULTILINE), k
+        assert re.search(rf"^#define {name.upper()}_{k.upper()}_WORKSPACE\(T, B\) \(", text,
+                         re.MULTILINE), k
     # every macro the prose names exists (it once documented PREFIX_WORKSPACE_<kernel>)
     defined = set(re.findall(r"^#define (\w+)", text, re.MULTILINE))
     mentioned = set(re.findall(r"\b[A-Z][A-Z0-9_]*WORKSPACE[A-Z0-9_]*\b", text.split("*/")[0]))
@@ -131,7 +135,8 @@ def test_header_is_valid_c(builds, name, tmp_path):
     assert res.returncode == 0, res.stderr
     # and usable: the workspace macros are integer expressions of T and B
     src = tmp_path / "use.c"
-    src.write_text(f'#include "{header}"\nint main(void) {{ long n = {name.upper()}_FORWARD_F64_WORKSPACE(5, 3);'
+    src.write_text(f'#include "{header}"\n'
+                   f"int main(void) {{ long n = {name.upper()}_FORWARD_F64_WORKSPACE(5, 3);"
                    f" return n > 0 ? 0 : 1; }}\n")
     res = subprocess.run([cc, "-fsyntax-only", "-Wall", "-Werror", str(src)], capture_output=True,
                          text=True, timeout=60, check=False)
@@ -176,10 +181,14 @@ for dtype in ("float32", "float64"):
     out[f"{dtype}/packed_ys"] = ys
     out.update({f"{dtype}/packed_final/{k}": v for k, v in final.items()})
     bad = {
-        "batch_sizes increase": lambda: cell.forward(xs, params, states, batch_sizes=batch_sizes[::-1]),
-        "batch_sizes exceed B": lambda: cell.forward(xs, params, states, batch_sizes=[xs.shape[1] + 1] * xs.shape[0]),
-        "wrong-shaped parameter": lambda: cell.forward(xs, dict(params, weight_ih=params["weight_ih"][:, :-1].copy()), states),
-        "missing parameter": lambda: cell.forward(xs, {k: v for k, v in params.items() if k != "bias_hh"}, states),
+        "batch_sizes increase": lambda: cell.forward(
+            xs, params, states, batch_sizes=batch_sizes[::-1]),
+        "batch_sizes exceed B": lambda: cell.forward(
+            xs, params, states, batch_sizes=[xs.shape[1] + 1] * xs.shape[0]),
+        "wrong-shaped parameter": lambda: cell.forward(
+            xs, dict(params, weight_ih=params["weight_ih"][:, :-1].copy()), states),
+        "missing parameter": lambda: cell.forward(
+            xs, {k: v for k, v in params.items() if k != "bias_hh"}, states),
         "wrong features": lambda: cell.forward(xs[:, :, :-1].copy(), params, states),
         "float16 dtype": lambda: getattr(mod, cls_name)("float16"),
         "xs of the other dtype": lambda: cell.forward(
@@ -235,12 +244,14 @@ def loader_runs(builds, tmp_path_factory):
         # importable through site-packages, so the test checks it is not imported)
         env = {k: v for k, v in child_env().items() if not k.startswith("PYTHON")}
         procs[name] = (cell, sizes, p, outputs, subprocess.Popen(
-            [sys.executable, "-c", LOADER_SCRIPT, str(loader), cell.name, str(inputs), str(outputs)],
+            [sys.executable, "-c", LOADER_SCRIPT, str(loader), cell.name, str(inputs),
+             str(outputs)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=base, env=env))
     result = {}
     for name, (cell, sizes, p, outputs, proc) in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"loader child for {name} failed ({proc.returncode}):\n{stderr}"
+        assert proc.returncode == 0, (
+            f"loader child for {name} failed ({proc.returncode}):\n{stderr}")
         with np.load(outputs) as f:
             data = {k: f[k] for k in f.files}
         result[name] = (cell, sizes, p, json.loads(stdout.strip().splitlines()[-1]), data)
@@ -287,7 +298,8 @@ def test_loader_batch_sizes_match_per_sequence_reference(loader_runs, name, dtyp
         assert_rel(ys[:L, b], w_ys[:, 0], TOL[dtype], f"ys[:{L}, {b}]")
         assert np.all(ys[L:, b] == 0), f"outputs past length {L} of sequence {b}"
         for k in w_final:
-            assert_rel(got[f"{dtype}/packed_final/{k}"][b], w_final[k][0], TOL[dtype], f"final {k}[{b}]")
+            assert_rel(got[f"{dtype}/packed_final/{k}"][b], w_final[k][0], TOL[dtype],
+                       f"final {k}[{b}]")
 
 
 LOADER_ERRORS = {
@@ -369,7 +381,8 @@ def test_missing_sizes_is_usage_error(tmp_path):
     assert "Traceback" not in res.stderr
     assert not out.exists()
 
-    res = cellc_cmd("compile", "cells/lstm.cell", "--target", "llvm", "--sizes", "input_size=3", "-o", out)
+    res = cellc_cmd("compile", "cells/lstm.cell", "--target", "llvm", "--sizes", "input_size=3",
+                    "-o", out)
     assert res.returncode == 2, res.stderr
     assert "missing hidden_size" in res.stderr
     assert not out.exists()
@@ -408,7 +421,8 @@ def test_broken_cell_is_located_error(tmp_path):
 def test_output_is_existing_file(tmp_path):
     target = tmp_path / "taken"
     target.write_text("keep me\n")
-    res = cellc_cmd("compile", "cells/lstm.cell", "--target", "llvm", "--sizes", SIZES, "-o", target)
+    res = cellc_cmd("compile", "cells/lstm.cell", "--target", "llvm", "--sizes", SIZES,
+                    "-o", target)
     assert res.returncode == 2, (res.returncode, res.stderr)
     assert "-o" in res.stderr and "not a directory" in res.stderr, res.stderr
     assert target.read_text() == "keep me\n"
@@ -438,15 +452,18 @@ def test_show_emits_llvm_ir():
     res = cellc_cmd("show", "cells/lstm.cell", "--emit", "llvm")
     assert res.returncode == 0, res.stderr
     # llvmlite quotes every global name: define void @"cellc_forward"(...)
-    assert re.search(r'^define void @"?cellc_forward"?\(', res.stdout, re.MULTILINE), res.stdout[:2000]
+    assert re.search(r'^define void @"?cellc_forward"?\(', res.stdout, re.MULTILINE), (
+        res.stdout[:2000])
     assert re.search(r'^define void @"?cellc_backward"?\(', res.stdout, re.MULTILINE)
     assert "float" in res.stdout and "double" not in res.stdout
 
 
 def test_show_llvm_sizes_and_dtype():
-    res = cellc_cmd("show", "cells/gru.cell", "--emit", "llvm", "--sizes", SIZES, "--dtype", "float64")
+    res = cellc_cmd("show", "cells/gru.cell", "--emit", "llvm", "--sizes", SIZES,
+                    "--dtype", "float64")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"; sizes {{'I': {I}, 'H': {H}}}, float64")
-    assert re.search(r'^define void @"?cellc_forward"?\(', res.stdout, re.MULTILINE) and "double" in res.stdout
+    assert (re.search(r'^define void @"?cellc_forward"?\(', res.stdout, re.MULTILINE)
+            and "double" in res.stdout)
     res = cellc_cmd("show", "cells/gru.cell", "--emit", "llvm", "--sizes", "input_size=zero")
     assert res.returncode == 2 and "--sizes" in res.stderr, res.stderr

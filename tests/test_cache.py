@@ -220,7 +220,8 @@ def test_evicted_engines_are_freed(tmp_path, monkeypatch):
     cell = cellc.load_cell(tmp_path / "tiny.cell")
     engines = []
     for h in (1, 2, 3):
-        engines.append(weakref.ref(cache.native_step(cell, cell.bind(hidden_size=h), "float64").engine))
+        engines.append(
+            weakref.ref(cache.native_step(cell, cell.bind(hidden_size=h), "float64").engine))
         gc.collect()
     assert len(cache._memory) == 2
     assert [e() is None for e in engines] == [True, False, False]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CELL_FILES
 
 import cellc
 from cellc import cli, ir
 from cellc.backends.numpy_ref import forward, init_params
 from cellc.lower import sequence_program
+
+from conftest import CELL_FILES
 
 # Distinct sizes (so a transposed weight cannot go unnoticed) that divide by 2, 3 and 4.
 SIZES = (12, 24, 36)

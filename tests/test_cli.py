@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CELL_FILES
 
 from cellc import cli
+
+from conftest import CELL_FILES
 
 BROKEN = (
     "cell C(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n"

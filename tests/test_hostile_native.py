@@ -201,7 +201,7 @@ def test_loader_imports_and_runs_under_hostile_cell_names(name, tmp_path):
     cell = dataclasses.replace(rnn, name=name)
     written, mod, cls = build(cell, sizes, tmp_path / "out")
     assert mod.np is np and mod.ctypes is ctypes and mod.os is os
-    assert isinstance(mod.KERNELS, dict) and mod.SIZES == sizes
+    assert isinstance(mod.KERNELS, dict) and sizes == mod.SIZES
     if name not in ("np", "ctypes", "os", "KERNELS", "SIZES"):  # those keep their meaning
         assert getattr(mod, name, cls) is cls
     xs, params, states, d_ys = problem(rnn, sizes, "float64")
@@ -228,7 +228,8 @@ def test_loader_named_like_a_module_does_not_shadow_it(tmp_path):
               f"import ctypes, numpy as np, {stem} as mod\n"
               "assert ctypes.CDLL is not None\n"
               "cell = mod._Cell('float64')\n"
-              "print(cell.forward(np.zeros((2, 1, 3)), {k: np.zeros(s) for k, s in mod.PARAMS})[0].shape)\n")
+              "print(cell.forward(np.zeros((2, 1, 3)),"
+              " {k: np.zeros(s) for k, s in mod.PARAMS})[0].shape)\n")
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=tmp_path, env=child_env(), timeout=120, check=False)
     assert res.returncode == 0 and res.stdout.strip() == "(2, 1, 4)", res.stderr
@@ -342,8 +343,10 @@ def _bad_calls(xs, params, states, d_ys):
         "xs 2-d": lambda c: c.forward(xs[0], params, states),
         "xs features": lambda c: c.forward(xs[:, :, :-1], params, states),
         "param dtype": lambda c: c.forward(xs, dict(params, weight_ih=p64["weight_ih"]), states),
-        "param shape": lambda c: c.forward(xs, dict(params, weight_ih=params["weight_ih"].T), states),
-        "param missing": lambda c: c.forward(xs, {k: v for k, v in params.items() if k != "bias_hh"}),
+        "param shape": lambda c: c.forward(
+            xs, dict(params, weight_ih=params["weight_ih"].T), states),
+        "param missing": lambda c: c.forward(
+            xs, {k: v for k, v in params.items() if k != "bias_hh"}),
         "param list": lambda c: c.forward(xs, dict(params, bias_ih=params["bias_ih"].tolist())),
         "state shape": lambda c: c.forward(xs, params, {"h": states["h"][:-1]}),
         "state dtype": lambda c: c.forward(xs, params, {"h": states["h"].astype(np.float64)}),
@@ -551,8 +554,9 @@ print(json.dumps(out))
 def test_t_times_b_over_2_31_is_refused_before_allocating(loaders, tmp_path):
     """Runs in a child whose address space cannot hold a copy of the (zero-stride) inputs:
     a check after the copy would show up as a MemoryError, not as the T*B error."""
-    res = subprocess.run([sys.executable, "-c", ROWS_SCRIPT, str(loaders["rnn"][3])], capture_output=True,
-                         text=True, cwd=ROOT, env=child_env(), timeout=300, check=False)
+    res = subprocess.run([sys.executable, "-c", ROWS_SCRIPT, str(loaders["rnn"][3])],
+                         capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=300,
+                         check=False)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     for case, msg in got.items():

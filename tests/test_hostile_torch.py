@@ -209,7 +209,8 @@ def test_issue_reproduction_with_import(tmp_path):
     pytest.importorskip("torch")
     path = tmp_path / RUE_NAME
     path.write_text(cell_text(RUE_PAYLOAD))
-    assert cli.main(["compile", str(path), "--target", "torch", "-o", str(tmp_path / "gen.py")]) == 0
+    assert cli.main(["compile", str(path), "--target", "torch",
+                     "-o", str(tmp_path / "gen.py")]) == 0
     r = subprocess.run([sys.executable, "-c", "import gen; print(gen.Layer.__name__)"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert (r.returncode, r.stdout, r.stderr) == (0, "RNN\n", "")

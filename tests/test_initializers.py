@@ -26,7 +26,7 @@ def test_torch_layers_holds_the_current_torch_column():
 def test_lowering_checks_calls_against_the_table():
     # lower.py keeps its own (min args, max args, usage) view; it must say what the table says.
     view = {name: (min(i.arity), max(i.arity), i.usage) for name, i in INITIALIZERS.items()}
-    assert lower.INITIALIZERS == view
+    assert view == lower.INITIALIZERS
 
 
 def _numpy(name, shape, args):
@@ -37,7 +37,7 @@ def _torch(name, shape, args):
     torch = pytest.importorskip("torch")
     namespace = {"torch": torch}
     source = torch_table_source()
-    exec(compile(source, "<initializers>", "exec"), namespace)  # noqa: S102  (our own text)
+    exec(compile(source, "<initializers>", "exec"), namespace)  # our own text
     counts, fill = namespace["_INITIALIZERS"][name]
     assert len(args) in counts
     w = torch.empty(shape, dtype=torch.float64)

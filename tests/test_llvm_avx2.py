@@ -25,7 +25,8 @@ from cellc.backends.llvm_jit import host_cpu
 out = {"features": host_cpu()[1]}
 for name in ("lstm", "gru", "layernorm_lstm"):
     for dtype in ("float32", "float64"):
-        nc = cellc.native.NativeCell(f"cells/{name}.cell", dtype=dtype, input_size=5, hidden_size=37)
+        nc = cellc.native.NativeCell(f"cells/{name}.cell", dtype=dtype, input_size=5,
+                                     hidden_size=37)
         p = nc.init_params(0)
         rng = np.random.default_rng(1)
         xs = rng.normal(size=(9, 6, 5)).astype(dtype)

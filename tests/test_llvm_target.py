@@ -41,8 +41,15 @@ from cellc.backends import cache, numpy_ref
 torch = pytest.importorskip("torch")
 
 
-from layer_parity import (  # noqa: E402
-    CONFIGS, SIZES, TORCH_CELLS, TORCH_LAYERS, check_parity, close, compare, graph_names,
+from layer_parity import (
+    CONFIGS,
+    SIZES,
+    TORCH_CELLS,
+    TORCH_LAYERS,
+    check_parity,
+    close,
+    compare,
+    graph_names,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +249,8 @@ def test_native_kernels_really_run():
     assert np.abs(ys - ys2).max() > 1e-9
 
 
-@pytest.mark.parametrize("shape", [(0, 3), (5, 0), (0, 0), (1, 1)], ids=lambda s: f"T{s[0]}-B{s[1]}")
+@pytest.mark.parametrize("shape", [(0, 3), (5, 0), (0, 0), (1, 1)],
+                         ids=lambda s: f"T{s[0]}-B{s[1]}")
 def test_degenerate_shapes(shape):
     Tn, Bn = shape
     nc = native(str(CELLS_DIR / "lstm.cell"), "float64")
@@ -306,7 +314,8 @@ def test_lengths_all_full_equal_no_lengths():
     ys, final, tape = nc.forward(p["xs"], p["params"], p["states"])
     ys2, final2, tape2 = nc.forward(p["xs"], p["params"], p["states"], lengths=[T] * B)
     assert np.array_equal(ys, ys2) and np.array_equal(final["h"], final2["h"])
-    g, g2 = nc.backward(tape, p["d_ys"], p["d_states"]), nc.backward(tape2, p["d_ys"], p["d_states"])
+    g, g2 = (nc.backward(tape, p["d_ys"], p["d_states"]),
+             nc.backward(tape2, p["d_ys"], p["d_states"]))
     for k in g:
         assert np.array_equal(g[k], g2[k]), k
 
@@ -399,7 +408,8 @@ def test_llvm_cell_class_matches_torch(name, dtype):
     ours.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(2)
     x = torch.randn(B_LAYER, I, generator=g, dtype=dtype)
-    hx = [torch.randn(B_LAYER, H, generator=g, dtype=dtype) for _ in range(2 if name == "lstm" else 1)]
+    hx = [torch.randn(B_LAYER, H, generator=g, dtype=dtype)
+          for _ in range(2 if name == "lstm" else 1)]
     results = []
     for module in (ours, ref):
         xl = x.clone().requires_grad_()
@@ -432,7 +442,8 @@ kf, kb = nc.program.forward_kernel, nc.program.backward_kernel
 fnames = [p.name for p in kf.func.params]
 
 def kargs():
-    return [np.zeros((T * B, 3)), np.zeros((B, 4)), np.zeros((B, 4))] + [params[p.name] for p in nc.cell.params]
+    return ([np.zeros((T * B, 3)), np.zeros((B, 4)), np.zeros((B, 4))]
+            + [params[p.name] for p in nc.cell.params])
 
 def with_arg(k, value):
     a = kargs(); a[k] = value; return a
@@ -441,12 +452,18 @@ full = np.full(T, B)
 xs = np.zeros((T, B, 3))
 _, _, tape = nc.forward(xs, params)
 cases = {
-    "kernel float16 h0": lambda: kf.run(T, B, full, with_arg(1, np.zeros((B, 4), np.float16)), _ARRAYS),
-    "kernel float32 c0": lambda: kf.run(T, B, full, with_arg(2, np.zeros((B, 4), np.float32)), _ARRAYS),
-    "kernel int xs": lambda: kf.run(T, B, full, with_arg(0, np.zeros((T * B, 3), np.int64)), _ARRAYS),
-    "kernel list xs": lambda: kf.run(T, B, full, with_arg(0, np.zeros((T * B, 3)).tolist()), _ARRAYS),
-    "kernel non-contiguous xs": lambda: kf.run(T, B, full, with_arg(0, np.zeros((T * B, 6))[:, ::2]), _ARRAYS),
-    "kernel fortran-order weight_hh": lambda: kf.run(T, B, full, with_arg(4, np.asfortranarray(params["weight_hh"])), _ARRAYS),
+    "kernel float16 h0": lambda: kf.run(
+        T, B, full, with_arg(1, np.zeros((B, 4), np.float16)), _ARRAYS),
+    "kernel float32 c0": lambda: kf.run(
+        T, B, full, with_arg(2, np.zeros((B, 4), np.float32)), _ARRAYS),
+    "kernel int xs": lambda: kf.run(
+        T, B, full, with_arg(0, np.zeros((T * B, 3), np.int64)), _ARRAYS),
+    "kernel list xs": lambda: kf.run(
+        T, B, full, with_arg(0, np.zeros((T * B, 3)).tolist()), _ARRAYS),
+    "kernel non-contiguous xs": lambda: kf.run(
+        T, B, full, with_arg(0, np.zeros((T * B, 6))[:, ::2]), _ARRAYS),
+    "kernel fortran-order weight_hh": lambda: kf.run(
+        T, B, full, with_arg(4, np.asfortranarray(params["weight_hh"])), _ARRAYS),
     "kernel short xs": lambda: kf.run(T, B, full, with_arg(0, np.zeros((T * B - 1, 3))), _ARRAYS),
     "kernel wide weight_ih": lambda: kf.run(T, B, full, with_arg(3, np.zeros((16, 4))), _ARRAYS),
     "kernel small h0": lambda: kf.run(T, B, full, with_arg(1, np.zeros((B - 1, 4))), _ARRAYS),
@@ -455,14 +472,21 @@ cases = {
     "kernel batch_sizes exceed B": lambda: kf.run(T, B, [B + 1] * T, kargs(), _ARRAYS),
     "kernel batch_sizes negative": lambda: kf.run(T, B, [2, 2, 1, 0, -1], kargs(), _ARRAYS),
     "kernel batch_sizes too short": lambda: kf.run(T, B, [2, 2], kargs(), _ARRAYS),
-    "backward kernel short residual": lambda: kb.run(T, B, full, [tape.residuals[0][:-1]] + list(tape.residuals[1:]) + [np.zeros((B, 4)), np.zeros((B, 4)), np.zeros((T * B, 4))], _ARRAYS),
+    "backward kernel short residual": lambda: kb.run(
+        T, B, full,
+        [tape.residuals[0][:-1]] + list(tape.residuals[1:])
+        + [np.zeros((B, 4)), np.zeros((B, 4)), np.zeros((T * B, 4))],
+        _ARRAYS),
     "forward float16 xs": lambda: nc.forward(xs.astype(np.float16), params),
     "forward int xs": lambda: nc.forward(xs.astype(np.int32), params),
     "forward 2-d xs": lambda: nc.forward(xs[0], params),
     "forward wrong features": lambda: nc.forward(np.zeros((T, B, 4)), params),
-    "forward float32 weight_hh": lambda: nc.forward(xs, dict(params, weight_hh=params["weight_hh"].astype(np.float32))),
-    "forward wrong-shaped weight_hh": lambda: nc.forward(xs, dict(params, weight_hh=np.zeros((16, 3)))),
-    "forward missing bias_hh": lambda: nc.forward(xs, {k: v for k, v in params.items() if k != "bias_hh"}),
+    "forward float32 weight_hh": lambda: nc.forward(
+        xs, dict(params, weight_hh=params["weight_hh"].astype(np.float32))),
+    "forward wrong-shaped weight_hh": lambda: nc.forward(
+        xs, dict(params, weight_hh=np.zeros((16, 3)))),
+    "forward missing bias_hh": lambda: nc.forward(
+        xs, {k: v for k, v in params.items() if k != "bias_hh"}),
     "forward wrong batch c": lambda: nc.forward(xs, params, {"c": np.zeros((B + 1, 4))}),
     "forward unknown state": lambda: nc.forward(xs, params, {"bogus": np.zeros((B, 4))}),
     "forward lengths > T": lambda: nc.forward(xs, params, lengths=[T + 1, 1]),
@@ -470,11 +494,13 @@ cases = {
     "forward float lengths": lambda: nc.forward(xs, params, lengths=[1.5, 1.0]),
     "forward lengths count": lambda: nc.forward(xs, params, lengths=[1, 1, 1]),
     "backward wrong d_ys": lambda: nc.backward(tape, np.zeros((T, B, 5))),
-    "backward float32 d_states": lambda: nc.backward(tape, None, {"h": np.zeros((B, 4), np.float32)}),
+    "backward float32 d_states": lambda: nc.backward(
+        tape, None, {"h": np.zeros((B, 4), np.float32)}),
     "step wrong features": lambda: nc.step(np.zeros((B, 5)), None, params),
     "step float32 x": lambda: nc.step(np.zeros((B, 3), np.float32), None, params),
     "step wrong batch h": lambda: nc.step(np.zeros((B, 3)), {"h": np.zeros((B + 3, 4))}, params),
-    "dtype float16": lambda: cellc.load(sys.argv[1], target="llvm").native(dtype="float16", input_size=3, hidden_size=4),
+    "dtype float16": lambda: cellc.load(sys.argv[1], target="llvm").native(
+        dtype="float16", input_size=3, hidden_size=4),
 }
 
 # the torch side: tensors into the same kernels (llvm_layers.TorchArrays), and the layer classes
@@ -483,8 +509,9 @@ from cellc.backends.llvm_layers import _TORCH
 
 TB = 4
 def targs(k=None, value=None):
-    a = [torch.zeros(T * TB, 3, dtype=torch.float64), torch.zeros(TB, 4, dtype=torch.float64),
-         torch.zeros(TB, 4, dtype=torch.float64)] + [torch.from_numpy(params[p.name]) for p in nc.cell.params]
+    a = ([torch.zeros(T * TB, 3, dtype=torch.float64), torch.zeros(TB, 4, dtype=torch.float64),
+          torch.zeros(TB, 4, dtype=torch.float64)]
+         + [torch.from_numpy(params[p.name]) for p in nc.cell.params])
     if k is not None:
         a[k] = value
     return a
@@ -493,17 +520,22 @@ tfull = np.full(T, TB)
 mod = cellc.load(sys.argv[1], target="llvm")
 cases.update({
     "torch valid call": lambda: kf.run(T, TB, [4, 4, 3, 1, 1], targs(), _TORCH),
-    "torch meta xs": lambda: kf.run(T, TB, tfull, targs(0, torch.empty(T * TB, 3, dtype=torch.float64, device="meta")), _TORCH),
+    "torch meta xs": lambda: kf.run(
+        T, TB, tfull, targs(0, torch.empty(T * TB, 3, dtype=torch.float64, device="meta")),
+        _TORCH),
     "torch float32 xs": lambda: kf.run(T, TB, tfull, targs(0, torch.zeros(T * TB, 3)), _TORCH),
-    "torch non-contiguous xs": lambda: kf.run(T, TB, tfull, targs(0, torch.zeros(T * TB, 6, dtype=torch.float64)[:, ::2]), _TORCH),
-    "torch short xs": lambda: kf.run(T, TB, tfull, targs(0, torch.zeros(T * TB - 1, 3, dtype=torch.float64)), _TORCH),
+    "torch non-contiguous xs": lambda: kf.run(
+        T, TB, tfull, targs(0, torch.zeros(T * TB, 6, dtype=torch.float64)[:, ::2]), _TORCH),
+    "torch short xs": lambda: kf.run(
+        T, TB, tfull, targs(0, torch.zeros(T * TB - 1, 3, dtype=torch.float64)), _TORCH),
     "torch numpy xs": lambda: kf.run(T, TB, tfull, targs(0, np.zeros((T * TB, 3))), _TORCH),
     "torch batch_sizes increase": lambda: kf.run(T, TB, [1, 2, 3, 4, 4], targs(), _TORCH),
     "torch batch_sizes exceed B": lambda: kf.run(T, TB, [TB + 1] * T, targs(), _TORCH),
     "layer on meta": lambda: mod.Layer(3, 4, device="meta")(torch.empty(T, TB, 3, device="meta")),
     "cell class on meta": lambda: mod.Cell(3, 4, device="meta")(torch.empty(TB, 3, device="meta")),
     "layer meta input, cpu weights": lambda: mod.Layer(3, 4)(torch.empty(T, TB, 3, device="meta")),
-    "layer float16": lambda: mod.Layer(3, 4, dtype=torch.float16)(torch.zeros(T, TB, 3, dtype=torch.float16)),
+    "layer float16": lambda: mod.Layer(3, 4, dtype=torch.float16)(
+        torch.zeros(T, TB, 3, dtype=torch.float16)),
 })
 results = {}
 for name, fn in cases.items():
@@ -513,7 +545,8 @@ for name, fn in cases.items():
     except Exception as e:
         results[name] = [type(e).__name__, str(e)]
 # non-contiguous input to NativeCell.forward is copied, not rejected: same answer
-ys1 = nc.forward(np.ascontiguousarray(np.arange(T * B * 6.0).reshape(T, B, 6)[:, :, ::2] / 30), params)[0]
+ys1 = nc.forward(np.ascontiguousarray(np.arange(T * B * 6.0).reshape(T, B, 6)[:, :, ::2] / 30),
+                 params)[0]
 ys2 = nc.forward(np.arange(T * B * 6.0).reshape(T, B, 6)[:, :, ::2] / 30, params)[0]
 results["non-contiguous xs is copied"] = ["same" if np.array_equal(ys1, ys2) else "different", ""]
 print(json.dumps({"fnames": fnames, "results": results}))
@@ -750,7 +783,7 @@ def test_concurrent_compiles_leave_one_entry(first_run, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (stdout, stderr) in zip(procs, outs):
+    for p, (_, stderr) in zip(procs, outs):
         assert p.returncode == 0, f"status {p.returncode}:\n{stderr[-3000:]}"
     for k in range(2):
         assert_identical(load_npz(tmp_path / f"r{k}.npz"), want)
@@ -807,14 +840,18 @@ for dtype in ("float64", "float32"):
     rng = np.random.default_rng(0)
     params = nc.init_params(rng=1)
     xs = rng.standard_normal((5, 3, 3)).astype(dtype)
-    states = {"h": rng.standard_normal((3, 4)).astype(dtype), "c": rng.standard_normal((3, 4)).astype(dtype)}
+    states = {"h": rng.standard_normal((3, 4)).astype(dtype),
+              "c": rng.standard_normal((3, 4)).astype(dtype)}
     d_ys = rng.standard_normal((5, 3, 4)).astype(dtype)
     ys, final, tape = nc.forward(xs, params, states)
     grads = nc.backward(tape, d_ys)
     up = lambda d: {k: v.astype(np.float64) for k, v in d.items()}
-    w_ys, w_final, w_grads = numpy_ref.backward(nc.cell, nc.sizes, xs.astype(np.float64), up(params), up(states), d_ys.astype(np.float64), dtype=np.float64)
+    w_ys, w_final, w_grads = numpy_ref.backward(nc.cell, nc.sizes, xs.astype(np.float64),
+                                                up(params), up(states), d_ys.astype(np.float64),
+                                                dtype=np.float64)
     rel = lambda a, b: float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3))
-    errors[dtype] = max([rel(ys, w_ys)] + [rel(final[k], w_final[k]) for k in final] + [rel(grads[k], w_grads[k]) for k in w_grads])
+    errors[dtype] = max([rel(ys, w_ys)] + [rel(final[k], w_final[k]) for k in final]
+                        + [rel(grads[k], w_grads[k]) for k in w_grads])
 try:
     import torch
     imported = True

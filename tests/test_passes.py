@@ -275,15 +275,15 @@ def leftovers(f: ir.Func) -> list[ir.Instr]:
         cs = [consts.get(id(a)) for a in i.args]
         inner = [defs.get(id(a)) for a in i.args]
         if (
-            i.op == "add"
-            and (0.0 in cs or any(d is not None and d.op == "neg" for d in inner))
-            or i.op == "mul"
-            and (0.0 in cs or 1.0 in cs)
-            or i.op == "sub"
-            and cs[0] is not None
-            and inner[1] is not None
-            and inner[1].op == "sub"
-            and consts.get(id(inner[1].args[0])) == cs[0]
+            (i.op == "add" and (0.0 in cs or any(d is not None and d.op == "neg" for d in inner)))
+            or (i.op == "mul" and (0.0 in cs or 1.0 in cs))
+            or (
+                i.op == "sub"
+                and cs[0] is not None
+                and inner[1] is not None
+                and inner[1].op == "sub"
+                and consts.get(id(inner[1].args[0])) == cs[0]
+            )
         ):
             found.append(i)
     return found
@@ -304,7 +304,8 @@ def test_nothing_left_to_simplify_after_the_pipeline():
 
 
 # simplify's rule table: one case per (op, rule), each the before side of the rule's docstring.
-SIMPLIFY = importlib.import_module("cellc.passes.simplify")  # the module; passes.simplify is the pass
+# The module (passes.simplify is the pass function).
+SIMPLIFY = importlib.import_module("cellc.passes.simplify")
 ONE_VEC = TensorType((Dim.of(1),), Batch.STEP)  # [B,1]
 
 
@@ -352,7 +353,8 @@ def first_rule(f: ir.Func) -> str | None:
         facts.record(i)
     last = f.body[-1]
     cs = [facts.const(a) for a in last.args]
-    return next((fn.__name__ for fn in SIMPLIFY.RULES.get(last.op, []) if fn(last, cs, facts)), None)
+    return next((fn.__name__ for fn in SIMPLIFY.RULES.get(last.op, []) if fn(last, cs, facts)),
+                None)
 
 
 @pytest.mark.parametrize(
@@ -705,7 +707,8 @@ def test_builder_scan_writes_what_lowering_writes():
     # Builder.scan (used by grad) and a scan written out key by key, as lower.py does, print
     # the same, so the attribute order is one convention.
     for n_ys, reverse in ((1, False), (0, True)):
-        step = carry_y_acc_step if n_ys else (lambda b, h, x, w: (b.add(h, x), b.op("sum_batch", x)))
+        step = (carry_y_acc_step if n_ys
+                else (lambda b, h, x, w: (b.add(h, x), b.op("sum_batch", x))))
         by_hand = scan_func(step, n_ys=n_ys, reverse=reverse)
         assert text(scan_func(step, n_ys=n_ys, reverse=reverse, builder=True)) == text(by_hand)
 
@@ -759,7 +762,7 @@ def test_pass_keeps_numpy_results_at_every_stage(label, name):
     cell = load_named(label)
     sizes = bound_sizes(cell)
     rng = np.random.default_rng(9)
-    for stage, f, args in pipeline_stages(cell, sizes, rng):
+    for _, f, args in pipeline_stages(cell, sizes, rng):
         g = PASSES[name](f)
         ir.verify(g)
         if g is not f:
@@ -770,7 +773,7 @@ def test_every_pass_applies_somewhere_in_the_corpus():
     # Guards the test above: each pass changes at least one stage of some cell.
     applied = set()
     rng = np.random.default_rng(10)
-    for label, cell in all_cells():
-        for stage, f, args in pipeline_stages(cell, bound_sizes(cell), rng):
+    for _, cell in all_cells():
+        for _, f, _ in pipeline_stages(cell, bound_sizes(cell), rng):
             applied |= {name for name, p in PASSES.items() if p(f) is not f}
     assert applied == set(PASSES)

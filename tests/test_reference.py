@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CELLS_DIR, compile_text
 
 import cellc
 from cellc.backends.numpy_ref import forward, init_params
+
+from conftest import CELLS_DIR, compile_text
 
 TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # cell file -> torch.nn module
 SHAPES = [  # (T, B, I, H)
@@ -32,7 +33,7 @@ def load(name: str):
 def torch_run(name: str, params, xs, states, dtype):
     """torch's answer for a one-layer module with our parameters and initial states."""
     torch = pytest.importorskip("torch")  # only this comparison needs torch
-    T, B, I = xs.shape
+    _, _, I = xs.shape
     H = states["h"].shape[1]
     tdtype = {np.float64: torch.float64, np.float32: torch.float32}[dtype]
     module = getattr(torch.nn, TORCH_MODULES[name])(I, H).to(tdtype)

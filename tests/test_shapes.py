@@ -5,11 +5,12 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from conftest import compile_text, error_text
 
 from cellc.ops import OPS
 from cellc.shapes import Batch, Dim, ShapeMismatch, TensorType, broadcast
 from cellc.source import CellNameError, CellShapeError, CellValueError, CellWarning
+
+from conftest import compile_text, error_text
 
 H, I = Dim.of("H"), Dim.of("I")
 
@@ -55,9 +56,9 @@ def test_dim_arithmetic_is_polynomial_equality():
     assert H + H == H * 2 == Dim.of(2) * H
     assert (H + I) * (H - I) == H * H - I * I
     assert H.divide(2) + H.divide(2) == H
-    assert H - H == Dim.of(0)
+    assert Dim.of(0) == H - H
     assert H != I and H * 2 != H and H + 1 != H
-    assert -(H - 1) == Dim.of(1) - H
+    assert Dim.of(1) - H == -(H - 1)
 
 
 def test_dim_constant_symbols_evaluate():
@@ -174,9 +175,11 @@ def test_op_table_metadata():
 @pytest.mark.parametrize(
     "op, args, attrs, why",
     [
-        ("matmul", [T("H"), T("H")], {}, "the left side of @ must be a parameter matrix, not [B,H]"),
+        ("matmul", [T("H"), T("H")], {},
+         "the left side of @ must be a parameter matrix, not [B,H]"),
         ("matmul", [P("H"), T("H")], {}, "the left side of @ must be a parameter matrix, not [H]"),
-        ("matmul", [P("H", "I"), P("I", "H")], {}, "the right side of @ must be a vector, not [I,H]"),
+        ("matmul", [P("H", "I"), P("I", "H")], {},
+         "the right side of @ must be a vector, not [I,H]"),
         ("matmul", [P("H", "I"), T("H")], {}, "cannot multiply [H,I] by [B,H]: I != H"),
         ("sum", [P("H", "I")], {}, "can only reduce a vector over its features, not [H,I]"),
         ("mean", [P()], {}, "can only reduce a vector over its features, not []"),
@@ -357,7 +360,8 @@ def test_redeclaration():
     "stmt, message, note",
     [
         ("x = W @ x", "cannot assign to input 'x'", "declared at x.cell:2:11"),
-        ("h = U @ h", "cannot assign to state 'h'; its next value is h'", "declared at x.cell:3:11"),
+        ("h = U @ h", "cannot assign to state 'h'; its next value is h'",
+         "declared at x.cell:3:11"),
         ("W = U", "cannot assign to param 'W'", "declared at x.cell:4:11"),
     ],
 )

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 
-import cellc  # noqa: E402
+import cellc
 
 # cuDNN's RNNs use TF32 for float32 on recent GPUs by default; compare exact float32.
 torch.backends.cudnn.allow_tf32 = False

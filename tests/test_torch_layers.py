@@ -20,21 +20,27 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence
 
-import cellc  # noqa: E402
-from cellc.backends import numpy_ref  # noqa: E402
-from cellc.backends import torch_eager  # noqa: E402
-from cellc.backends.torch_eager import TORCH_EAGER, load_eager, spec_from_cell  # noqa: E402
-from cellc.ir import Builder, Func, Value, verify  # noqa: E402
-from cellc.lower import sequence_program  # noqa: E402
-from cellc.ops import OPS  # noqa: E402
-from cellc.runtime import torch_layers  # noqa: E402
-from cellc.runtime.torch_layers import make_layer  # noqa: E402
-from cellc.shapes import ONE, Batch, Dim, TensorType  # noqa: E402
-from cellc.source import InternalError  # noqa: E402
-from layer_parity import (  # noqa: E402
-    CONFIGS, SIZES, TORCH_CELLS, TORCH_LAYERS, check_parity, close, compare,
+import cellc
+from cellc.backends import numpy_ref, torch_eager
+from cellc.backends.torch_eager import TORCH_EAGER, load_eager, spec_from_cell
+from cellc.ir import Builder, Func, Value, verify
+from cellc.lower import sequence_program
+from cellc.ops import OPS
+from cellc.runtime import torch_layers
+from cellc.runtime.torch_layers import make_layer
+from cellc.shapes import ONE, Batch, Dim, TensorType
+from cellc.source import InternalError
+
+from layer_parity import (
+    CONFIGS,
+    SIZES,
+    TORCH_CELLS,
+    TORCH_LAYERS,
+    check_parity,
+    close,
+    compare,
 )
 
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
@@ -294,7 +300,7 @@ def test_every_cell_matches_numpy_reference(cell_path):
     # The cell class is one step of the same thing.
     c = Cell(**size_args, dtype=torch.float64)
     c.load_state_dict({p.name: torch.from_numpy(v) for p, v in zip(cell.params, params.values())})
-    ys1, final1 = numpy_ref.forward(cell, sizes, xs[:1], params, states)
+    _, final1 = numpy_ref.forward(cell, sizes, xs[:1], params, states)
     step = c(torch.from_numpy(xs[0]), hx[0][0] if len(hx) == 1 else tuple(h[0] for h in hx))
     step = [step] if isinstance(step, torch.Tensor) else list(step)
     for s, h in zip(cell.states, step):

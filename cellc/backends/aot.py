@@ -115,7 +115,8 @@ def build(cell: CellIR, sizes: dict, out_dir: Path, prog=None) -> list[Path]:
     try:
         for short, dtype in DTYPES.items():
             g = "d" if dtype == "float64" else "s"
-            funcs = [(prog.fwd, f"{prefix}_forward_{short}"), (prog.bwd, f"{prefix}_backward_{short}"),
+            funcs = [(prog.fwd, f"{prefix}_forward_{short}"),
+                     (prog.bwd, f"{prefix}_backward_{short}"),
                      (step, f"{prefix}_step_{short}")]
             module, layouts = llvm_ir.build_module(funcs, sizes, dtype,
                                                    {"gemm": f"{blas.prefix()}cblas_{g}gemm"},
@@ -206,9 +207,10 @@ def _header(cell, sizes, kernels, prefix) -> str:
         for kind, idx, shape in k["results"]:
             res.append(f"arg {idx}" if kind == "arg" else f"results[{idx}]{shape}")
         lines.append(f"/*   results: {_plain(', '.join(res))} */")
-        lines.append(f"#define {name.upper()}_WORKSPACE(T, B) ({a} * (T) * (B) + {b} * (B) + {c} + 1)")
-        lines.append(f"void {name}(int64_t T, int64_t B, const int64_t *batch_sizes, void *const *args,"
-                     f" void *const *results, {ctype} *workspace);")
+        lines.append(f"#define {name.upper()}_WORKSPACE(T, B)"
+                     f" ({a} * (T) * (B) + {b} * (B) + {c} + 1)")
+        lines.append(f"void {name}(int64_t T, int64_t B, const int64_t *batch_sizes,"
+                     f" void *const *args, void *const *results, {ctype} *workspace);")
         lines.append("")
     lines += ["#ifdef __cplusplus", "}", "#endif", f"#endif /* {guard} */", ""]
     return "\n".join(lines)

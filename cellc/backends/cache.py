@@ -209,7 +209,8 @@ def native_program(cell: CellIR, sizes: dict, dtype: str):
     from .llvm_jit import NativeProgram
 
     key = cache_key(cell, sizes, dtype, "program")
-    return _cached(key, lambda: NativeProgram(cell, sizes, dtype, object_cache=DiskObjectCache(key)))
+    return _cached(key,
+                   lambda: NativeProgram(cell, sizes, dtype, object_cache=DiskObjectCache(key)))
 
 
 def native_step(cell: CellIR, sizes: dict, dtype: str):

@@ -63,7 +63,8 @@ class NativeSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, program, batch_sizes, recompute, xs, *states_and_params):
         T, B = xs.shape[0], xs.shape[1]
-        args = [xs.reshape(T * B, xs.shape[2]).contiguous()] + [a.contiguous() for a in states_and_params]
+        args = ([xs.reshape(T * B, xs.shape[2]).contiguous()]
+                + [a.contiguous() for a in states_and_params])
         out = program.forward_kernel.run(T, B, batch_sizes, args, _TORCH)
         n = program.n_results
         ctx.program, ctx.T, ctx.B, ctx.batch_sizes = program, T, B, batch_sizes
@@ -81,7 +82,8 @@ class NativeSequence(torch.autograd.Function):
                                             (d_ys, *d_final))
             return (None, None, None, *grads)
         T, B = ctx.T, ctx.B
-        seeds = [d.contiguous() for d in d_final] + [d_ys.reshape(T * B, d_ys.shape[2]).contiguous()]
+        seeds = ([d.contiguous() for d in d_final]
+                 + [d_ys.reshape(T * B, d_ys.shape[2]).contiguous()])
         grads = ctx.program.backward_kernel.run(T, B, ctx.batch_sizes, residuals + seeds, _TORCH)
         d_xs, *rest = grads
         return (None, None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
@@ -113,7 +115,8 @@ def run_direction_for(cell: CellIR):
             # One thread budget for torch's pool and the BLAS pool: torch.set_num_threads.
             blas.ensure_threads(torch.get_num_threads())
             T, B = xs.shape[0], xs.shape[1]
-            bs = np.full(T, B, np.int64) if batch_sizes is None else np.asarray(batch_sizes, np.int64)
+            bs = (np.full(T, B, np.int64) if batch_sizes is None
+                  else np.asarray(batch_sizes, np.int64))
             n = len(states)
 
             def recompute(xs, *states_and_params):

@@ -58,7 +58,8 @@ def run(f: Func, args: list[np.ndarray], ctx: Context) -> list[np.ndarray]:
 # Cell-level API
 
 
-def init_params(cell: CellIR, sizes: Mapping[str, int], rng: np.random.Generator | int | None = None,
+def init_params(cell: CellIR, sizes: Mapping[str, int],
+                rng: np.random.Generator | int | None = None,
                 dtype=np.float64) -> dict[str, np.ndarray]:
     """Draw every parameter from its initializer (the NumPy column of cellc/initializers.py)."""
     rng = np.random.default_rng(rng)
@@ -79,7 +80,8 @@ def check_dtype(dtype) -> np.dtype:
     return dtype
 
 
-def forward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapping[str, np.ndarray],
+def forward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray,
+            params: Mapping[str, np.ndarray],
             states: Mapping[str, np.ndarray] | None = None, dtype=None):
     """Run the cell over a sequence xs of shape (T, B, I).
 
@@ -96,7 +98,8 @@ def forward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapp
     return res[n].reshape(T, B, res[n].shape[-1]), final
 
 
-def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Mapping[str, np.ndarray],
+def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray,
+             params: Mapping[str, np.ndarray],
              states: Mapping[str, np.ndarray] | None = None, d_ys: np.ndarray | None = None,
              d_states: Mapping[str, np.ndarray] | None = None, dtype=None,
              detach_at: int | None = None, optimize: bool = True):
@@ -120,7 +123,8 @@ def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray, params: Map
     ys = out[n].reshape(T, B, out[n].shape[-1])
     final = {s.name: r for s, r in zip(cell.states, out[:n])}
     d_states = dict(d_states or {})
-    seeds = [np.asarray(d_states.pop(s.name, np.zeros_like(final[s.name])), dtype) for s in cell.states]
+    seeds = [np.asarray(d_states.pop(s.name, np.zeros_like(final[s.name])), dtype)
+             for s in cell.states]
     if d_states:
         raise ValueError(f"unknown states {sorted(d_states)}")
     d_ys = np.zeros_like(ys) if d_ys is None else np.asarray(d_ys, dtype)
@@ -156,12 +160,14 @@ def _program_args(cell, prog, ctx, xs, params, states):
             raise ValueError(f"initial state {s.name!r} must have shape {shape}, got {v.shape}")
         args.append(v)
     if states:
-        raise ValueError(f"unknown states {sorted(states)}; the cell has {[s.name for s in cell.states]}")
+        raise ValueError(f"unknown states {sorted(states)};"
+                         f" the cell has {[s.name for s in cell.states]}")
     for p in cell.params:
         if p.name not in params:
             raise ValueError(f"missing parameter {p.name!r}")
         v = np.asarray(params[p.name], ctx.dtype)
         if v.shape != p.type.concrete(ctx.sizes):
-            raise ValueError(f"parameter {p.name!r} must have shape {p.type.concrete(ctx.sizes)}, got {v.shape}")
+            raise ValueError(f"parameter {p.name!r} must have shape"
+                             f" {p.type.concrete(ctx.sizes)}, got {v.shape}")
         args.append(v)
     return args

@@ -14,6 +14,7 @@ from ..names import LAYER_ATTRIBUTES, MODULE_ATTRIBUTES  # noqa: F401  (re-expor
 from ..shapes import Dim
 from ..source import CellShapeError
 
+
 def check_layer_cell(cell: CellIR) -> str:
     """Raise a located CellError if the cell cannot make a layer; return the size symbol of its
     input (e.g. "I"), which a stacked layer binds to the previous layer's output size."""

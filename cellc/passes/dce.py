@@ -58,6 +58,7 @@ def prune_residuals(fwd: Func, bwd: Func, n_results: int) -> tuple[Func, Func]:
     keep = [k for k, r in enumerate(residuals) if id(r) in used]
     if len(keep) == n_res:
         return fwd, bwd
-    fwd = replace(fwd, results=fwd.results[:n_results] + tuple(fwd.results[n_results + k] for k in keep))
+    fwd = replace(fwd, results=fwd.results[:n_results]
+                  + tuple(fwd.results[n_results + k] for k in keep))
     bwd = replace(bwd, params=tuple(residuals[k] for k in keep) + bwd.params[n_res:])
     return fwd, bwd

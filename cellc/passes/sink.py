@@ -65,9 +65,9 @@ def _sink_scan(instr: Instr, names: set[str]):
     summable: set[int] = set()
     for i in step.body:
         kind = OPS[i.op].kind
-        if kind == "reduce_batch" and all(a.type.batch is Batch.STEP for a in i.args):
-            summable.add(id(i.out))
-        elif i.op in ("add", "sub", "neg") and all(id(a) in summable for a in i.args):
+        batch_sum = kind == "reduce_batch" and all(a.type.batch is Batch.STEP for a in i.args)
+        sum_of_sums = i.op in ("add", "sub", "neg") and all(id(a) in summable for a in i.args)
+        if batch_sum or sum_of_sums:
             summable.add(id(i.out))
 
     role = {}  # id(result value) -> "carry" | "ys" | "acc"
@@ -82,9 +82,10 @@ def _sink_scan(instr: Instr, names: set[str]):
             continue
         roles = set().union(*(role.get(id(o), set()) for o in i.outs))
         batched = all(o.type.batch is Batch.STEP for o in i.outs)
-        if batched and "acc" not in roles and OPS[i.op].kind in ("elementwise", "rowwise"):
-            sunk.add(id(i))
-        elif not batched and all(id(o) in summable for o in i.outs) and roles <= {"acc"}:
+        rowwise = OPS[i.op].kind in ("elementwise", "rowwise")
+        stacks = batched and "acc" not in roles and rowwise  # per-step values become sequences
+        accumulates = not batched and all(id(o) in summable for o in i.outs) and roles <= {"acc"}
+        if stacks or accumulates:
             sunk.add(id(i))
     # Only worth it (and only needed) when a batch reduction leaves the loop.
     if not any(OPS[i.op].kind == "reduce_batch" for i in step.body if id(i) in sunk):
@@ -118,7 +119,8 @@ def _sink_scan(instr: Instr, names: set[str]):
 
     moved = {id(o) for i in step.body if id(i) in sunk for o in i.outs}
     keep = [k for k in range(len(res)) if k < nc or id(res[k]) not in moved]
-    replaced = {id(instr.outs[k]): outside[id(res[k])] for k in range(nc, len(res)) if k not in keep}
+    replaced = {id(instr.outs[k]): outside[id(res[k])]
+                for k in range(nc, len(res)) if k not in keep}
     ys_keep = [k for k in keep if nc <= k < nc + ny]
     acc_keep = [k for k in keep if k >= nc + ny]
     results = (*res[:nc], *(res[k] for k in ys_keep), *stacked, *(res[k] for k in acc_keep))
