@@ -73,7 +73,11 @@ def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
         cotangent[id(v)] = g if prev is None else b.add(prev, g)
 
     seeds = tuple(Value(b.fresh("d" + r.name), r.type) for r in f.results)
+    # A result returned twice (h' as the next state and as the output) sums its seeds: that add
+    # belongs to the statement that defined the result.
+    defined_at = {id(o): i.span for i in f.body for o in i.outs}
     for r, s in zip(f.results, seeds):
+        b.span, b.grad = defined_at.get(id(r)), True
         accumulate(r, s)
 
     forward_body = list(f.body)
