@@ -24,11 +24,11 @@ FORWARD_PASSES = [
 ]
 BACKWARD_PASSES = [
     passes.simplify,  # the VJP rules produce x*1, zeros + g, 1 - (1 - s), ...
-    passes.cse,
+    passes.cse,  # the rules recompute shared factors: sigmoid(o) * (1 - sigmoid(o)) once
     passes.sink,  # weight gradients: one product over all T*B rows after the loop
-    passes.simplify,
-    passes.cse,
-    passes.dce,
+    passes.simplify,  # folds what sink built; changes no zoo cell today, kept as a safety net
+    passes.cse,  # sums sink moved out that are now equal: dbias_ih = dbias_hh is one sum
+    passes.dce,  # drop residuals and temporaries nothing reads any more
 ]
 
 
