@@ -179,13 +179,16 @@ def _jit(module_ir, object_cache=None):
     if blas_choice() == "mkl":
         for name, address in blas.torch_mkl_symbols().items():
             llvm.add_symbol("cellc_" + name, address)
-    mod = llvm.parse_assembly(str(module_ir))
+    raw = str(module_ir)
+    mod = llvm.parse_assembly(raw)
     mod.verify()
     tm = target_machine()
     # The entry is read and checked once: MCJIT's own load() call gets the same answer.
     cached = object_cache is not None and object_cache.load(None) is not None
     if not cached:
         optimize(mod, tm)
+    if os.environ.get("CELLC_DUMP_LLVM"):
+        _dump(os.environ["CELLC_DUMP_LLVM"], raw, mod, tm)
     engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod; keep the engine alive
     if os.environ.get("CELLC_PERF"):  # name JIT code for `perf report` (perf map files)
         engine.enable_jit_events()
@@ -193,6 +196,21 @@ def _jit(module_ir, object_cache=None):
         engine.set_object_cache(object_cache.store, object_cache.load)
     engine.finalize_object()
     return engine, mod
+
+
+def _dump(folder: str, raw: str, mod, tm) -> None:
+    """CELLC_DUMP_LLVM=DIR: write each JIT-compiled module as DIR/<hash>.raw.ll (as rendered),
+    .opt.ll (after the pass pipeline; the same text when the code came from the disk cache) and
+    .s (the machine code), to read what the kernels became."""
+    import hashlib
+    from pathlib import Path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / hashlib.sha256(raw.encode()).hexdigest()[:16]
+    stem.with_suffix(".raw.ll").write_text(raw)
+    stem.with_suffix(".opt.ll").write_text(str(mod))
+    stem.with_suffix(".s").write_text(tm.emit_assembly(mod))
 
 
 class NativeProgram:

@@ -1,0 +1,29 @@
+"""CELLC_DUMP_LLVM=DIR writes what each JIT-compiled module became: the rendered IR, the
+optimized IR and the assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llvmlite")
+
+import cellc
+
+
+def test_dump_writes_raw_optimized_and_assembly(tmp_path, monkeypatch):
+    monkeypatch.setenv("CELLC_CACHE_DIR", "")  # compile afresh, whatever an earlier test cached
+    monkeypatch.setenv("CELLC_DUMP_LLVM", str(tmp_path / "dump"))
+    native = cellc.load("cells/rnn.cell", target="llvm").native(input_size=3, hidden_size=5)
+    native.forward(np.zeros((2, 1, 3), np.float32), native.init_params(np.random.default_rng(0)))
+    files = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    stems = {f.split(".")[0] for f in files}
+    assert len(stems) == 1 and files == [f"{s}{e}" for s in stems
+                                         for e in (".opt.ll", ".raw.ll", ".s")]
+    (stem,) = stems
+    raw = (tmp_path / "dump" / f"{stem}.raw.ll").read_text()
+    opt = (tmp_path / "dump" / f"{stem}.opt.ll").read_text()
+    asm = (tmp_path / "dump" / f"{stem}.s").read_text()
+    assert "define" in raw and "phi" in raw  # the time loop as rendered
+    assert opt != raw and "cellc_forward" in opt
+    assert "cellc_forward" in asm and "ret" in asm
