@@ -1,7 +1,7 @@
-"""The `cellc` command: check, show, grad.
+"""The `cellc` command: check, show, grad, compile.
 
     cellc check FILE...                 one summary line per cell, or its errors
-    cellc show FILE --emit STAGE        print one pipeline stage (ast, ir, seq, opt, grad, torch)
+    cellc show FILE --emit STAGE        print one stage (ast, ir, seq, opt, grad, plan, torch, llvm)
     cellc grad FILE                     the backward pass as readable equations
     cellc compile FILE --target torch   write a standalone PyTorch module
     cellc compile FILE --target llvm    write a shared library, its C header and a loader
