@@ -188,7 +188,7 @@ def _jit(module_ir, object_cache=None):
     if not cached:
         optimize(mod, tm)
     if os.environ.get("CELLC_DUMP_LLVM"):
-        _dump(os.environ["CELLC_DUMP_LLVM"], raw, mod, tm)
+        _dump(os.environ["CELLC_DUMP_LLVM"], raw, tm)
     engine = llvm.create_mcjit_compiler(mod, tm)  # owns mod; keep the engine alive
     if os.environ.get("CELLC_PERF"):  # name JIT code for `perf report` (perf map files)
         engine.enable_jit_events()
@@ -198,19 +198,27 @@ def _jit(module_ir, object_cache=None):
     return engine, mod
 
 
-def _dump(folder: str, raw: str, mod, tm) -> None:
+def _dump(folder: str, raw: str, tm) -> None:
     """CELLC_DUMP_LLVM=DIR: write each JIT-compiled module as DIR/<hash>.raw.ll (as rendered),
-    .opt.ll (after the pass pipeline; the same text when the code came from the disk cache) and
-    .s (the machine code), to read what the kernels became."""
+    .opt.ll (after the pass pipeline) and .s (the machine code), to read what the kernels
+    became. It works on its own copy (emit_assembly rewrites the module it is given), and a
+    folder that cannot be written is a warning: a debug aid never stops the computation."""
     import hashlib
+    import warnings
     from pathlib import Path
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / hashlib.sha256(raw.encode()).hexdigest()[:16]
-    stem.with_suffix(".raw.ll").write_text(raw)
-    stem.with_suffix(".opt.ll").write_text(str(mod))
-    stem.with_suffix(".s").write_text(tm.emit_assembly(mod))
+    llvm = _llvm()
+    mod = llvm.parse_assembly(raw)
+    optimize(mod, tm)
+    optimized = str(mod)
+    stem = Path(folder) / hashlib.sha256(raw.encode()).hexdigest()[:16]
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".raw.ll").write_text(raw)
+        stem.with_suffix(".opt.ll").write_text(optimized)
+        stem.with_suffix(".s").write_text(tm.emit_assembly(mod))
+    except OSError as e:
+        warnings.warn(f"CELLC_DUMP_LLVM={folder}: {e.strerror or e}", stacklevel=2)
 
 
 class NativeProgram:
