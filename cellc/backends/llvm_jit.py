@@ -229,9 +229,7 @@ class NativeProgram:
                  object_cache=None, blas_kind: str | None = None):
         self.cell = cell
         self.sizes = dict(sizes)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
+        self.dtype = native_calls._float_dtype(dtype)
         self.blas_kind = blas_kind or blas_choice()
         module, layouts, self.program = render(cell, self.sizes, self.dtype.name, prog=prog,
                                                blas_kind=self.blas_kind)
