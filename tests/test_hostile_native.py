@@ -37,6 +37,7 @@ import cellc
 from cellc.backends import aot, numpy_ref
 from cellc.backends.llvm_jit import MAX_ROWS, check_rows
 from cellc.native import NativeCell
+from cellc.runtime import pasteable_source
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS_DIR = ROOT / "cells"
@@ -470,8 +471,8 @@ def test_the_loader_is_the_runtime_module_plus_data(loaders):
     assert imported == {"ctypes", "os", "numpy"}, imported
     assert {n for n in bound if not n.startswith("_")} == {"ctypes", "os", "np"}, bound
     loader = loaders["rnn"][3].read_text()
-    assert aot._runtime_source() in loader
-    after = loader.split(aot._runtime_source(), 1)[1]
+    assert pasteable_source("native_calls") in loader
+    after = loader.split(pasteable_source("native_calls"), 1)[1]
     defined = {n.name for n in ast.parse(after).body
                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     assert defined == {"_Cell"}, defined  # no second copy of a check

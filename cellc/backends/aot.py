@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..lower import CellIR
-from ..runtime import native_calls
+from ..runtime import pasteable_source
 from . import blas, llvm_ir
 from .llvm_jit import _llvm, kernel_features, kernel_spec, optimize, step_function, target_machine
 
@@ -233,16 +233,6 @@ def class_alias(name: str, loader_text: str) -> str | None:
     return None if name in taken else name
 
 
-def _runtime_source() -> str:
-    """cellc/runtime/native_calls.py, pasted into every loader, less its module docstring (the
-    loader has its own): the checks and the cell class that NativeCell shares."""
-    text = Path(native_calls.__file__).read_text(encoding="utf-8")
-    first = ast.parse(text).body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-        text = "\n".join(text.splitlines()[first.end_lineno :])
-    return text.strip()
-
-
 def _loader(cell, sizes, kernels, prefix) -> str:
     """The loader's text: native_calls' code, then this cell's data as literals and a subclass of
     its `_LoadedCell` that holds them."""
@@ -256,7 +246,7 @@ def _loader(cell, sizes, kernels, prefix) -> str:
 # ---------------------------------------------------------------------------------------------
 # Argument checks and the cell class: cellc/runtime/native_calls.py, as cellc itself uses them
 
-{_runtime_source()}
+{pasteable_source('native_calls')}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 
 from ..ir import Func, Instr, Value, scan_parts
+from ..runtime import pasteable_source
 from ..shapes import Batch, Dim, TensorType
 from ..source import InternalError
 from .layer_spec import LayerSpec, layer_spec
@@ -359,20 +360,6 @@ def spec_source(spec: LayerSpec) -> str:
     return "\n".join(lines)
 
 
-def _runtime_source() -> str:
-    """cellc/runtime/torch_layers.py without its module docstring (summarized instead)."""
-    import ast
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "runtime" / "torch_layers.py"
-    text = path.read_text()
-    tree = ast.parse(text)
-    first = tree.body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-        text = "\n".join(text.splitlines()[first.end_lineno :])
-    return text.strip()
-
-
 def emit_module(cell, prog, source_name: str, version: str) -> str:
     """The whole generated file for a compiled cell."""
     from ..names import why_unusable
@@ -421,7 +408,7 @@ SYMBOLIC_BACKWARD = True
 # --------------------------------------------------------------------------------------------
 # Layer machinery: stacking, directions, packing, argument checks (cellc/runtime/torch_layers.py)
 
-{_runtime_source()}
+{pasteable_source('torch_layers')}
 
 
 # --------------------------------------------------------------------------------------------
