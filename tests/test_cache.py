@@ -265,11 +265,15 @@ def test_evicted_kernels_in_use_stay_valid(tmp_path):
 
 
 def test_llvm_layer_does_not_keep_evicted_programs(tmp_path, monkeypatch):
-    """A layer class keeps a run function per size; it must not keep its compiled program
-    after the cache evicted it, and a later call fetches it again."""
+    """A layer class keeps a run function (holding its compiled program) for the most recently
+    used sizes only: once both it and the kernel cache let go, the program is freed, and a later
+    call fetches it again. A layer in use keeps its program (no recompile per call)."""
     torch = pytest.importorskip("torch")
+    from cellc.runtime import torch_layers
+
     monkeypatch.setenv("CELLC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cache, "_memory", cache.LRU(1))
+    monkeypatch.setattr(torch_layers, "_RUNS_KEPT", 1)
     path = tmp_path / "tiny.cell"
     path.write_text(TINY)
     mod = cellc.load(path, target="llvm")
@@ -282,6 +286,13 @@ def test_llvm_layer_does_not_keep_evicted_programs(tmp_path, monkeypatch):
     gc.collect()
     assert program() is None, "the layer class kept an evicted program alive"
     assert torch.equal(layer(x)[0], y)
+    # while one size is in use, its program is looked up once, not once per call
+    built = []
+    monkeypatch.setattr(cache, "native_program", lambda *a, _f=cache.native_program:
+                        built.append(a) or _f(*a))
+    for _ in range(3):
+        layer(x)
+    assert built == []
 
 
 def test_loaded_modules_are_bounded(tmp_path, monkeypatch):

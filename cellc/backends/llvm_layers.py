@@ -11,7 +11,7 @@ same cell (torch_eager), so second derivatives are right.
 
 from __future__ import annotations
 
-import weakref
+import functools
 
 import numpy as np
 import torch
@@ -94,11 +94,15 @@ def run_direction_for(cell: CellIR):
         sizes = dict(sizes)
         cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
 
-        # dtype -> weak reference to the NativeProgram: one cache look-up per layer size and dtype,
-        # yet the layer class, which keeps this closure for every size it saw, never keeps code
-        # alive that the in-memory cache evicted (a call after that fetches it again).
-        programs = {}
-        eager = run_direction_eager(cell, sizes)  # the differentiable twin, for double backward
+        programs = {}  # dtype -> NativeProgram, looked up once per layer size and dtype
+        eager = []  # the differentiable twin for double backward, built on first use
+
+        def recompute(xs, *states_and_params, batch_sizes=None):
+            if not eager:
+                eager.append(run_direction_eager(cell, sizes))
+            n = len(cell.states)
+            ys, final = eager[0](xs, states_and_params[:n], states_and_params[n:], batch_sizes)
+            return (ys, *final)
 
         @compiler_disabled
         def run_direction(xs, states, params, batch_sizes):
@@ -107,23 +111,16 @@ def run_direction_for(cell: CellIR):
             dtype = _DTYPES.get(xs.dtype)
             if dtype is None:
                 raise TypeError(f"the llvm target runs float32 or float64, not {xs.dtype}")
-            ref = programs.get(dtype)
-            program = ref() if ref is not None else None
+            program = programs.get(dtype)
             if program is None:
-                program = cache.native_program(cell, sizes, dtype)
-                programs[dtype] = weakref.ref(program)
+                program = programs[dtype] = cache.native_program(cell, sizes, dtype)
             # One thread budget for torch's pool and the BLAS pool: torch.set_num_threads.
             blas.ensure_threads(torch.get_num_threads())
             T, B = xs.shape[0], xs.shape[1]
             bs = (np.full(T, B, np.int64) if batch_sizes is None
                   else np.asarray(batch_sizes, np.int64))
-            n = len(states)
-
-            def recompute(xs, *states_and_params):
-                ys, final = eager(xs, states_and_params[:n], states_and_params[n:], batch_sizes)
-                return (ys, *final)
-
-            ys, *final = NativeSequence.apply(program, bs, recompute, xs, *states, *params)
+            rerun = functools.partial(recompute, batch_sizes=batch_sizes)
+            ys, *final = NativeSequence.apply(program, bs, rerun, xs, *states, *params)
             return ys, tuple(final)
 
         return run_direction

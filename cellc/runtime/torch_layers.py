@@ -282,13 +282,21 @@ def _check_bool(name, v):
         raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
 
 
+_RUNS_KEPT = 32  # run_directions a layer class keeps: a sweep over many sizes stays bounded
+
+
 def _run_for(module, sizes):
-    """The (cached) run_direction for one set of layer sizes."""
+    """The (cached) run_direction for one set of layer sizes; the class keeps the most recently
+    used few (what a run_direction holds, e.g. compiled native code, is freed with it)."""
     key = tuple(sorted(sizes.items()))
     cache = type(module)._runs
-    if key not in cache:
-        cache[key] = type(module)._run_direction_for(dict(sizes))
-    return cache[key]
+    run = cache.pop(key, None)
+    if run is None:
+        run = type(module)._run_direction_for(dict(sizes))
+    cache[key] = run  # dicts keep insertion order: the oldest entry comes first
+    while len(cache) > _RUNS_KEPT:
+        del cache[next(iter(cache))]
+    return run
 
 
 def _dtype_name(dtype) -> str:
