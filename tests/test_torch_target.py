@@ -819,14 +819,15 @@ cell Clip(input_size I, hidden_size H):
     input x[I]
     state h[H]
     param W[H, I], U[H, H] ~ uniform(-1, 1)
-    h' = min(tanh(W @ x + U @ h), 0.5) + max(0.25, h) - min(-0.5, max(h, -0.75))
+    param alpha ~ constant(0.5)
+    h' = min(tanh(W @ x + U @ h), 0.5) + max(0.25, h) - min(-0.5, max(h, -0.75)) * min(0.5, alpha)
     output h'
 """
 
 
 def test_min_max_with_a_number(tmp_path):
-    """min/max with a number operand: torch.minimum takes only tensors (TypeError at the first
-    forward before), so a number becomes torch.clamp's bound; results and every gradient equal
+    """min/max with a number or a scalar parameter: torch.minimum takes only tensors (TypeError
+    at the first forward before), so scalars are made tensors; results and every gradient equal
     the NumPy reference's."""
     path = tmp_path / "clip.cell"
     path.write_text(MIN_MAX_WITH_NUMBERS)

@@ -118,15 +118,12 @@ def _feature_dim(t: TensorType) -> int:
     return -t.rank
 
 
-def _minmax(fn: str, clamp: str) -> Emit:
-    """torch.minimum/maximum take two tensors; a scalar (a Python float in the generated code,
-    or a rank-0 parameter) becomes the bound of torch.clamp instead."""
+def _minmax(fn: str) -> Emit:
+    """torch.minimum/maximum take two tensors; a scalar operand (a Python float in the generated
+    code, or a rank-0 parameter) is made a tensor of the function's dtype and device first."""
     def emit(a, i):
-        x, y = a
-        if _is_scalar(i.args[1]):
-            return f"torch.clamp({x}, {clamp}={y})"
-        if _is_scalar(i.args[0]):
-            return f"torch.clamp({y}, {clamp}={x})"
+        x, y = (f"torch.as_tensor({s}, dtype=dtype, device=device)" if _is_scalar(v) else s
+                for s, v in zip(a, i.args, strict=True))
         return f"torch.{fn}({x}, {y})"
 
     return emit
@@ -177,8 +174,8 @@ TORCH: dict[str, Emit] = {
     "sub": _unary("{0} - {1}"),
     "mul": _unary("{0} * {1}"),
     "div": _unary("{0} / {1}"),
-    "min": _minmax("minimum", "max"),
-    "max": _minmax("maximum", "min"),
+    "min": _minmax("minimum"),
+    "max": _minmax("maximum"),
     "ge": _unary("({0} >= {1}).to(dtype)"),
     "matmul": _unary("{1} @ {0}.T"),
     "matmul_t": _unary("{1} @ {0}"),
