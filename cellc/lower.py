@@ -31,9 +31,6 @@ from .source import (
     Span,
 )
 
-# name -> (min args, max args, what the args mean), from the one table of initializers.
-INITIALIZERS = {n: (min(i.arity), max(i.arity), i.usage)
-                for n, i in initializers.INITIALIZERS.items()}
 NUMERIC_FUNCTIONS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}
 
 
@@ -463,12 +460,14 @@ class _Lowerer:
         init = Init("zeros", (), None)
         if st.init is not None:
             fn = st.init.fn.id
-            if fn not in INITIALIZERS:
+            known = initializers.INITIALIZERS.get(fn)
+            if known is None:
                 err = CellNameError(f"unknown initializer '{fn}'", st.init.fn.span)
-                raise err.note("initializers: " + ", ".join(v[2] for v in INITIALIZERS.values()))
-            lo, hi, usage = INITIALIZERS[fn]
-            if not lo <= len(st.init.args) <= hi:
-                raise CellShapeError(f"wrong number of arguments; use {usage}", st.init.span)
+                raise err.note("initializers: " + ", ".join(
+                    i.usage for i in initializers.INITIALIZERS.values()))
+            if len(st.init.args) not in known.arity:
+                raise CellShapeError(f"wrong number of arguments; use {known.usage}",
+                                     st.init.span)
             for a in st.init.args:
                 self.check_numeric(a)
                 fold_number(a)  # the parts without sizes; the rest is checked when bound

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellc import lower
 from cellc.initializers import INITIALIZERS, torch_table_source
+
+from conftest import compile_text, error_text
 
 RUNTIME = Path(__file__).resolve().parent.parent / "cellc" / "runtime" / "torch_layers.py"
 
@@ -23,10 +24,18 @@ def test_torch_layers_holds_the_current_torch_column():
         f" _INITIALIZERS with:\n{text}")
 
 
-def test_lowering_checks_calls_against_the_table():
-    # lower.py keeps its own (min args, max args, usage) view; it must say what the table says.
-    view = {name: (min(i.arity), max(i.arity), i.usage) for name, i in INITIALIZERS.items()}
-    assert view == lower.INITIALIZERS
+@pytest.mark.parametrize("name", sorted(INITIALIZERS))
+def test_lowering_checks_calls_against_the_table(name):
+    """check takes exactly the argument counts the table lists, and names the usage otherwise."""
+    for count in range(4):
+        args = ", ".join(["0.5"] * count)
+        text = (f"cell C(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n"
+                f"    param W[H, I] ~ {name}({args})\n    h' = W @ x + h\n    output h'\n")
+        if count in INITIALIZERS[name].arity:
+            compile_text(text)
+        else:
+            message = error_text(text)
+            assert f"wrong number of arguments; use {INITIALIZERS[name].usage}" in message
 
 
 def _numpy(name, shape, args):
