@@ -832,3 +832,27 @@ def test_min_max_with_a_number(tmp_path):
     path = tmp_path / "clip.cell"
     path.write_text(MIN_MAX_WITH_NUMBERS)
     _numpy_check(cellc.load_cell(path), cellc.load(path), {"input_size": I, "hidden_size": H})
+
+
+SIZE_DEPENDENT_INIT = """\
+cell R(input_size I, hidden_size H):
+    input x[I]
+    state h[H]
+    param W[H, I], U[H, H] ~ uniform(-1/log(H - 2), 1)
+    h' = tanh(W @ x + U @ h)
+    output h'
+"""
+
+
+@pytest.mark.parametrize("H, why", [(2, "math domain error"), (3, "division by zero")])
+def test_initializer_domain_errors_at_build_name_the_parameter(H, why, tmp_path):
+    """An initializer that fails only for some sizes: the generated module's math formula raised
+    a bare 'math domain error' or ZeroDivisionError; it is a ValueError naming the layer, the
+    sizes and the parameter, as torch.nn's own size errors are."""
+    path = tmp_path / "r.cell"
+    path.write_text(SIZE_DEPENDENT_INIT)
+    mod = cellc.load(path)
+    with pytest.raises(ValueError, match=rf"R: with input_size=3, hidden_size={H}, the initializer"
+                       rf" of 'W' has an argument that is not a finite real number \(.*{why}"):
+        mod.Layer(3, H)
+    assert mod.Layer(3, 4).W_l0.shape == (4, 3)

@@ -72,6 +72,7 @@ itself differentiable gets that from `differentiable_backward` below.
 
 import functools
 import inspect
+import math
 import numbers
 import sys
 import warnings
@@ -232,7 +233,17 @@ class _Spec:
         return tuple(self._whole(v, what, sizes) for v in p["shape"](sizes))
 
     def init(self, p, weight, sizes):
-        args = tuple(p["init_args"](sizes)) if p["init_args"] is not None else ()
+        try:
+            args = tuple(p["init_args"](sizes)) if p["init_args"] is not None else ()
+        except (ArithmeticError, ValueError) as e:
+            if type(e) not in (ValueError, ZeroDivisionError, OverflowError):
+                raise  # already a located error (the eager and llvm layers evaluate with cellc)
+            args = (e,)
+        bad = [a for a in args if not isinstance(a, numbers.Real) or not math.isfinite(a)]
+        if bad:  # math domain errors and 1/0 in a generated module's formulas
+            shown = ", ".join(f"{a}={sizes[sym]}" for a, sym in self.sizes)
+            raise ValueError(f"{self.name}: with {shown}, the initializer of {p['name']!r} has an"
+                             f" argument that is not a finite real number ({bad[0]})")
         counts, fill = _INITIALIZERS[p["init"]]
         assert len(args) in counts, f"spec: {p['init']} of {p['name']!r} takes {counts} arguments"
         fill(weight, args)
