@@ -66,7 +66,7 @@ class GemmEmitter:
         for rb in (self.rb, 2, 1):
             left = b.sub(rows, start)
             stop = b.add(start, b.mul(b.sdiv(left, ir.Constant(I64, rb)), ir.Constant(I64, rb)))
-            self._row_loop(b, fn, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate)
+            self._row_loop(b, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate)
             start = stop
         b.ret_void()
 
@@ -77,7 +77,7 @@ class GemmEmitter:
         return for_range(b, start, stop, step=step, name=name, head=f"{name}.head",
                          exit=f"{name}.exit", exit_last=False)
 
-    def _row_loop(self, b, fn, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate):
+    def _row_loop(self, b, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate):
         full = nvec // self.cb * self.cb  # vectors in whole column blocks
 
         def rows_body(r0):
@@ -86,12 +86,12 @@ class GemmEmitter:
             if full:
                 stop = ir.Constant(I64, full * self.vw)
                 with self._loop(b, ir.Constant(I64, 0), stop, self.cb * self.vw, "cblk") as col0:
-                    self._block(b, fn, r0, rb, col0, self.cb, K, A, lda, Bm, C, ldc, N, accumulate)
+                    self._block(b, r0, rb, col0, self.cb, K, A, lda, Bm, C, ldc, N, accumulate)
             if nvec > full:
-                self._block(b, fn, r0, rb, ir.Constant(I64, full * self.vw), nvec - full, K, A, lda,
+                self._block(b, r0, rb, ir.Constant(I64, full * self.vw), nvec - full, K, A, lda,
                             Bm, C, ldc, N, accumulate)
             for col in range(nvec * self.vw, N):
-                self._scalar_column(b, fn, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate)
+                self._scalar_column(b, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate)
 
         with self._loop(b, start, stop, rb, f"r{rb}") as r0:
             rows_body(r0)
@@ -167,7 +167,7 @@ class GemmEmitter:
         zeros = ir.Constant(ir.VectorType(I32, self.vw), [0] * self.vw)
         return b.shuffle_vector(v, ir.Constant(self.vt, None), zeros)
 
-    def _block(self, b, fn, r0, rb, col0, cb, K, A, lda, Bm, C, ldc, N, accumulate):
+    def _block(self, b, r0, rb, col0, cb, K, A, lda, Bm, C, ldc, N, accumulate):
         """Accumulate an rb x (cb vectors) block of C over all k in registers."""
         t, vt = self.t, self.vt
         pre = b.block
@@ -199,7 +199,7 @@ class GemmEmitter:
                     v = b.fadd(v, b.load(p, typ=vt, align=align))
                 b.store(v, p, align=align)
 
-    def _scalar_column(self, b, fn, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate):
+    def _scalar_column(self, b, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate):
         t = self.t
         pre = b.block
         with for_range(b, 0, K, name="k", head="ks.head", exit="ks.done", guard=False) as k:

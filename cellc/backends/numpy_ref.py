@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..initializers import INITIALIZERS, orthogonal  # noqa: F401  (orthogonal: re-exported)
+from ..initializers import INITIALIZERS
 from ..ir import Func
 from ..lower import CellIR, sequence_program
 from ..runtime import native_calls
