@@ -33,7 +33,7 @@ from .source import CellError, InternalError, Source
 from .targets._common import MAX_SIZE, OutputError, UsageError, parse_sizes  # noqa: F401
 
 # The compiler's own stages, then those the targets add (`torch`, `llvm`: targets/*.py).
-STAGES = ("ast", "ir", "seq", "opt", "grad", "plan") + tuple(targets.stages())
+STAGES = ("ast", "ir", "seq", "opt", "grad") + tuple(targets.stages())
 
 
 def _summary(path: str) -> str:
@@ -69,20 +69,12 @@ def cmd_show(args) -> int:
         print(format_cell(parse(Source.read(args.file))))
         return 0
     stage = targets.stages().get(args.emit)
-    if stage is not None:  # a target's output: torch source, LLVM IR
+    if stage is not None:  # a target's output: torch source, the native plan, LLVM IR
         print(stage.show(args))
         return 0
     cell = load_file(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
-    if args.emit == "plan":  # sized like --emit llvm, for the native kernels of this machine
-        from .backends.llvm_jit import kernel_features
-        from .lowering import Caps
-
-        sizes = parse_sizes(args.sizes, cell, required=False)
-        caps = Caps(inline_products=bool(kernel_features()))
-        print(pipeline.emit(cell, "plan", sizes, caps))
-        return 0
     print(pipeline.emit(cell, args.emit))
     return 0
 
@@ -130,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--emit", choices=STAGES, default="ir",
         help="ast: syntax tree; ir: the step function; seq: the time loop; opt: after the forward"
-        " passes; grad: the forward saving residuals and the optimized backward; plan: the"
-        " lowering plan of the native kernels (takes --sizes)"
+        " passes; grad: the forward saving residuals and the optimized backward"
         + "".join(f"; {st.name}: {st.help}" for st in targets.stages().values())
         + " (default: ir)",
     )

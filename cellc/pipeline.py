@@ -12,7 +12,6 @@ from . import passes
 from .grad import Vjp, vjp
 from .ir import Func, print_func, verify
 from .lower import CellIR, sequence_program
-from .lowering import Caps, format_plan, plan, verify_plan
 
 # Each pass is Func -> Func; `verify` runs after every one.
 FORWARD_PASSES = [
@@ -74,15 +73,8 @@ def compile_program(cell: CellIR, optimize: bool = True) -> Program:
     return Program(cell, verify(fwd_full), verify(bwd), g.n_results, g.adjoint_names)
 
 
-def emit(cell: CellIR, stage: str, sizes: dict | None = None, caps: Caps | None = None) -> str:
-    """The text of one stage. "plan" (the lowering plan of the native kernels, cellc/lowering)
-    needs the bound sizes; `caps` default to a target with inlined loop products."""
-    if stage == "plan":
-        if sizes is None:
-            raise ValueError("the plan stage needs sizes")
-        prog = compile_program(cell)
-        funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
-        return format_plan(verify_plan(plan(funcs, sizes, caps or Caps())))
+def emit(cell: CellIR, stage: str) -> str:
+    """The text of one compiler stage (the targets' stages are in cellc/targets)."""
     if stage == "ir":
         return print_func(cell.step)
     if stage == "seq":

@@ -64,6 +64,23 @@ def show_llvm(args) -> str:
     return f"; sizes {sizes}, {args.dtype}\n{module}"
 
 
+def show_plan(args) -> str:
+    """`cellc show FILE --emit plan [--sizes ...]`: the lowering plan of the native kernels, with
+    the capabilities of this machine's kernels (inline products when it has vector units)."""
+    from .. import pipeline
+    from ..backends.llvm_jit import kernel_features
+    from ..lowering import Caps, format_plan, plan, verify_plan
+
+    cell = frontend.load_file(args.file)
+    for w in cell.warnings:
+        print(w, file=sys.stderr)
+    sizes = parse_sizes(args.sizes, cell, required=False)
+    prog = pipeline.compile_program(cell)
+    funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
+    caps = Caps(inline_products=bool(kernel_features()))
+    return format_plan(verify_plan(plan(funcs, sizes, caps)))
+
+
 def compile_to_disk(args) -> int:
     """`cellc compile FILE --target llvm --sizes ... [-o DIR]`: library, header and loader."""
     from ..backends import aot
@@ -97,7 +114,11 @@ TARGET = Target(
     compile_help="a shared library, its C header and a numpy/ctypes loader, in a directory",
     output_help="output directory (default: FILE's name with _llvm)",
     sizes_help="the size arguments to compile for, e.g. input_size=8,hidden_size=16",
-    stages=(Stage("llvm", "the LLVM IR of the native kernels", show_llvm, sized=True),),
+    stages=(
+        Stage("plan", "the lowering plan of the native kernels: fused kernels, product"
+              " strategies, buffers, the time loop", show_plan, sized=True),
+        Stage("llvm", "the LLVM IR of the native kernels", show_llvm, sized=True),
+    ),
     tables=(
         # Elementwise ops only: products, reductions, views, concat, const and the time loop are
         # decided and emitted by the code generator itself (backends/llvm_ir.py).
