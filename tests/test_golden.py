@@ -33,9 +33,11 @@ GOLDEN_STAGES: dict[str, tuple[str, ...]] = {
     "seq": ("show", "FILE", "--emit", "seq"),
     "opt": ("show", "FILE", "--emit", "opt"),
     "grad": ("show", "FILE", "--emit", "grad"),
-    # The lowering plan at show's default sizes (16 each) and target capabilities, which do not
-    # depend on this machine's CPU.
-    "plan": ("show", "FILE", "--emit", "plan"),
+    # The lowering plan at sizes 16 (every zoo cell's sizes are input_size and hidden_size) and
+    # target capabilities, which do not depend on this machine's CPU; without --sizes, the
+    # generic plan (sizes given at run time).
+    "plan": ("show", "FILE", "--emit", "plan", "--sizes", "input_size=16,hidden_size=16"),
+    "plan_generic": ("show", "FILE", "--emit", "plan"),
     "equations": ("grad", "FILE"),
 }
 

@@ -118,6 +118,51 @@ def test_every_zoo_plan_verifies():
             verify_plan(plan([(prog.fwd, "f"), (prog.bwd, "b")], sizes, caps))
 
 
+def generic_plan(path: Path):
+    cell = load_file(str(path))
+    prog = compile_program(cell)
+    return cell, plan([(prog.fwd, "f"), (prog.bwd, "b")], None, Caps(),
+                      [s.symbol for s in cell.sizes])
+
+
+@pytest.mark.parametrize("path", CELLS, ids=[p.stem for p in CELLS])
+def test_every_generic_plan_verifies_and_evaluates_to_the_specialized_one(path):
+    """The generic plan (sizes None) keeps sizes symbolic and sends every product to the
+    library; at concrete sizes its workspace is the specialized no-inline plan's."""
+    cell, gp = generic_plan(path)
+    verify_plan(gp)
+    assert gp.sizes is None and not gp.caps.inline_products
+    assert all(n.strategy == "library" for fp in gp.functions for n, _ in nodes(fp.ops, Product))
+    for args in ({"input_size": 3, "hidden_size": 5}, {"input_size": 1, "hidden_size": 1}):
+        sizes = cell.bind(**args)
+        prog = compile_program(cell)
+        sp = plan([(prog.fwd, "f"), (prog.bwd, "b")], sizes, Caps(inline_products=False))
+        for g, s in zip(gp.functions, sp.functions):
+            ws = [c if isinstance(c, int) else int(c.evaluate(sizes)) for c in g.workspace]
+            assert tuple(ws) == s.workspace, (path.stem, args)
+            assert len(g.regions) == len(s.regions)
+
+
+def test_generic_plan_text_names_the_sizes():
+    _, gp = generic_plan(ROOT / "cells" / "lstm.cell")
+    text = format_plan(gp)
+    assert text.startswith("generic plan: sizes I, H given at run time; inline products in"
+                           " loops: no (library only)")
+    assert "func f: workspace (8*H)*T*B + (9*H)*B elements" in text
+    assert "library gemm (T*B x I x 4*H)" in text and "ws0[t]+3*H[r*4*H + c]" in text
+
+
+def test_a_symbolic_size_is_never_taken_for_one():
+    """A dim that is 1 only at some sizes keeps its strides: no broadcast by stride 0."""
+    from cellc.lowering import broadcast_to
+    from cellc.shapes import Dim
+
+    H = Dim.of("H")
+    loc = Loc(Arg(0), H, 1, "batch", H)
+    assert broadcast_to(loc, "batch", H) is loc
+    assert broadcast_to(Loc(Arg(0), 1, 1, "batch", 1), "batch", H).col_stride == 0
+
+
 def _broken(edit) -> str:
     p = lstm_plan()
     edit(p.functions[0])

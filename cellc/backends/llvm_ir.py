@@ -1,13 +1,19 @@
-"""Plan -> LLVM IR (llvmlite.ir), specialized to concrete sizes and one float type.
+"""Plan -> LLVM IR (llvmlite.ir), for one float type: specialized to concrete sizes, or generic.
 
 Each top-level function (the forward program, the backward program) becomes
 
-    void NAME(i64 T, i64 B, i64* batch_sizes, ptr* args, ptr* results, ptr workspace)
+    void NAME(i64 T, i64 B, i64* batch_sizes, ptr* args, ptr* results, ptr workspace,
+              i64* sizes)
 
 `args` and `results` are arrays of data pointers (row-major, contiguous); results that are
 computed are written straight into the caller's buffers; every other value lives in `workspace`,
-whose size is `workspace_size(T, B)` elements. Only T and B (and the per-step active row counts)
-are known at run time: every feature size is a constant, so the fused loops vectorize.
+whose size is `workspace_size(T, B)` elements. In a specialized module only T and B (and the
+per-step active row counts) are known at run time: every feature size is a constant, so the
+fused loops vectorize, and `sizes` is not read. In a generic module (a plan for sizes None)
+`sizes[k]` is the value of the k-th size symbol (`Plan.symbols`); each distinct size polynomial
+of the plan is computed once, in the function's entry block, and handed to the elementwise
+loop functions as arguments (their inner loops still vectorize: unit column strides and
+`noalias` pointers, only the trip count is unknown).
 
 Every decision (fusion, value locations and views, workspace regions, which products are
 inlined, what the time loop reads and writes) is made by `cellc.lowering`; this module renders a
@@ -22,9 +28,10 @@ plan's ops in order, from tables:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llvmlite import ir
 
@@ -47,6 +54,7 @@ from ..lowering import (
     Work,
     plan,
 )
+from ..shapes import Dim
 from . import llvm_math
 from .llvm_gemm import GemmEmitter
 from .llvm_loops import for_range
@@ -66,7 +74,8 @@ class Layout:
     n_args: int
     results: list[tuple[str, int]]  # ("arg", k): return argument k; ("buf", slot): a buffer
     n_buffers: int
-    workspace: tuple[int, int, int] = (0, 0, 0)  # elements: a*T*B + b*B + c
+    workspace: tuple = (0, 0, 0)  # elements: a*T*B + b*B + c (ints, or Dims when generic)
+    symbols: list[str] = field(default_factory=list)  # the order of the `sizes` argument
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +150,10 @@ class FunctionRenderer:
     """Renders one function's plan (cellc/lowering) into `module`: one rule per op kind."""
 
     def __init__(self, module: ir.Module, ftype: ir.Type, blas: dict[str, ir.Function],
-                 small_gemm=None):
+                 small_gemm=None, symbols: list[str] = (), generic: bool = False):
         self.small_gemm = small_gemm  # llvm_gemm.GemmEmitter, or None: BLAS for every product
+        self.symbols = list(symbols)  # the size symbols, in the order of the `sizes` argument
+        self.generic = generic  # sizes are read from `sizes` (a plan for sizes None)
         self.module = module
         self.t = ftype
         self.blas = blas
@@ -158,7 +169,34 @@ class FunctionRenderer:
             return self.n
         if kind == "batch":
             return self.B
-        return ir.Constant(I64, kind)
+        return self.size(kind)
+
+    def size(self, x) -> ir.Value:
+        """A plan size as an i64: a constant, or a Dim's value computed in the entry block."""
+        if not isinstance(x, Dim):
+            return ir.Constant(I64, x)
+        if x not in self.size_values:
+            self.size_values[x] = _dim_value(self.entry, x, self.symbol_value)
+        return self.size_values[x]
+
+    def symbol_value(self, name: str) -> ir.Value:
+        if name not in self.size_values:
+            k = self.symbols.index(name)
+            ptr = self.entry.gep(self.sizes_p, [ir.Constant(I64, k)], source_etype=I64)
+            # Named by position: a cell's size names stay out of the IR text.
+            self.size_values[name] = self.entry.load(ptr, typ=I64, name=f"size{k}")
+        return self.size_values[name]
+
+    def float_size(self, x) -> ir.Value:
+        """A Dim as a float of the function's type (a size used as a number), in the entry
+        block: exact, the integer (den * x) divided by den."""
+        key = ("float", x)
+        if key not in self.size_values:
+            den = _denominator(x)
+            e, t = self.entry, self.t
+            v = e.sitofp(self.size(x * den), t)
+            self.size_values[key] = e.fdiv(v, ir.Constant(t, float(den))) if den != 1 else v
+        return self.size_values[key]
 
     def ptr(self, p: Ptr | None) -> ir.Value | None:
         return None if p is None else self.ptrs[id(p)]
@@ -166,17 +204,25 @@ class FunctionRenderer:
     # -- entry ----------------------------------------------------------------------------
 
     def compile(self, fp: FunctionPlan) -> Layout:
-        fty = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, PTR, PTR])
+        fty = ir.FunctionType(ir.VoidType(), [I64, I64, PTR, PTR, PTR, PTR, PTR])
         fn = ir.Function(self.module, fty, fp.name)
         self.fn = fn
         self.b = b = ir.IRBuilder(fn.append_basic_block("entry"))
-        self.T, self.B, self.batch_sizes, self.args_p, self.results_p, self.ws = fn.args
+        (self.T, self.B, self.batch_sizes, self.args_p, self.results_p, self.ws,
+         self.sizes_p) = fn.args
+        self.size_values: dict = {}
+        if self.generic:
+            # Sizes are computed in the entry block, ahead of its branch to the code.
+            self.b = b = ir.IRBuilder(fn.append_basic_block("start"))
+            self.entry = ir.IRBuilder(fn.entry_basic_block)
+            self.entry.position_before(self.entry.branch(fn.blocks[1]))
         self.TB = b.mul(self.T, self.B, name="TB")
         self.n = self.B
         self.ws_off = ir.Constant(I64, 0)
         self.run(fp.ops)
         b.ret_void()
-        return Layout(fp.name, len(fp.func.params), fp.results, fp.n_buffers, fp.workspace)
+        return Layout(fp.name, len(fp.func.params), fp.results, fp.n_buffers, fp.workspace,
+                      self.symbols)
 
     def run(self, ops: list) -> None:
         for op in ops:
@@ -195,16 +241,16 @@ class FunctionRenderer:
         """The next workspace region (bump allocation)."""
         b = self.b
         ptr = b.gep(self.ws, [self.ws_off], source_etype=self.t)
-        size = b.mul(self.nrows(w.rows if w.rows != "step" else "batch"), ir.Constant(I64, w.cols))
+        size = b.mul(self.nrows(w.rows if w.rows != "step" else "batch"), self.size(w.cols))
         self.ws_off = b.add(self.ws_off, size)
         return ptr
 
     def _offset(self, p: Offset) -> ir.Value:
-        return self.b.gep(self.ptr(p.base), [ir.Constant(I64, p.elements)], source_etype=self.t)
+        return self.b.gep(self.ptr(p.base), [self.size(p.elements)], source_etype=self.t)
 
     def _row_block(self, p: RowBlock) -> ir.Value:
         b = self.b
-        step = b.mul(self.row0, ir.Constant(I64, p.row_stride))
+        step = b.mul(self.row0, self.size(p.row_stride))
         return b.gep(self.ptr(p.base), [step], source_etype=self.t)
 
     # -- elementwise loops ----------------------------------------------------------------
@@ -233,30 +279,46 @@ class FunctionRenderer:
             if loc.ptr is not None and not any(loc is u for u in unique):
                 unique.append(loc)
         ptr_args = [self.ptr(loc.ptr) for loc in unique]
-        fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(ptr_args))
+        # A generic plan's symbolic sizes (strides, cols) and size-valued constants come in
+        # as arguments after the pointers, each once.
+        sizes = _distinct([cols, *(x for loc in unique for x in (loc.row_stride, loc.col_stride))])
+        consts = _distinct([loc.const for loc in ins if loc.ptr is None])
+        fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(ptr_args) + [I64] * len(sizes)
+                              + [t] * len(consts))
         self.groups += 1
         g = ir.Function(self.module, fty, f"{self.fn.name}.loop{self.groups}")
         g.linkage = "internal"
-        for a in g.args[1:]:
+        for a in g.args[1:1 + len(ptr_args)]:
             a.add_attribute("noalias")
         gb = ir.IRBuilder(g.append_basic_block("entry"))
         gptr = {id(loc): a for loc, a in zip(unique, g.args[1:])}
+        first = 1 + len(ptr_args)
+        size_args = dict(zip(sizes, g.args[first:]))
+        const_args = dict(zip(consts, g.args[first + len(sizes):]))
+
+        def size(x) -> ir.Value:
+            return size_args[x] if isinstance(x, Dim) else ir.Constant(I64, x)
+
+        def const(x) -> ir.Value:
+            return const_args[x] if isinstance(x, Dim) else ir.Constant(t, x)
+
         # Loop nest r, c with constant trip count cols; the column loop ends in `row_end`,
         # where the row loop counts.
         with (for_range(gb, 0, g.args[0], name="r", head="row", exit="exit") as r,
-              for_range(gb, 0, cols, name="c", head="col", exit="row_end", guard=False) as c):
+              for_range(gb, 0, size(cols), name="c", head="col", exit="row_end",
+                        guard=False) as c):
 
             def addr(loc: Loc):
-                idx = gb.add(gb.mul(r, ir.Constant(I64, loc.row_stride)),
-                             gb.mul(c, ir.Constant(I64, loc.col_stride)))
+                idx = gb.add(gb.mul(r, size(loc.row_stride)), gb.mul(c, size(loc.col_stride)))
                 return gb.gep(gptr[id(loc)], [idx], source_etype=t)
 
-            vals = [ir.Constant(t, loc.const) if loc.ptr is None else gb.load(addr(loc), typ=t)
+            vals = [const(loc.const) if loc.ptr is None else gb.load(addr(loc), typ=t)
                     for loc in ins]
             for loc, v in zip(outs, compute(gb, vals)):
                 gb.store(v, addr(loc))
         gb.ret_void()
-        self.b.call(g, [self.nrows(rows)] + ptr_args)
+        self.b.call(g, [self.nrows(rows)] + ptr_args + [self.size(x) for x in sizes]
+                    + [self.float_size(x) for x in consts])
 
     # -- products and reductions ----------------------------------------------------------
 
@@ -303,19 +365,21 @@ class FunctionRenderer:
             ta, tb = CBLAS_NO_TRANS, CBLAS_NO_TRANS
             A, lda, Bm, ldb = Y, Y.row_stride, W, W.row_stride
         else:  # outer: A^T B summed over rows; A (rows, M), B (rows, K)
-            m, n, k = ir.Constant(I64, lx.cols), ly.cols, self.nrows(lx.rows)
+            m, n, k = self.size(lx.cols), ly.cols, self.nrows(lx.rows)
             ta, tb = CBLAS_TRANS, CBLAS_NO_TRANS
             A, lda, Bm, ldb = lx, lx.row_stride, ly, ly.row_stride
 
         def as32(v):
             if isinstance(v, int):
                 return ir.Constant(I32, v)
+            if isinstance(v, Dim):
+                return b.trunc(self.size(v), I32)
             if isinstance(v, ir.Constant):
                 return ir.Constant(I32, v.constant)
             return b.trunc(v, I32)
 
-        def ld(loc: Loc, stride: int) -> ir.Constant:  # a one-row operand has no row stride
-            return ir.Constant(I32, stride if stride else loc.cols)
+        def ld(loc: Loc, stride) -> ir.Value:  # a one-row operand has no row stride
+            return as32(stride if stride != 0 else loc.cols)
 
         one, zero = ir.Constant(self.t, 1.0), ir.Constant(self.t, 0.0)
         args = [ir.Constant(I32, CBLAS_ROW_MAJOR), ir.Constant(I32, ta), ir.Constant(I32, tb),
@@ -335,19 +399,31 @@ class FunctionRenderer:
         """[rows, n] -> [rows, 1]: sum (or mean) over features, a phi accumulator per row."""
         src, out, b, t = s.src, s.out, self.b, self.t
         with for_range(b, 0, self.nrows(src.rows), head="sum_row", exit="sum_exit") as r:
-            with for_range(b, 0, src.cols, head="sum_col", exit="sum_row_end", guard=False) as c:
+            with for_range(b, 0, self.size(src.cols), head="sum_col", exit="sum_row_end",
+                           guard=False) as c:
                 acc = b.phi(t)
                 acc.add_incoming(ir.Constant(t, 0.0), r.parent)  # from the row loop's head
-                idx = b.add(b.mul(r, ir.Constant(I64, src.row_stride)),
-                            b.mul(c, ir.Constant(I64, src.col_stride)))
-                x = (ir.Constant(t, src.const) if src.ptr is None
+                idx = b.add(b.mul(r, self.size(src.row_stride)),
+                            b.mul(c, self.size(src.col_stride)))
+                x = ((self.float_size(src.const) if isinstance(src.const, Dim)
+                      else ir.Constant(t, src.const)) if src.ptr is None
                      else b.load(b.gep(self.ptr(src.ptr), [idx], source_etype=t), typ=t))
                 acc2 = b.fadd(acc, x, flags=("reassoc",))
             acc.add_incoming(acc2, c.parent)
-            total = b.fmul(acc2, ir.Constant(t, s.scale)) if s.scale != 1.0 else acc2
-            dst = b.gep(self.ptr(out.ptr), [b.mul(r, ir.Constant(I64, out.row_stride))],
+            total = b.fmul(acc2, self.row_sum_scale(s)) if s.scale != 1.0 else acc2
+            dst = b.gep(self.ptr(out.ptr), [b.mul(r, self.size(out.row_stride))],
                         source_etype=t)
             b.store(total, dst)
+
+    def row_sum_scale(self, s: RowSum) -> ir.Value:
+        """The mean's 1/n: a constant, or for a symbolic n computed once in the entry block."""
+        if s.scale is not None:
+            return ir.Constant(self.t, s.scale)
+        key = ("1/", s.src.cols)
+        if key not in self.size_values:
+            one = ir.Constant(self.t, 1.0)
+            self.size_values[key] = self.entry.fdiv(one, self.float_size(s.src.cols))
+        return self.size_values[key]
 
     # -- the time loop --------------------------------------------------------------------
 
@@ -393,8 +469,7 @@ class FunctionRenderer:
         yield
         step_b, step_c = step_ws
         b = self.b
-        self.ws_off = b.add(saved, b.add(b.mul(self.B, ir.Constant(I64, step_b)),
-                                         ir.Constant(I64, step_c)))
+        self.ws_off = b.add(saved, b.add(b.mul(self.B, self.size(step_b)), self.size(step_c)))
 
     @contextmanager
     def at_step(self, n: ir.Value, row0: ir.Value):
@@ -404,6 +479,39 @@ class FunctionRenderer:
             yield
         finally:
             self.n, self.row0 = self.B, None
+
+
+def _distinct(xs: list) -> list[Dim]:
+    """The Dims among xs, each once, in order."""
+    out: list[Dim] = []
+    for x in xs:
+        if isinstance(x, Dim) and x not in out:
+            out.append(x)
+    return out
+
+
+def _denominator(d: Dim) -> int:
+    den = 1
+    for _, c in d.terms:
+        den = den * c.denominator // math.gcd(den, c.denominator)
+    return den
+
+
+def _dim_value(b: ir.IRBuilder, d: Dim, symbol) -> ir.Value:
+    """A Dim's value as i64 code at `b`: the integer polynomial den*d, divided by den last
+    (cell.bind refuses sizes that make a dim not whole, so the division is exact)."""
+    den = _denominator(d)
+    total = ir.Constant(I64, 0)
+    for monomial, c in d.terms:
+        factors = [symbol(name) for name in monomial]
+        coef = int(c * den)
+        if coef != 1 or not factors:
+            factors.insert(0, ir.Constant(I64, coef))
+        term = factors[0]
+        for f in factors[1:]:
+            term = b.mul(term, f)
+        total = term if total.constant == 0 else b.add(total, term)
+    return b.sdiv(total, ir.Constant(I64, den)) if den != 1 else total
 
 
 def _copy_code(b, vals):
@@ -440,13 +548,16 @@ KERNELS = {
 }
 
 
-def build_module(funcs: list[tuple[Func, str]], sizes: dict, dtype: str, blas_names: dict[str, str],
-                 features: str = ""):
+def build_module(funcs: list[tuple[Func, str]], sizes: dict | None, dtype: str,
+                 blas_names: dict[str, str], features: str = "",
+                 symbols: list[str] | None = None):
     """An llvmlite module with one native function per (IR function, name). `features` (the
     target's CPU features) selects the vector width of the inlined products; with none given,
-    every product calls BLAS."""
-    return render(plan(funcs, sizes, Caps(inline_products=bool(features))), dtype, blas_names,
-                  features)
+    every product calls BLAS. With sizes None the module is generic: the functions take the
+    values of `symbols` (the cell's size symbols, in order) in their `sizes` argument, and
+    every product calls BLAS (the inlined kernel is specialized on its K and N)."""
+    caps = Caps(inline_products=bool(features))
+    return render(plan(funcs, sizes, caps, symbols), dtype, blas_names, features)
 
 
 def render(p: Plan, dtype: str, blas_names: dict[str, str], features: str = ""):
@@ -460,7 +571,8 @@ def render(p: Plan, dtype: str, blas_names: dict[str, str], features: str = ""):
         blas = {"gemm": _fortran_gemm_wrapper(module, gemm_ty, ftype, blas_names["gemm"])}
     else:
         blas = {"gemm": ir.Function(module, gemm_ty, blas_names["gemm"])}
-    layouts = [FunctionRenderer(module, ftype, blas, small_gemm).compile(fp) for fp in p.functions]
+    layouts = [FunctionRenderer(module, ftype, blas, small_gemm, p.symbols,
+                                generic=p.sizes is None).compile(fp) for fp in p.functions]
     return module, layouts
 
 

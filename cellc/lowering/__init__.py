@@ -1,6 +1,8 @@
 """The lowering plan: every decision between the optimized IR and native code, as plain data.
 
-`plan(func, sizes, caps)` decides, once, for one top-level function at concrete sizes:
+`plan(func, sizes, caps)` decides, once, for one top-level function at concrete sizes (or,
+with sizes None, the generic plan: every feature size a `Dim` of the size symbols, which the
+kernels compute at run time, and every product a library GEMM; see `sizes`):
 
 - where each value lives (`Loc`: a pointer plus row and column strides; a view of a `split`,
   `broadcast` or parameter vector costs nothing, a scalar constant is an immediate, a value

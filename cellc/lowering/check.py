@@ -18,6 +18,7 @@ from .nodes import (
     TimeLoop,
     Work,
 )
+from .sizes import mul, total
 
 
 def _locs_of(node) -> tuple[list[Loc], list[Loc]]:
@@ -37,11 +38,15 @@ def _root(p: Ptr) -> Ptr:
     return p
 
 
-def _region_coef(w: Work) -> list[int]:
+def _region_coef(w: Work) -> list:
     k = {"seq": 0, "batch": 1, "step": 1}.get(w.rows, 2)
     coef = [0, 0, 0]
-    coef[k] = w.cols * (1 if k < 2 else w.rows)
+    coef[k] = mul(w.cols, 1 if k < 2 else w.rows)
     return coef
+
+
+def _sum_coefs(regions: list[Work]) -> list:
+    return [total(c) for c in zip(*[_region_coef(w) for w in regions])] or [0, 0, 0]
 
 
 def verify_plan(p: Plan) -> Plan:
@@ -92,7 +97,7 @@ def _verify_function(fp: FunctionPlan) -> None:
                 inner = walk(op.body, set(scope), True)  # the step's pointers stay inside
                 if any(w.rows == "seq" for w in inner):
                     fail("a step allocates a whole-sequence region")
-                share = [sum(c) for c in zip(*[_region_coef(w) for w in inner])] or [0, 0, 0]
+                share = _sum_coefs(inner)
                 if tuple(share[1:]) != tuple(op.step_ws):
                     fail(f"loop step workspace {op.step_ws} is not its regions' {share[1:]}")
                 made += inner
@@ -116,9 +121,9 @@ def _verify_function(fp: FunctionPlan) -> None:
         return made
 
     regions = walk(fp.ops, set(), False)
-    total = [sum(c) for c in zip(*[_region_coef(w) for w in regions])] or [0, 0, 0]
-    if tuple(total) != tuple(fp.workspace):
-        fail(f"workspace {fp.workspace} is not the sum of its regions {tuple(total)}")
+    whole = _sum_coefs(regions)
+    if tuple(whole) != tuple(fp.workspace):
+        fail(f"workspace {fp.workspace} is not the sum of its regions {tuple(whole)}")
     results = {op.slot for op in fp.ops if isinstance(op, Result)}
     if results != set(range(fp.n_buffers)):
         fail("a result buffer has no pointer")

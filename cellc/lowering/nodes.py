@@ -1,6 +1,10 @@
 """The plan's data: pointers, locations, nodes (kernels, products, reductions, the time loop),
 and the plan of a function. Plain dataclasses: `planner` makes them, `text` prints them,
-`check` verifies them, a renderer (backends/llvm_ir.py) turns them into code."""
+`check` verifies them, a renderer (backends/llvm_ir.py) turns them into code.
+
+A size below (`cols`, a stride, an offset, a workspace coefficient) is an int, or in a generic
+plan (sizes None) a `Dim` of the size symbols, which the kernel computes at run time (see
+`sizes`)."""
 
 from __future__ import annotations
 
@@ -123,7 +127,7 @@ class RowSum:
     instr: Instr
     src: Loc
     out: Loc
-    scale: float
+    scale: float | None  # None: 1/n with n symbolic, computed at run time
 
 
 @dataclass(eq=False)
@@ -154,12 +158,13 @@ class FunctionPlan:
     ops: list
     results: list[tuple[str, int]]  # ("arg", k): return argument k; ("buf", slot): a buffer
     n_buffers: int
-    workspace: tuple[int, int, int]  # elements: a*T*B + b*B + c
+    workspace: tuple  # elements: a*T*B + b*B + c
     regions: list[Work] = field(default_factory=list)
 
 
 @dataclass
 class Plan:
-    sizes: dict
+    sizes: dict | None  # None: the generic plan, for every size
     caps: Caps
     functions: list[FunctionPlan]
+    symbols: list[str] = field(default_factory=list)  # the order of the kernels' `sizes` argument

@@ -28,19 +28,14 @@ from .nodes import (
     TimeLoop,
     Work,
 )
+from .sizes import add, mul, size, symbolic
 
 
-def _size(d: Dim, sizes) -> int:
-    v = d.evaluate(sizes)
-    if v.denominator != 1:
-        raise InternalError(f"size {d} is not whole for {sizes}")
-    return int(v)
-
-
-def dims(v: Value, sizes, at_step: bool) -> tuple[object, int]:
-    """(rows kind, cols) of a value as a 2-D array."""
+def dims(v: Value, sizes, at_step: bool) -> tuple[object, object]:
+    """(rows kind, cols) of a value as a 2-D array; sizes None (a generic plan): a feature size
+    with symbols stays a Dim."""
     t = v.type
-    shape = [_size(d, sizes) for d in t.shape]
+    shape = [size(d, sizes) for d in t.shape]
     if t.batch is Batch.NONE:
         if len(shape) == 2:
             return shape[0], shape[1]
@@ -161,7 +156,7 @@ class _Planner:
 
     def alloc(self, rows, cols: int) -> Ptr:
         k = {"seq": 0, "batch": 1, "step": 1}.get(rows, 2)
-        self.ws_coef[k] += cols * (1 if k < 2 else rows)
+        self.ws_coef[k] = add(self.ws_coef[k], mul(cols, 1 if k < 2 else rows))
         w = Work(rows, cols, len(self.regions))
         self.regions.append(w)
         return self.define(w)
@@ -184,7 +179,7 @@ class _Planner:
                             and id(a) not in self.scope.locs
                             and sum(1 for x in i.args if x is a) == 1 and a.type.rank == 1):
                         into[id(a)] = (i, off)
-                    off += cols
+                    off = add(off, cols)
 
     def storage(self, v: Value, at_step: bool) -> Loc:
         """A writable Loc for a value about to be computed."""
@@ -255,7 +250,9 @@ class _Planner:
         s = self.scope
         rows, cols = self.dims(i.out, at_step)
         value = i.attrs["value"]
-        value = float(value.evaluate(self.sizes)) if isinstance(value, Dim) else float(value)
+        if isinstance(value, Dim):  # a size as a number: known at run time in a generic plan
+            value = size(value, self.sizes) if self.sizes is None else value.evaluate(self.sizes)
+        value = value if symbolic(value) else float(value)
         s.locs[id(i.out)] = Loc(None, 0, 0, rows, cols, const=value)
         if id(i.out) in s.result_ptrs or id(i.out) in s.into_concat:
             src = s.locs.pop(id(i.out))
@@ -268,11 +265,11 @@ class _Planner:
         for o in i.outs:
             rows, cols = self.dims(o, at_step)
             if i.args[0].type.rank == 2:  # matrices split by rows
-                ptr = self.offset(src, off * src.row_stride)
-                off += rows
+                ptr = self.offset(src, mul(off, src.row_stride))
+                off = add(off, rows)
             else:
-                ptr = self.offset(src, off * src.col_stride)
-                off += cols
+                ptr = self.offset(src, mul(off, src.col_stride))
+                off = add(off, cols)
             view = Loc(ptr, src.row_stride, src.col_stride, rows, cols, src.const)
             self.bind_view(o, view, at_step)
 
@@ -288,14 +285,15 @@ class _Planner:
             loc = self.scope.locs[id(a)]
             rows, cols = self.dims(a, at_step)
             if id(a) in self.scope.into_concat:  # already computed in place
-                off += cols if a.type.rank == 1 else 0
+                off = add(off, cols if a.type.rank == 1 else 0)
                 continue
             if a.type.rank == 2:
-                dst = Loc(self.offset(out, off * out.row_stride), out.row_stride, 1, rows, cols)
-                off += rows
+                dst = Loc(self.offset(out, mul(off, out.row_stride)), out.row_stride, 1, rows,
+                          cols)
+                off = add(off, rows)
             else:
                 dst = Loc(self.offset(out, off), out.row_stride, 1, rows, cols)
-                off += cols
+                off = add(off, cols)
             self.copy(loc, dst, rows, cols)
 
     def fused(self, instrs: list[Instr], f: Func, at_step: bool):
@@ -350,7 +348,8 @@ class _Planner:
     def row_sum(self, i: Instr, at_step: bool):
         src = self.scope.locs[id(i.args[0])]
         out = self.storage(i.out, at_step)
-        scale = 1.0 / src.cols if i.op == "mean" else 1.0
+        # A mean over a symbolic number of features divides at run time (scale None).
+        scale = (None if symbolic(src.cols) else 1.0 / src.cols) if i.op == "mean" else 1.0
         self.emit(RowSum(i, src, out, scale))
 
     def batch_sum(self, i: Instr, at_step: bool):
@@ -489,14 +488,31 @@ _RULES = {
 }
 
 
-def plan_function(f: Func, name: str, sizes: dict, caps: Caps | None = None) -> FunctionPlan:
-    """The plan of one top-level function, named `name` in the native code."""
-    return _Planner(sizes, caps or Caps()).function(f, name)
+def plan_function(f: Func, name: str, sizes: dict | None, caps: Caps | None = None
+                  ) -> FunctionPlan:
+    """The plan of one top-level function, named `name` in the native code (sizes None: the
+    generic plan, see `plan`)."""
+    return _Planner(sizes, _caps(sizes, caps)).function(f, name)
 
 
-def plan(funcs, sizes: dict, caps: Caps | None = None) -> Plan:
-    """The plan of top-level functions: a Func or a list of (Func, native name)."""
+def _caps(sizes: dict | None, caps: Caps | None) -> Caps:
+    # The inlined GEMM is specialized on K and N: a generic plan sends every product to the
+    # library, whatever the target offers.
+    return Caps(inline_products=False) if sizes is None else (caps or Caps())
+
+
+def plan(funcs, sizes: dict | None, caps: Caps | None = None,
+         symbols: list[str] | None = None) -> Plan:
+    """The plan of top-level functions: a Func or a list of (Func, native name).
+
+    With sizes None it is the generic plan: feature sizes stay Dims, computed by the kernel
+    from its `sizes` argument, whose order `symbols` gives (the cell's size symbols)."""
     if isinstance(funcs, Func):
         funcs = [(funcs, funcs.name)]
-    caps = caps or Caps()
-    return Plan(dict(sizes), caps, [plan_function(f, n, sizes, caps) for f, n in funcs])
+    caps = _caps(sizes, caps)
+    if sizes is not None:
+        symbols = list(sizes)
+    elif symbols is None:
+        raise InternalError("a generic plan needs the order of the size symbols")
+    return Plan(None if sizes is None else dict(sizes), caps,
+                [plan_function(f, n, sizes, caps) for f, n in funcs], list(symbols))

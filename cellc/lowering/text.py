@@ -22,6 +22,7 @@ from .nodes import (
     TimeLoop,
     Work,
 )
+from .sizes import factor
 
 _ROWS = {"seq": "T*B", "step": "n_t", "batch": "B"}
 
@@ -45,7 +46,7 @@ class _Names:
         if isinstance(p, Work):
             return f"ws{p.index}"
         if isinstance(p, Offset):
-            return f"{self.ptr(p.base)}+{p.elements}"
+            return f"{self.ptr(p.base)}+{factor(p.elements)}"
         if isinstance(p, RowBlock):
             return f"{self.ptr(p.base)}[t]"
         raise InternalError(f"plan: unknown pointer {type(p).__name__}")
@@ -53,8 +54,8 @@ class _Names:
     def loc(self, loc: Loc) -> str:
         if loc.ptr is None:
             return repr(loc.const)
-        terms = [f"{v}*{s}" if s != 1 else v
-                 for v, s in (("r", loc.row_stride), ("c", loc.col_stride)) if s]
+        terms = [f"{v}*{factor(s)}" if s != 1 else v
+                 for v, s in (("r", loc.row_stride), ("c", loc.col_stride)) if s != 0]
         return f"{self.ptr(loc.ptr)}[{' + '.join(terms) or '0'}]"
 
 
@@ -62,8 +63,10 @@ def _shape(rows, cols: int) -> str:
     return f"[{_rows(rows)}, {cols}]"
 
 
-def _coef(ws: tuple[int, int, int]) -> str:
-    terms = [f"{a}*{x}" if x else str(a) for a, x in zip(ws, ("T*B", "B", "")) if a]
+def _coef(ws: tuple) -> str:
+    """a*T*B + b*B + c; a symbolic coefficient in parentheses: (4*H)*T*B."""
+    terms = [(f"({a})*{x}" if not isinstance(a, int) else f"{a}*{x}") if x else str(a)
+             for a, x in zip(ws, ("T*B", "B", "")) if a != 0]
     return " + ".join(terms) or "0"
 
 
@@ -141,9 +144,12 @@ def _scan_lines(s: TimeLoop, names: _Names, indent: str) -> list[str]:
 
 def format_plan(p: Plan) -> str:
     """The plan as text: per function its workspace, then one line per kernel or product."""
-    sizes = ", ".join(f"{k}={v}" for k, v in p.sizes.items())
     inline = "yes" if p.caps.inline_products else "no (library only)"
-    out = [f"plan for sizes {sizes}; inline products in loops: {inline}"]
+    if p.sizes is None:
+        head = f"generic plan: sizes {', '.join(p.symbols)} given at run time"
+    else:
+        head = "plan for sizes " + ", ".join(f"{k}={v}" for k, v in p.sizes.items())
+    out = [f"{head}; inline products in loops: {inline}"]
     for fp in p.functions:
         names = _Names(fp)
         out.append("")

@@ -16,15 +16,26 @@ Three callers share it, so a check and its message live here and nowhere else:
 A kernel is described by plain data, the same in all three (a loader's KERNELS holds them):
 
     {"dtype": "float32",
+     "sizes": [symbol, ...],                     # the order of the kernel's `sizes` argument
      "args": [(name, shape spec), ...],          # in call order
      "results": [(kind, k, shape spec), ...],    # ("arg", k): args[k] itself; ("buf", k): buffer k
      "buffers": n,                               # result buffers, allocated here
-     "workspace": [a, b, c]}                     # a*T*B + b*B + c (+1) scratch elements
+     "workspace": [a, b, c],                     # a*T*B + b*B + c (+1) scratch elements
+     "generic": False}                           # optional; True: see below
 
 A shape spec is a list whose first entry may be "TB" (T*B rows: a whole sequence, ordered
-(t, b)) or "B" (one row per sequence), followed by fixed feature sizes. Buffers the kernel
+(t, b)) or "B" (one row per sequence), followed by the feature sizes. Buffers the kernel
 writes are allocated here from these shapes, so no argument can make it read or write out of
 bounds.
+
+A specialized kernel (no "generic", or False) has every feature size and workspace coefficient
+a plain int, and ignores its `sizes` argument. A generic kernel ("generic": True) serves every
+size: a feature size or a workspace coefficient may be a size polynomial, a list of monomials
+[numerator, denominator, symbol, symbol, ...] (value: the sum of numerator/denominator times
+the product of the symbols' values; [[4, 1, "H"]] is 4*H, [[1, 1, "I"], [1, 1, "H"]] is I + H,
+[[1, 2, "H"]] is H/2), and "dims" lists every symbolic feature size the kernel works with. A
+call gives the sizes (symbol -> int); `_bind_kernel` evaluates the spec with them, refusing
+sizes that leave any of "dims" not a positive whole number (the kernel's loops assume it).
 """
 
 import ctypes
@@ -36,9 +47,9 @@ import numpy as np
 # sequences have T*B rows: more would wrap around.
 _MAX_ROWS = 2**31 - 1
 
-# Every kernel: (T, B, batch_sizes, args[], results[], workspace).
+# Every kernel: (T, B, batch_sizes, args[], results[], workspace, sizes).
 _SIGNATURE = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +189,89 @@ _NUMPY = _Arrays()
 
 
 def _shape(spec, T, B):
-    """The concrete shape of a shape spec (see the module docstring)."""
+    """The concrete shape of a shape spec (see the module docstring), its sizes bound."""
     return tuple(T * B if d == "TB" else B if d == "B" else d for d in spec)
+
+
+def _size_value(size, sizes):
+    """The value of a size polynomial (or int) for sizes (symbol -> int), exactly: the terms
+    over a common denominator, divided last. None when it is not whole."""
+    if isinstance(size, int):
+        return size
+    den = 1
+    for term in size:
+        den = den * term[1] // _gcd(den, term[1])
+    total = 0
+    for term in size:
+        value = term[0] * (den // term[1])
+        for name in term[2:]:
+            value *= sizes[name]
+        total += value
+    return total // den if total % den == 0 else None
+
+
+def _gcd(a, b):  # math.gcd, without a fourth import (see the module docstring)
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _format_size(size):
+    """A size polynomial (or int) as text for people and C comments: 4*H, I + H, H/2."""
+    if isinstance(size, int):
+        return str(size)
+    text = ""
+    for term in size:
+        num, den, names = term[0], term[1], [str(n) for n in term[2:]]
+        factors = ([str(abs(num))] if abs(num) != 1 or not names else []) + names
+        part = "*".join(factors) + (f"/{den}" if den != 1 else "")
+        if not text:
+            text = ("-" if num < 0 else "") + part
+        else:
+            text += (" - " if num < 0 else " + ") + part
+    return text or "0"
+
+
+def _size_array(kernel, sizes):
+    """The kernel's `sizes` argument: the values in the order of kernel["sizes"], checked
+    positive ints (a specialized kernel called without sizes gets zeros, which it ignores)."""
+    symbols = kernel["sizes"]
+    if sizes is None:
+        return np.zeros(max(1, len(symbols)), np.int64)
+    if not isinstance(sizes, dict) or set(sizes) != set(symbols):
+        raise ValueError(f"sizes must give exactly {symbols}, got {sizes!r}")
+    for name in symbols:
+        v = sizes[name]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"size {name} must be a positive int, got {v!r}")
+    return np.array([int(sizes[name]) for name in symbols] or [0], np.int64)
+
+
+def _bind_kernel(kernel, sizes):
+    """A generic kernel's spec evaluated for sizes (symbol -> int): every size an int, as in a
+    specialized spec (a specialized spec is returned as it is)."""
+    if not kernel.get("generic"):
+        return kernel
+    _size_array(kernel, sizes)  # the sizes themselves: exactly the symbols, positive ints
+    sizes = {name: int(v) for name, v in sizes.items()}
+    for d in kernel["dims"]:
+        v = _size_value(d, sizes)
+        if v is None or v <= 0:
+            raise ValueError(f"with sizes {sizes}, the kernel's size {_format_size(d)} would be"
+                             f" {v if v is not None else 'not whole'}: it must be a positive"
+                             " whole number")
+
+    def shape(spec):
+        return [d if isinstance(d, str) else _size_value(d, sizes) for d in spec]
+
+    bound = dict(kernel, generic=False)
+    bound["args"] = [(name, shape(spec)) for name, spec in kernel["args"]]
+    bound["results"] = [(kind, k, shape(spec)) for kind, k, spec in kernel["results"]]
+    bound["workspace"] = [_size_value(c, sizes) for c in kernel["workspace"]]
+    if any(c is None or c < 0 for c in bound["workspace"]):
+        raise ValueError(f"with sizes {sizes}, the kernel's workspace is not a whole number")
+    del bound["dims"]
+    return bound
 
 
 def _kernel_batch_sizes(batch_sizes, T, B):
@@ -190,11 +282,17 @@ def _kernel_batch_sizes(batch_sizes, T, B):
     return bs
 
 
-def _run_kernel(fn, kernel, T, B, batch_sizes, args, arrays=_NUMPY, workspace=None):
+def _run_kernel(fn, kernel, T, B, batch_sizes, args, arrays=_NUMPY, workspace=None, sizes=None):
     """Call fn (a `_SIGNATURE` function) as `kernel` (its data) on checked arrays; return its
     results, arguments handed back as they are. `workspace(n, arrays, like)` gives a scratch
-    buffer of at least n elements (a fresh one when None)."""
+    buffer of at least n elements (a fresh one when None). `sizes` (symbol -> int) are the
+    sizes to run a generic kernel at (required for one; a specialized kernel ignores them)."""
     _check_rows(T, B)
+    if kernel.get("generic"):
+        if sizes is None:
+            raise ValueError("a generic kernel needs the sizes to run at")
+        kernel = _bind_kernel(kernel, sizes)
+    size_values = _size_array(kernel, sizes)
     dtype = np.dtype(kernel["dtype"])
     if len(args) != len(kernel["args"]):
         raise ValueError(f"expected {len(kernel['args'])} arrays, got {len(args)}")
@@ -218,7 +316,8 @@ def _run_kernel(fn, kernel, T, B, batch_sizes, args, arrays=_NUMPY, workspace=No
         ws = workspace(n, arrays, args[0])
     argv = (ctypes.c_void_p * max(1, len(args)))(*[arrays.ptr(x) for x in args])
     bufv = (ctypes.c_void_p * max(1, len(buffers)))(*[arrays.ptr(x) for x in buffers])
-    fn(T, B, bs.ctypes.data, ctypes.addressof(argv), ctypes.addressof(bufv), arrays.ptr(ws))
+    fn(T, B, bs.ctypes.data, ctypes.addressof(argv), ctypes.addressof(bufv), arrays.ptr(ws),
+       size_values.ctypes.data)
     return results
 
 
@@ -235,61 +334,117 @@ class _Library:
         self._kernels = kernels
         self._functions = {}
 
-    def call(self, name, T, B, batch_sizes, args):
-        """Run kernel `name` over T steps of B rows (checks as for Kernel.run)."""
+    def call(self, name, T, B, batch_sizes, args, sizes=None):
+        """Run kernel `name` over T steps of B rows (checks as for Kernel.run); `sizes`
+        (symbol -> int) for a generic kernel."""
         _check_rows(T, B)  # first, as in _run_kernel: T*B is refused whatever else is wrong
         kernel = self._kernels[name]
         fn = self._functions.get(name)
         if fn is None:  # resolved once per kernel
             address = ctypes.cast(getattr(self._lib, name), ctypes.c_void_p).value
             fn = self._functions[name] = _SIGNATURE(address)
-        return _run_kernel(fn, kernel, T, B, batch_sizes, args)
+        return _run_kernel(fn, kernel, T, B, batch_sizes, args, sizes=sizes)
 
 
 class _LoadedCell:
     """The cell class of an AOT loader, which subclasses it with the cell's data as class
     attributes: `_library` (a `_Library`), `_kernel_prefix` (kernel names are
-    <prefix>forward_f32 etc.), `_state_sizes` and `_param_shapes` ((name, size or shape)
-    pairs), `_input_size` and `_output_size`.
+    <prefix>forward_f32 etc.), `_cell_name`, `_size_args` ((argument, symbol) pairs in the
+    kernels' `sizes` order), `_fixed_sizes` (symbol -> int of a specialized build, None for a
+    generic one), `_dims` ((value, dim text, dim) for each feature dim of the step),
+    `_state_dims` and `_param_dims` ((name, dim or dims) pairs), `_input_dim` and `_output_dim`.
+    A dim is an int or a size polynomial (see `_size_value`).
 
-    It takes what cellc's NativeCell takes, with the same checks and messages, except that
-    sequences of different lengths are given as `batch_sizes` (sorted longest first)."""
+    It takes what cellc's NativeCell takes, with the same checks and messages: the sizes as
+    keywords (`input_size=8, ...`; a specialized build's own sizes may be left out), and
+    sequences of different lengths as `lengths` or as `batch_sizes` (sorted longest first)."""
 
-    def __init__(self, dtype="float32"):
+    def __init__(self, dtype="float32", **size_args):
         self.dtype = _float_dtype(dtype)
+        self.sizes = self._bind(size_args)
         tag = "f32" if self.dtype == np.float32 else "f64"
         self._forward = self._kernel_prefix + "forward_" + tag
         self._backward = self._kernel_prefix + "backward_" + tag
         self._step = self._kernel_prefix + "step_" + tag
+        S = self.sizes
+        self._state_sizes = [(name, _size_value(d, S)) for name, d in self._state_dims]
+        self._param_shapes = [(name, tuple(_size_value(d, S) for d in dims))
+                              for name, dims in self._param_dims]
+        self._input_size = _size_value(self._input_dim, S)
+        self._output_size = _size_value(self._output_dim, S)
 
-    def forward(self, xs, params, states=None, batch_sizes=None):
+    def _bind(self, args):
+        """The sizes (symbol -> int) for the keyword arguments, checked as `CellIR.bind` checks
+        them (same errors, same messages). A specialized build takes its own sizes or none."""
+        fixed = self._fixed_sizes
+        if fixed is not None and not args:
+            return dict(fixed)
+        name = self._cell_name
+        known = {arg for arg, _ in self._size_args}
+        for k in args:
+            if k not in known:
+                raise TypeError(f"{name}: unexpected size argument {k!r}; expects {sorted(known)}")
+        sizes = {}
+        for arg, symbol in self._size_args:
+            if arg not in args:
+                raise TypeError(f"{name}: missing size argument {arg!r}")
+            v = args[arg]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name}: {arg} must be an int, got {type(v).__name__} {v!r}")
+            if v <= 0:
+                raise ValueError(f"{name}: {arg} must be positive, got {v}")
+            sizes[symbol] = v
+        for value, text, d in self._dims:
+            n = _size_value(d, sizes)
+            if n is None or n <= 0:
+                raise ValueError(
+                    f"{name}: with {args}, '{value}' would have {text} = {_fraction_text(d, sizes)}"
+                    " features; choose sizes that make it a positive whole number")
+        if fixed is not None and sizes != fixed:
+            given = ", ".join(f"{arg}={fixed[symbol]}" for arg, symbol in self._size_args)
+            raise ValueError(f"{name}: this library is compiled for {given}, not {args};"
+                             " a library built without --sizes takes any sizes")
+        return sizes
+
+    def forward(self, xs, params, states=None, lengths=None, batch_sizes=None):
         """xs (T, B, I) -> (ys (T, B, out), {state: (B, H)}, tape)."""
         T, B = _sequence_shape(xs)
         xs = _array(xs, "xs", (T, B, self._input_size), self.dtype)
-        bs = _batch_sizes(batch_sizes, T, B)
-        args = [xs.reshape(T * B, self._input_size),
-                *_states(states, B, self._state_sizes, self.dtype, "state {name}"),
+        bs, order = _sequence_layout(T, B, lengths, batch_sizes)
+        x = xs if order is None else xs[:, order]
+        args = [np.ascontiguousarray(x).reshape(T * B, self._input_size),
+                *_states(states, B, self._state_sizes, self.dtype, "state {name}", order),
                 *_params(params, self._param_shapes, self.dtype)]
-        out = self._library.call(self._forward, T, B, bs, args)
+        out = self._library.call(self._forward, T, B, bs, args, self.sizes)
         n = len(self._state_sizes)
         outputs = _unshared(out[: n + 1])
         residuals = _unshared(out[n + 1 :], outputs)  # the tape's own
         ys = outputs[n].reshape(T, B, self._output_size)
+        final = outputs[:n]
+        if order is not None:  # back to the caller's order
+            inv = np.argsort(order)
+            ys, final = ys[:, inv], [v[inv] for v in final]
         names = [name for name, _ in self._state_sizes]
-        return ys, dict(zip(names, outputs[:n])), (residuals, T, B, bs)
+        return ys, dict(zip(names, final)), (residuals, T, B, bs, order)
 
     def backward(self, tape, d_ys=None, d_states=None):
         """Gradients of "xs", each initial state and each parameter."""
-        residuals, T, B, bs = tape
+        residuals, T, B, bs, order = tape
         ys_shape = (T, B, self._output_size)
         d_ys = (np.zeros(ys_shape, self.dtype) if d_ys is None
                 else _array(d_ys, "d_ys", ys_shape, self.dtype))
-        seeds = _states(d_states, B, self._state_sizes, self.dtype, "d_states[{name}]")
-        seeds.append(d_ys.reshape(T * B, self._output_size))
-        grads = _unshared(self._library.call(self._backward, T, B, bs, list(residuals) + seeds))
+        seeds = _states(d_states, B, self._state_sizes, self.dtype, "d_states[{name}]", order)
+        dy = d_ys if order is None else d_ys[:, order]
+        seeds.append(np.ascontiguousarray(dy).reshape(T * B, self._output_size))
+        grads = _unshared(self._library.call(self._backward, T, B, bs, list(residuals) + seeds,
+                                             self.sizes))
         names = ["xs"] + [name for name, _ in self._state_sizes]
         out = dict(zip(names + [name for name, _ in self._param_shapes], grads))
         out["xs"] = out["xs"].reshape(T, B, self._input_size)
+        if order is not None:
+            inv = np.argsort(order)
+            for k in names:
+                out[k] = out[k][:, inv] if k == "xs" else out[k][inv]
         return out
 
     def step(self, x, states, params):
@@ -298,6 +453,36 @@ class _LoadedCell:
         args = [*_states(states, B, self._state_sizes, self.dtype, "state {name}"),
                 _array(x, "x", (B, self._input_size), self.dtype),
                 *_params(params, self._param_shapes, self.dtype)]
-        out = _unshared(self._library.call(self._step, 1, B, np.array([B], np.int64), args))
+        out = _unshared(self._library.call(self._step, 1, B, np.array([B], np.int64), args,
+                                           self.sizes))
         n = len(self._state_sizes)
         return out[n], dict(zip((name for name, _ in self._state_sizes), out[:n]))
+
+
+def _sequence_layout(T, B, lengths, batch_sizes):
+    """(batch_sizes, order) for a forward: sequences of `lengths` (B ints, any order) sorted
+    longest first (order: the rows' permutation), or `batch_sizes` as given (order None), or
+    all of length T. The checks and messages of NativeCell's `lengths`."""
+    if lengths is None:
+        return _batch_sizes(batch_sizes, T, B), None
+    if batch_sizes is not None:
+        raise ValueError("give lengths or batch_sizes, not both")
+    lengths = _ints(lengths, B, "lengths")
+    if B and (lengths.min() < 0 or lengths.max() > T):
+        raise ValueError(f"lengths must lie in [0, {T}]")
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    return np.array([(sorted_lengths > t).sum() for t in range(T)], np.int64), order
+
+
+def _fraction_text(size, sizes):
+    """The exact value of a size polynomial as text (3/2, -1), for a refusal's message."""
+    from fractions import Fraction  # here, not at module level: see the module docstring
+
+    total = Fraction(0)
+    for term in size if not isinstance(size, int) else [[size, 1]]:
+        value = Fraction(term[0], term[1])
+        for name in term[2:]:
+            value *= sizes[name]
+        total += value
+    return str(total)
