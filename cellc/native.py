@@ -90,15 +90,8 @@ class NativeCell:
         return calls._params(params, self._param_shapes, self.dtype)
 
     def _layout(self, T: int, B: int, lengths):
-        if lengths is None:
-            return np.full(T, B, np.int64), None
-        lengths = calls._ints(lengths, B, "lengths")
-        if B and (lengths.min() < 0 or lengths.max() > T):
-            raise ValueError(f"lengths must lie in [0, {T}]")
-        order = np.argsort(-lengths, kind="stable")
-        sorted_lengths = lengths[order]
-        batch_sizes = np.array([(sorted_lengths > t).sum() for t in range(T)], np.int64)
-        return batch_sizes, order
+        """(batch_sizes, order): the AOT loader's layout, checks and messages."""
+        return calls._sequence_layout(T, B, lengths, None)
 
     def _threads(self):
         from .backends import blas

@@ -1,16 +1,19 @@
 """Ahead-of-time artifacts: `cellc compile FILE --target llvm --sizes ... -o DIR` and
-`cellc show FILE --emit llvm`.
+`cellc show FILE --emit llvm` (tests/test_aot_portable.py has the build without --sizes, the
+folder run where only numpy is installed, and a C program against the header).
 
-- lstm.cell and gru.cell compile to exactly lib<name>.so, <name>.h and <name>.py.
+- lstm.cell and gru.cell compile to exactly lib<name>.so, <name>.h and <name>.py, with the BLAS
+  library they link and its license beside them; `compile` prints the C prototypes.
 - The header declares every kernel (forward/backward/step in f32 and f64) and its WORKSPACE
   macro, and is valid C (cc -fsyntax-only; skipped without a C compiler).
 - The loader, run in a fresh interpreter that imports neither cellc nor llvmlite nor torch, gives
-  forward, backward, step and variable-length (batch_sizes) results that match the NumPy
+  forward, backward, step and variable-length (batch_sizes, or lengths in any order) results
+  that match the NumPy
   reference (float64 1e-10, float32 1e-4, relative to the reference's largest magnitude), and
   rejects bad arrays with errors (a wrong dtype, complex input or fractional batch_sizes too:
   nothing is converted). tests/test_hostile_native.py has the hostile cases.
-- The three files are the whole artifact: a copy of the folder runs elsewhere, under `python -I`.
-- Usage errors: missing or bad --sizes and -o naming a regular file exit with status 2 and write
+- The folder is the whole artifact: a copy of it runs elsewhere, under `python -I`.
+- Usage errors: incomplete or bad --sizes and -o naming a regular file exit with status 2 and write
   nothing; a broken .cell file exits with status 1 and a located error; a failing link exits
   with status 1 and leaves no files behind.
 """
@@ -38,6 +41,7 @@ SIZES = f"input_size={I},hidden_size={H}"
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative to the reference's largest magnitude
 NAMES = ["lstm", "gru"]
 KERNELS = [f"{k}_{t}" for k in ("forward", "backward", "step") for t in ("f32", "f64")]
+BLAS = ["libscipy_openblas.so", "LICENSE.scipy-openblas32.txt"]  # copied beside the library
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,11 +100,18 @@ def built(builds, name) -> Path:
 @pytest.mark.parametrize("name", NAMES)
 def test_compile_writes_three_files(builds, name):
     out = built(builds, name)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"lib{name}.so", f"{name}.h", f"{name}.py"])
+    files = [*BLAS, f"lib{name}.so", f"{name}.h", f"{name}.py"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
     _, _, stdout, _ = builds[name]
-    assert sorted(stdout.split()) == sorted(
-        ["wrote"] * 3 + [str(out / f) for f in (f"lib{name}.so", f"{name}.h", f"{name}.py")])
+    wrote = [line for line in stdout.splitlines() if line.startswith("wrote ")]
+    assert wrote == [f"wrote {out / f}" for f in files]  # the loader last
+    rest = stdout.splitlines()[len(wrote):]
+    assert rest[0] == (f"C kernels, declared in {out / f'{name}.h'} (compiled for I={I},"
+                       f" H={H}, sizes[] not read):")
+    for line, t in zip(rest[1:], ("float", "double")):
+        assert line.startswith(f"  void {name}_{{forward,backward,step}}_f"), line
+        assert f" {t} *workspace, const int64_t *sizes);" in line, line
+    assert len(rest) == 3, rest
     assert (out / f"lib{name}.so").read_bytes()[:4] == b"\x7fELF"
 
 
@@ -109,7 +120,8 @@ def test_header_declares_every_kernel(builds, name):
     text = (built(builds, name) / f"{name}.h").read_text()
     declared = re.findall(r"^void (\w+)\(int64_t T, int64_t B, const int64_t \*batch_sizes,"
                           r" void \*const \*args, void \*const \*results,"
-                          r" (float|double) \*workspace\);$", text, re.MULTILINE)
+                          r" (float|double) \*workspace, const int64_t \*sizes\);$", text,
+                          re.MULTILINE)
     assert sorted(declared) == sorted(
         (f"{name}_{k}", "float" if k.endswith("f32") else "double") for k in KERNELS)
     for k in KERNELS:
@@ -180,6 +192,9 @@ for dtype in ("float32", "float64"):
     ys, final, _ = cell.forward(xs, params, states, batch_sizes=batch_sizes)
     out[f"{dtype}/packed_ys"] = ys
     out.update({f"{dtype}/packed_final/{k}": v for k, v in final.items()})
+    ys, final, _ = cell.forward(xs, params, states, lengths=lengths[::-1])  # not sorted
+    out[f"{dtype}/lengths_ys"] = ys
+    out.update({f"{dtype}/lengths_final/{k}": v for k, v in final.items()})
     bad = {
         "batch_sizes increase": lambda: cell.forward(
             xs, params, states, batch_sizes=batch_sizes[::-1]),
@@ -196,6 +211,13 @@ for dtype in ("float32", "float64"):
         "complex xs": lambda: cell.forward(xs + 1j, params, states),
         "fractional batch_sizes": lambda: cell.forward(xs, params, states,
                                                        batch_sizes=[b + 0.9 for b in batch_sizes]),
+        "lengths and batch_sizes": lambda: cell.forward(xs, params, states, lengths=lengths,
+                                                        batch_sizes=batch_sizes),
+        "lengths past T": lambda: cell.forward(xs, params, states,
+                                               lengths=[xs.shape[0] + 1] * xs.shape[1]),
+        "fractional lengths": lambda: cell.forward(xs, params, states,
+                                                   lengths=[n + 0.5 for n in lengths]),
+        "other sizes": lambda: getattr(mod, cls_name)(dtype, input_size=1, hidden_size=1),
     }
     for case, fn in bad.items():
         try:
@@ -287,18 +309,22 @@ def test_loader_matches_reference(loader_runs, name, dtype):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", NAMES)
-def test_loader_batch_sizes_match_per_sequence_reference(loader_runs, name, dtype):
+@pytest.mark.parametrize("how", ["packed", "lengths"])
+def test_loader_batch_sizes_match_per_sequence_reference(loader_runs, name, dtype, how):
+    """batch_sizes (sequences sorted longest first) and lengths (here in the other order: the
+    loader sorts them and puts the results back in the caller's order)."""
     cell, sizes, p, _, got = loader_runs[name]
     c = lambda a: a.astype(dtype).astype(np.float64)
-    ys = got[f"{dtype}/packed_ys"]
-    for b, L in enumerate(p["lengths"]):
+    ys = got[f"{dtype}/{how}_ys"]
+    lengths = p["lengths"] if how == "packed" else p["lengths"][::-1]
+    for b, L in enumerate(lengths):
         w_ys, w_final = numpy_ref.forward(
             cell, sizes, c(p["xs"][:L, b : b + 1]), {k: c(v) for k, v in p["params"].items()},
             {k: c(v[b : b + 1]) for k, v in p["states"].items()}, dtype=np.float64)
         assert_rel(ys[:L, b], w_ys[:, 0], TOL[dtype], f"ys[:{L}, {b}]")
         assert np.all(ys[L:, b] == 0), f"outputs past length {L} of sequence {b}"
         for k in w_final:
-            assert_rel(got[f"{dtype}/packed_final/{k}"][b], w_final[k][0], TOL[dtype],
+            assert_rel(got[f"{dtype}/{how}_final/{k}"][b], w_final[k][0], TOL[dtype],
                        f"final {k}[{b}]")
 
 
@@ -312,6 +338,11 @@ LOADER_ERRORS = {
     "xs of the other dtype": "TypeError: xs must be float",
     "complex xs": "TypeError: xs must be float",
     "fractional batch_sizes": f"ValueError: batch_sizes must be {T} ints, got float64",
+    "lengths and batch_sizes": "ValueError: give lengths or batch_sizes, not both",
+    "lengths past T": f"ValueError: lengths must lie in [0, {T}]",
+    "fractional lengths": f"ValueError: lengths must be {B} ints, got float64",
+    "other sizes": f"ValueError: {{name}}: this library is compiled for input_size={I},"
+                   f" hidden_size={H}, not",
 }
 
 
@@ -319,8 +350,9 @@ LOADER_ERRORS = {
 @pytest.mark.parametrize("name", NAMES)
 def test_loader_rejects_bad_arguments(loader_runs, name, case):
     errors = loader_runs[name][3]["errors"]
+    want = LOADER_ERRORS[case].replace("{name}", name.upper())
     for dtype in ("float32", "float64"):
-        assert errors[f"{dtype}/{case}"].startswith(LOADER_ERRORS[case]), errors[f"{dtype}/{case}"]
+        assert errors[f"{dtype}/{case}"].startswith(want), errors[f"{dtype}/{case}"]
 
 
 def test_loader_check_can_fail(loader_runs):
@@ -373,18 +405,14 @@ def test_a_copied_folder_runs_in_a_bare_interpreter(builds, tmp_path):
 # usage errors
 
 
-def test_missing_sizes_is_usage_error(tmp_path):
+def test_incomplete_sizes_are_a_usage_error(tmp_path):
+    """No --sizes builds generic kernels (tests/test_aot_portable.py); a --sizes that leaves a
+    size out is an error, not a half-specialized build."""
     out = tmp_path / "out"
-    res = cellc_cmd("compile", "cells/lstm.cell", "--target", "llvm", "-o", out)
-    assert res.returncode == 2, res.stderr
-    assert "--sizes" in res.stderr and "input_size" in res.stderr and "hidden_size" in res.stderr
-    assert "Traceback" not in res.stderr
-    assert not out.exists()
-
     res = cellc_cmd("compile", "cells/lstm.cell", "--target", "llvm", "--sizes", "input_size=3",
                     "-o", out)
     assert res.returncode == 2, res.stderr
-    assert "missing hidden_size" in res.stderr
+    assert "missing hidden_size" in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
 
 

@@ -160,10 +160,13 @@ def test_a_registered_target_reaches_load_compile_and_help(monkeypatch, capsys):
         cli.main(["compile", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--target {torch,llvm,fake}" in help_text
-    assert "llvm: a shared library, its C header and a numpy/ctypes loader, in a directory;" \
-        " fake: a fake target" in help_text
-    assert "llvm: the size arguments to compile for, e.g. input_size=8,hidden_size=16; fake:" \
-        " fake sizes" in help_text
+    assert "llvm: a shared library, its C header and a numpy/ctypes loader, in a directory" \
+        " with the BLAS library they link (a folder that runs anywhere); fake: a fake target" \
+        in help_text
+    assert "llvm: specialize the kernels to these size arguments, e.g." \
+        " input_size=8,hidden_size=16 (default: generic kernels, sizes given at run time);" \
+        " fake: fake sizes" \
+        in help_text
     assert "; fake: where the fake goes" in help_text
     with pytest.raises(ValueError, match="must be one of 'torch', 'llvm', 'fake', not 'numpy'"):
         cellc.load(lstm, target="numpy")

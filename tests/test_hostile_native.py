@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import cellc
-from cellc.backends import aot, numpy_ref
+from cellc.backends import aot, blas, numpy_ref
 from cellc.backends.llvm_jit import MAX_ROWS, check_rows
 from cellc.native import NativeCell
 from cellc.runtime import pasteable_source
@@ -44,6 +44,7 @@ CELLS_DIR = ROOT / "cells"
 I, H = 3, 4
 CC = shutil.which(os.environ.get("CC", "cc"))
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler")
+BLAS_FILES = [name for _, name in blas.bundle_files()]  # copied beside every library
 
 # Text that has broken generated C and Python elsewhere.
 HOSTILE = ['"', "'", '"""', "\\", "\\\n", "\n", "\r", "\t", "\u2028", "\u2029", "\x85", "\x00",
@@ -563,7 +564,8 @@ def test_output_folder_named_like_a_flag(tmp_path):
     for k in ("forward", "backward", "step"):
         for t in ("f32", "f64"):
             assert hasattr(so, f"rnn_{k}_{t}"), f"rnn_{k}_{t}"
-    assert sorted(os.listdir(tmp_path / "-evil")) == ["librnn.so", "rnn.h", "rnn.py"]
+    assert sorted(os.listdir(tmp_path / "-evil")) == sorted(["librnn.so", "rnn.h", "rnn.py",
+                                                             *BLAS_FILES])
 
 
 def test_a_killed_build_leaves_nothing_beside_the_output(tmp_path):
@@ -591,7 +593,8 @@ def test_a_killed_build_leaves_nothing_beside_the_output(tmp_path):
 @pytest.mark.parametrize("umask", [0o027, 0o002])
 def test_files_follow_the_umask(tmp_path, monkeypatch, request, umask, where):
     """Modes as cc -o and open() give them: 0o777 (the library) or 0o666 less the umask, also
-    when the files are copied in from another file system (no mkstemp 0o600)."""
+    when the files are copied in from another file system (no mkstemp 0o600); the BLAS library
+    and its license, copied from their package, as cp gives them: their mode less the umask."""
     if where == "another file system":
         shm = Path("/dev/shm")
         if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
@@ -609,8 +612,9 @@ def test_files_follow_the_umask(tmp_path, monkeypatch, request, umask, where):
         written = aot.build(cell, sizes, out)
     finally:
         os.umask(old)
-    assert sorted(os.listdir(out)) == ["librnn.so", "rnn.h", "rnn.py"]  # no .part left
+    assert sorted(os.listdir(out)) == sorted(["librnn.so", "rnn.h", "rnn.py", *BLAS_FILES])
+    copied = {name: os.stat(src).st_mode & 0o777 for src, name in blas.bundle_files()}
     for p in written:
-        want = (0o777 if p.suffix == ".so" else 0o666) & ~umask
+        want = copied.get(p.name, 0o777 if p.suffix == ".so" else 0o666) & ~umask
         assert oct(p.stat().st_mode & 0o777) == oct(want), p.name
     assert list(Path(tempfile.tempdir).glob("cellc-*")) == []

@@ -5,7 +5,8 @@ The LLVM backend calls CBLAS `?gemm`/`?gemv` from two kinds of code:
   with `llvmlite.binding.add_symbol('cellc_sgemm', addr)`;
 - AOT objects call the library's own names, `prefix() + 'cblas_sgemm'` (`scipy_cblas_sgemm`),
   and are linked with `cc -shared obj.o $(link_args())`; the rpath lets the .so load in a fresh
-  process without LD_LIBRARY_PATH.
+  process without LD_LIBRARY_PATH. `cellc compile` links with `link_args(beside=True)` and
+  copies `bundle_files()` into its output folder, which then needs nothing of this venv.
 
 scipy-openblas32 is LP64 (32-bit integers) and made for linking against: a stable directory
 (`get_lib_dir()`), a plain file name with a matching SONAME (`libscipy_openblas.so`), and every
@@ -119,15 +120,37 @@ def llvm_function_type(name: str):
     return ir.FunctionType(ir.VoidType(), [kinds[a] for a in args])
 
 
-def link_args() -> list[str]:
+def link_args(beside: bool = False) -> list[str]:
     """Arguments for `cc -shared -o lib.so obj.o ...` to link against this BLAS.
 
     -l: names the exact file (there is no libscipy_openblas.so -> versioned symlink chain to rely
-    on), and the rpath makes the .so find it at load time without LD_LIBRARY_PATH.
+    on), and the rpath makes the .so find it at load time without LD_LIBRARY_PATH: this venv's
+    copy, or with `beside` a copy in the .so's own folder (`$ORIGIN`, expanded by the dynamic
+    loader, so the folder can move; see `bundle_files`). The wheel ships only the shared
+    library (no libscipy_openblas.a), so a static link is not an option.
     """
     pkg = _package()
     d = pkg.get_lib_dir()
-    return [f"-L{d}", f"-l:{pkg.get_library(fullname=True)}", f"-Wl,-rpath,{d}"]
+    rpath = "$ORIGIN" if beside else d
+    return [f"-L{d}", f"-l:{pkg.get_library(fullname=True)}", f"-Wl,-rpath,{rpath}"]
+
+
+def bundle_files() -> list[tuple[str, str]]:
+    """(source path, file name) of what a library linked with `link_args(beside=True)` needs in
+    its folder: the BLAS shared library (its dependencies are libc's own) and, when the wheel
+    ships one, its license file (OpenBLAS and the wheel are BSD-licensed: a copy must carry the
+    notice), named so that it says whose license it is."""
+    from importlib import metadata
+
+    files = [(library_path(), _package().get_library(fullname=True))]
+    try:
+        dist = metadata.distribution("scipy-openblas32")
+        for f in dist.files or ():
+            if f.name.upper().startswith(("LICENSE", "COPYING")):
+                files.append((str(f.locate()), f"{f.name.rsplit('.', 1)[0]}.scipy-openblas32.txt"))
+    except metadata.PackageNotFoundError:  # installed without metadata: the library still works
+        pass
+    return files
 
 
 def set_blas_threads(n: int) -> None:

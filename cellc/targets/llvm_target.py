@@ -54,19 +54,30 @@ def load(path: str | Path, key: str) -> NativeModule:
     return NativeModule(frontend.load_file(path))
 
 
+def _sizes_or_generic(args, cell) -> dict[str, int] | None:
+    """--sizes as the cell's size symbols (16 for any not given), or None without --sizes:
+    the generic kernels."""
+    return parse_sizes(args.sizes, cell, required=False) if args.sizes else None
+
+
 def show_llvm(args) -> str:
-    """`cellc show FILE --emit llvm [--sizes ...] [--dtype ...]`: the kernels' LLVM IR."""
+    """`cellc show FILE --emit llvm [--sizes ...] [--dtype ...]`: the kernels' LLVM IR,
+    specialized to --sizes, or without them the generic kernels (sizes given at run time)."""
     from ..backends.llvm_jit import render
 
     cell = frontend.load_file(args.file)
-    sizes = parse_sizes(args.sizes, cell, required=False)
+    sizes = _sizes_or_generic(args, cell)
     module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
+    if sizes is None:
+        symbols = ", ".join(s.symbol for s in cell.sizes)
+        return f"; generic (sizes {symbols} at run time), {args.dtype}\n{module}"
     return f"; sizes {sizes}, {args.dtype}\n{module}"
 
 
 def show_plan(args) -> str:
     """`cellc show FILE --emit plan [--sizes ...]`: the lowering plan of the native kernels, with
-    the capabilities of this machine's kernels (inline products when it has vector units)."""
+    the capabilities of this machine's kernels (inline products when it has vector units);
+    without --sizes the generic plan (every product a library GEMM)."""
     from .. import pipeline
     from ..backends.llvm_jit import kernel_features
     from ..lowering import Caps, format_plan, plan, verify_plan
@@ -74,19 +85,22 @@ def show_plan(args) -> str:
     cell = frontend.load_file(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
-    sizes = parse_sizes(args.sizes, cell, required=False)
+    sizes = _sizes_or_generic(args, cell)
     prog = pipeline.compile_program(cell)
     funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
     caps = Caps(inline_products=bool(kernel_features()))
-    return format_plan(verify_plan(plan(funcs, sizes, caps)))
+    symbols = [s.symbol for s in cell.sizes]
+    return format_plan(verify_plan(plan(funcs, sizes, caps, symbols)))
 
 
 def compile_to_disk(args) -> int:
-    """`cellc compile FILE --target llvm --sizes ... [-o DIR]`: library, header and loader."""
+    """`cellc compile FILE --target llvm [--sizes ...] [-o DIR]`: library, header and loader,
+    with the BLAS the library links beside them. Without --sizes the kernels are size-generic
+    (the sizes are run-time arguments); with it, specialized to those sizes."""
     from ..backends import aot
 
     cell = frontend.load_file(args.file)
-    sizes = parse_sizes(args.sizes, cell, required=True)
+    sizes = None if args.sizes is None else parse_sizes(args.sizes, cell, required=True)
     # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
     out = Path(args.output or (Path(args.file).stem + "_llvm"))
     with writing(out):
@@ -103,6 +117,8 @@ def compile_to_disk(args) -> int:
             raise
     for f in written:
         print(f"wrote {f}")
+    header = next(f for f in written if f.suffix == ".h")
+    print("\n".join(aot.summary(cell, sizes, header)))
     return 0
 
 
@@ -111,9 +127,11 @@ TARGET = Target(
     order=1,
     load=load,
     compile=compile_to_disk,
-    compile_help="a shared library, its C header and a numpy/ctypes loader, in a directory",
+    compile_help="a shared library, its C header and a numpy/ctypes loader, in a directory"
+                 " with the BLAS library they link (a folder that runs anywhere)",
     output_help="output directory (default: FILE's name with _llvm)",
-    sizes_help="the size arguments to compile for, e.g. input_size=8,hidden_size=16",
+    sizes_help="specialize the kernels to these size arguments, e.g."
+               " input_size=8,hidden_size=16 (default: generic kernels, sizes given at run time)",
     stages=(
         Stage("plan", "the lowering plan of the native kernels: fused kernels, product"
               " strategies, buffers, the time loop", show_plan, sized=True),
