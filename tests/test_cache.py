@@ -1,8 +1,9 @@
 """The kernel caches (cellc/backends/cache.py): they can never crash a process, and stay bounded.
 
-- Disk entries carry their full key: rnn's entry copied into lstm's slot, or lstm's program and
-  step entries swapped, are rejected, recompiled and replaced (before, MCJIT aborted the process
-  with `munmap_chunk(): invalid pointer` or segfaulted, and so did every later process).
+- Disk entries carry their full key: rnn's entry copied into lstm's slot, or lstm's forward,
+  backward and step entries swapped, are rejected, recompiled and replaced (before, MCJIT
+  aborted the process with `munmap_chunk(): invalid pointer` or segfaulted, and so did every
+  later process).
 - A FIFO in an entry's place is not opened for a blocking read (before, the process hung).
 - The key hashes the compiler's own source, so a changed compiler never runs old object code.
 - The in-process caches (cache._memory, api._LOADED) are LRUs: evicted engines are freed, a
@@ -46,7 +47,8 @@ hits = []
 _load = cache.DiskObjectCache.load
 def load(self, module):
     code = _load(self, module)
-    hits.append(code is not None)
+    if self.path.suffix == ".o":  # object code, not the parser's tables
+        hits.append(code is not None)
     return code
 cache.DiskObjectCache.load = load
 
@@ -77,8 +79,13 @@ def run(cache_dir: Path, name: str, out: Path) -> dict:
     return {"results": results, **json.loads(res.stdout.strip().splitlines()[-1])}
 
 
+# The disk entries of one cell at one size: the forward and the backward are modules (and
+# entries) of their own, the backward compiled only when used.
+KINDS = ("forward", "backward", "step")
+
+
 def entry(d: Path, name: str, kind: str) -> Path:
-    """The file of lstm's or rnn's program or step kernel at the sizes RUN_SCRIPT uses."""
+    """The file of lstm's or rnn's kernel of a kind (KINDS) at the sizes RUN_SCRIPT uses."""
     cell = cellc.load_cell(CELLS_DIR / f"{name}.cell")
     sizes = cell.bind(input_size=3, hidden_size=4)
     with pytest.MonkeyPatch.context() as mp:
@@ -95,8 +102,10 @@ def filled(tmp_path_factory):
     run(d, "rnn", out / "rnn.npz")
     first = run(d, "lstm", out / "lstm.npz")
     assert not any(first["hits"])
-    names = {(n, k): entry(d, n, k) for n in ("lstm", "rnn") for k in ("program", "step")}
-    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in names.values())
+    names = {(n, k): entry(d, n, k) for n in ("lstm", "rnn") for k in KINDS}
+    objects = sorted(p.name for p in d.iterdir() if p.suffix == ".o")
+    assert objects == sorted(p.name for p in names.values())
+    assert len([p for p in d.iterdir() if p.suffix == ".lark"]) == 1  # the parser's tables
     again = run(d, "lstm", out / "again.npz")
     assert all(again["hits"]), "a valid entry was not used"
     return d, first["results"], {key: p.read_bytes() for key, p in names.items()}
@@ -120,7 +129,7 @@ def check_recompiled(d: Path, tmp_path, filled):
     info = run(d, "lstm", tmp_path / "out.npz")
     assert not any(info["hits"]), f"a foreign or broken entry was used: {info['hits']}"
     assert_identical(info["results"], want)
-    for kind in ("program", "step"):
+    for kind in KINDS:
         path = entry(d, "lstm", kind)
         assert path.is_file() and path.read_bytes() == good["lstm", kind], f"{kind} not replaced"
     assert not [p for p in d.iterdir() if p.suffix == ".tmp"]
@@ -130,18 +139,19 @@ def check_recompiled(d: Path, tmp_path, filled):
 def test_foreign_entry_in_another_key_slot_is_recompiled(filled, tmp_path):
     """rnn's program (a valid entry, checksum and all) in lstm's slot aborted the process."""
     d = copy_of(filled, tmp_path)
-    shutil.copyfile(entry(d, "rnn", "program"), entry(d, "lstm", "program"))
-    shutil.copyfile(entry(d, "rnn", "step"), entry(d, "lstm", "step"))
+    for kind in KINDS:
+        shutil.copyfile(entry(d, "rnn", kind), entry(d, "lstm", kind))
     check_recompiled(d, tmp_path, filled)
 
 
 @pytest.mark.slow
-def test_swapped_program_and_step_entries_are_recompiled(filled, tmp_path):
+def test_swapped_forward_backward_and_step_entries_are_recompiled(filled, tmp_path):
+    """Each of lstm's entries in another of its slots: forward -> backward -> step -> forward."""
     d = copy_of(filled, tmp_path)
-    program, step = entry(d, "lstm", "program"), entry(d, "lstm", "step")
-    data = program.read_bytes()
-    shutil.copyfile(step, program)
-    step.write_bytes(data)
+    paths = [entry(d, "lstm", kind) for kind in KINDS]
+    data = [p.read_bytes() for p in paths]
+    for path, other in zip(paths, data[-1:] + data[:-1]):
+        path.write_bytes(other)
     check_recompiled(d, tmp_path, filled)
 
 
@@ -150,7 +160,7 @@ def test_swapped_program_and_step_entries_are_recompiled(filled, tmp_path):
 def test_non_regular_file_in_entry_place_is_not_read(filled, tmp_path, what):
     """A FIFO where an entry belongs made the child block forever in read()."""
     d = copy_of(filled, tmp_path)
-    for kind in ("program", "step"):
+    for kind in KINDS:
         path = entry(d, "lstm", kind)
         path.unlink()
         os.mkfifo(path) if what == "fifo" else path.mkdir()

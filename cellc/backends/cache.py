@@ -105,9 +105,10 @@ def cache_key(cell: CellIR, sizes: dict, dtype: str, kind: str) -> str:
 
     cpu, features = host_cpu()
     llvm_version = f"llvmlite {llvmlite.__version__}, LLVM {llvm.llvm_version_info}"
+    shape = repr(None if sizes is None else sorted(sizes.items()))  # None: generic kernels
     parts = [compiler_hash(), llvm_version, kind, blas_choice(),
-             os.environ.get("CELLC_LOOP_GEMM", ""), dtype, repr(sorted(sizes.items())), cpu,
-             features, cell.source.text]
+             os.environ.get("CELLC_LOOP_GEMM", ""), dtype, shape, cpu, features,
+             cell.source.text]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -116,12 +117,13 @@ class DiskObjectCache:
 
     An entry is `_MAGIC`, the full key and a newline, the SHA-256 of the object code, then the
     code. The file is read at most once (the same answer for `_jit`'s look and MCJIT's), and a
-    file that is not a valid entry for this key is removed: it is recompiled and replaced."""
+    file that is not a valid entry for this key is removed: it is recompiled and replaced.
+    The same checked entries hold other compile products (`suffix`): the parser's tables."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, suffix: str = ".o"):
         d = cache_dir()
         self.key = key
-        self.path = d / f"{key}.o" if d else None
+        self.path = d / f"{key}{suffix}" if d else None
         self.hit = False
         self._read = False
         self._code: bytes | None = None
@@ -205,12 +207,16 @@ def _cached(key: str, make):
 
 
 def native_program(cell: CellIR, sizes: dict, dtype: str):
-    """The forward and backward kernels of a cell (llvm_jit.NativeProgram), cached."""
+    """The forward and backward kernels of a cell (llvm_jit.NativeProgram), cached: one
+    program in memory, and on disk one entry per kernel ("forward", "backward"), since each
+    is a module of its own, compiled only when needed."""
     from .llvm_jit import NativeProgram
 
+    def entry(kind: str) -> DiskObjectCache:
+        return DiskObjectCache(cache_key(cell, sizes, dtype, kind))
+
     key = cache_key(cell, sizes, dtype, "program")
-    return _cached(key,
-                   lambda: NativeProgram(cell, sizes, dtype, object_cache=DiskObjectCache(key)))
+    return _cached(key, lambda: NativeProgram(cell, sizes, dtype, object_cache=entry))
 
 
 def native_step(cell: CellIR, sizes: dict, dtype: str):
