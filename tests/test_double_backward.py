@@ -134,7 +134,7 @@ def test_gradient_penalty_reaches_the_weights():
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of the fast backward kernels and of the differentiable recompute, per target."""
-    from cellc.backends import llvm_layers
+    from cellc.backends import torch_ops
 
     counts = {"fast": 0, "recompute": 0}
     run = llvm_jit.Kernel.run
@@ -152,7 +152,7 @@ def calls(monkeypatch):
 
     monkeypatch.setattr(llvm_jit.Kernel, "run", kernel_run)
     monkeypatch.setattr(
-        llvm_layers, "differentiable_backward", counting(llvm_layers.differentiable_backward)
+        torch_ops, "differentiable_backward", counting(torch_ops.differentiable_backward)
     )
     mod = module(cellc_path("lstm"), "torch")
     monkeypatch.setattr(mod, "lstm_sequence", counting(mod.lstm_sequence))

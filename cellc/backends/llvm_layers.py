@@ -1,133 +1,107 @@
 """torch.nn-compatible layers whose time loops run in the native kernels.
 
 The layer machinery is the same module the generated PyTorch files paste in
-(`cellc/runtime/torch_layers.py`); this file only supplies its `run_direction`: one
-torch.autograd.Function per layer direction whose forward and backward call the native
-forward and backward over the whole sequence. Tensors must be on the CPU; they are checked
-(dtype, shape, contiguity) before any native call. When autograd records the backward itself
-(create_graph=True), the backward instead differentiates the eager interpreter's run of the
-same cell (torch_eager), so second derivatives are right.
+(`cellc/runtime/torch_layers.py`); this file only supplies its `run_direction`: one call of the
+custom op cellc::NativeSequence (torch_ops) per layer direction, whose forward and backward run
+the native forward and backward over the whole sequence. Being a torch.library op, it stays one
+node under torch.compile(fullgraph=True) and torch.export. Tensors must be on the CPU; they are
+checked (dtype, shape, contiguity) before any native call. When autograd records the backward
+itself (create_graph=True), the backward instead differentiates the eager interpreter's run of
+the same cell (torch_eager), so second derivatives are right.
+
+Pickling: a layer made here pickles as its cell's source text plus its state, and unpickling
+rebuilds the classes from that text (`layer_classes`), never pickling native code.
 """
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import torch
 
 from ..lower import CellIR
-from ..runtime.torch_layers import compiler_disabled, differentiable_backward, make_layer
-from . import blas, cache
+from ..runtime.torch_layers import make_layer
+from ..source import Source
+from . import cache, torch_ops
 from .layer_spec import layer_spec
-from .llvm_jit import Arrays
 from .torch_eager import run_direction_eager
 
-_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_DTYPES = torch_ops.DTYPES
+_TORCH = torch_ops.TORCH_ARRAYS  # how the kernels see tensors
 
 
-class TorchArrays(Arrays):
-    """How the kernels see torch tensors (CPU, contiguous)."""
+class Direction:
+    """One layer direction of a cell at one set of sizes, as the custom ops of torch_ops find it
+    by id: its native programs (one per dtype, compiled on first use) and its differentiable
+    twin, the eager interpreter's run of the same cell (for create_graph=True)."""
 
-    def check(self, a, shape, dtype, name):
-        if not isinstance(a, torch.Tensor):
-            raise TypeError(f"{name}: expected a tensor, got {type(a).__name__}")
-        if a.device.type != "cpu":
-            raise ValueError(f"{name}: the llvm target runs on the CPU; got a tensor on {a.device}")
-        if _DTYPES.get(a.dtype) != dtype.name:
-            raise TypeError(f"{name}: expected {dtype.name}, got {a.dtype}")
-        if tuple(a.shape) != tuple(shape):
-            raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
-        if not a.is_contiguous():
-            raise ValueError(f"{name}: must be contiguous")
+    def __init__(self, cell: CellIR, sizes: dict):
+        self.cell, self.sizes = cell, dict(sizes)
+        self.n_results = len(cell.states) + 1  # final states, outputs; then the residuals
+        self._programs = {}
+        self._eager = None
+        self.key = torch_ops.register(self)
 
-    def empty(self, shape, dtype, like=None):
-        return torch.empty(shape, dtype=like.dtype if like is not None else torch.float32)
+    def program(self, dtype: torch.dtype):
+        program = self._programs.get(dtype)
+        if program is None:
+            program = cache.native_program(self.cell, self.sizes, _DTYPES[dtype])
+            assert program.n_results == self.n_results, (program.n_results, self.n_results)
+            self._programs[dtype] = program
+        return program
 
-    def ptr(self, a) -> int:
-        return a.data_ptr()
-
-    def size(self, a) -> int:
-        return a.numel()
-
-
-_TORCH = TorchArrays()
-
-
-class NativeSequence(torch.autograd.Function):
-    """One direction of one layer over a whole sequence, forward and backward in native code.
-
-    `recompute(xs, *states_and_params) -> (ys, *final)` is the same direction as differentiable
-    torch; the backward uses it only when its own graph is recorded (create_graph=True)."""
-
-    @staticmethod
-    def forward(ctx, program, batch_sizes, recompute, xs, *states_and_params):
-        T, B = xs.shape[0], xs.shape[1]
-        args = ([xs.reshape(T * B, xs.shape[2]).contiguous()]
-                + [a.contiguous() for a in states_and_params])
-        out = program.forward_kernel.run(T, B, batch_sizes, args, _TORCH)
-        n = program.n_results
-        ctx.program, ctx.T, ctx.B, ctx.batch_sizes = program, T, B, batch_sizes
-        ctx.recompute, ctx.n_inputs = recompute, 1 + len(states_and_params)
-        ctx.save_for_backward(xs, *states_and_params, *out[n:])  # inputs, then the residuals
-        *final, ys = out[:n]
-        return (ys.reshape(T, B, ys.shape[1]), *final)
-
-    @staticmethod
-    def backward(ctx, d_ys, *d_final):
-        saved = ctx.saved_tensors
-        inputs, residuals = saved[: ctx.n_inputs], list(saved[ctx.n_inputs :])
-        if torch.is_grad_enabled():  # create_graph=True: the native backward is not differentiable
-            grads = differentiable_backward(ctx.recompute, inputs, ctx.needs_input_grad[3:],
-                                            (d_ys, *d_final))
-            return (None, None, None, *grads)
-        T, B = ctx.T, ctx.B
-        seeds = ([d.contiguous() for d in d_final]
-                 + [d_ys.reshape(T * B, d_ys.shape[2]).contiguous()])
-        grads = ctx.program.backward_kernel.run(T, B, ctx.batch_sizes, residuals + seeds, _TORCH)
-        d_xs, *rest = grads
-        return (None, None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
+    def recompute(self, xs, *states_and_params, batch_sizes=None):
+        if self._eager is None:
+            self._eager = run_direction_eager(self.cell, self.sizes)
+        n = len(self.cell.states)
+        ys, final = self._eager(xs, states_and_params[:n], states_and_params[n:], batch_sizes)
+        return (ys, *final)
 
 
 def run_direction_for(cell: CellIR):
     def for_sizes(sizes):
         sizes = dict(sizes)
         cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
+        direction = Direction(cell, sizes)
+        key, n = direction.key, direction.n_results
 
-        programs = {}  # dtype -> NativeProgram, looked up once per layer size and dtype
-        eager = []  # the differentiable twin for double backward, built on first use
-
-        def recompute(xs, *states_and_params, batch_sizes=None):
-            if not eager:
-                eager.append(run_direction_eager(cell, sizes))
-            n = len(cell.states)
-            ys, final = eager[0](xs, states_and_params[:n], states_and_params[n:], batch_sizes)
-            return (ys, *final)
-
-        @compiler_disabled
         def run_direction(xs, states, params, batch_sizes):
             if xs.device.type != "cpu":
                 raise ValueError(f"the llvm target runs on the CPU; input is on {xs.device}")
-            dtype = _DTYPES.get(xs.dtype)
-            if dtype is None:
+            if xs.dtype not in _DTYPES:
                 raise TypeError(f"the llvm target runs float32 or float64, not {xs.dtype}")
-            program = programs.get(dtype)
-            if program is None:
-                program = programs[dtype] = cache.native_program(cell, sizes, dtype)
-            # One thread budget for torch's pool and the BLAS pool: torch.set_num_threads.
-            blas.ensure_threads(torch.get_num_threads())
             T, B = xs.shape[0], xs.shape[1]
-            bs = (np.full(T, B, np.int64) if batch_sizes is None
-                  else np.asarray(batch_sizes, np.int64))
-            rerun = functools.partial(recompute, batch_sizes=batch_sizes)
-            ys, *final = NativeSequence.apply(program, bs, rerun, xs, *states, *params)
-            return ys, tuple(final)
+            bs = None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64)
+            if torch.is_grad_enabled() and not torch.compiler.is_compiling() and any(
+                    t.requires_grad for t in (xs, *states, *params)):  # a backward will follow:
+                direction.program(xs.dtype).prefetch_backward()  # compile it meanwhile
+            out = torch_ops.run(key, bs, xs, [*states, *params])
+            *final, ys = out[:n]
+            return ys.reshape(T, B, ys.shape[1]), tuple(final)
 
+        run_direction.direction = direction  # the registry holds it weakly: this keeps it
         return run_direction
 
     return for_sizes
 
 
+# (source name, text) -> the classes made for it last: unpickling a layer made in this process
+# finds its own class again (and its compiled code), not a copy. An LRU: classes hold kernels.
+_CLASSES = cache.LRU(32)
+
+
 def make_llvm_layers(cell: CellIR):
     """(LayerClass, CellClass) for a cell, drop-in for torch.nn.LSTM/LSTMCell on CPU tensors."""
-    return make_layer(layer_spec(cell).runtime(), run_direction_for(cell))
+    key = (cell.source.name, cell.source.text)
+    classes = make_layer(layer_spec(cell).runtime(), run_direction_for(cell),
+                         rebuild=(layer_classes, key))
+    _CLASSES[key] = classes
+    return classes
+
+
+def layer_classes(name: str, text: str):
+    """The layer classes of the cell with this source: how a pickled layer finds its class."""
+    classes = _CLASSES.get((name, text))
+    if classes is None:
+        from ..frontend import load_source
+
+        classes = make_llvm_layers(load_source(Source(name, text)))
+    return classes

@@ -68,6 +68,11 @@ The layer never differentiates anything: run_direction must be autograd-aware, a
 loop or a torch.autograd.Function is, and differentiable twice (create_graph=True: gradient
 penalties, Hessian-vector products). A Function whose backward is a fast kernel that is not
 itself differentiable gets that from `differentiable_backward` below.
+
+torch.compile(fullgraph=True) and torch.export trace the layer and run_direction: a backend's
+loop must then be traceable (a torch.library custom op, a scan op; see the backends), and the
+layer itself stays free of graph breaks except for PackedSequence input, whose batch sizes it
+reads as Python ints.
 """
 
 import functools
@@ -84,7 +89,7 @@ __all__ = ["compiler_disabled", "differentiable_backward", "make_layer"]
 
 
 def compiler_disabled(fn):
-    """fn, hidden from torch.compile: a time loop of Python or native calls cannot be traced.
+    """fn, hidden from torch.compile: a time loop of Python calls is unrolled by tracing.
     torch.compiler.disable imports dynamo (about a second), so it is applied on the first call
     made while dynamo is loaded, that is, only when torch.compile is in use."""
     disabled = None
@@ -140,8 +145,15 @@ _INITIALIZERS = {  # name -> (number of arguments allowed, fill function)
 }
 
 
-def make_layer(spec, run_direction_for):
-    """Build (LayerClass, CellClass) for a cell described by `spec` (see the module docstring)."""
+def make_layer(spec, run_direction_for, rebuild=None):
+    """Build (LayerClass, CellClass) for a cell described by `spec` (see the module docstring).
+
+    Pickling (torch.save of a whole model): without `rebuild` the classes pickle by reference,
+    as `<module>.<Name>` of the module calling make_layer (a generated module that binds them
+    by name, importable where the pickle is loaded). A backend whose classes no module holds
+    passes `rebuild = (fn, args)`, picklable, with `fn(*args)` giving the same two classes
+    again: an instance then pickles as that recipe plus its state, and nothing the backend
+    compiled is pickled."""
     s = _Spec(spec)
     layer_sig = _signature(s, cell=False)
     cell_sig = _signature(s, cell=True)
@@ -154,7 +166,8 @@ def make_layer(spec, run_direction_for):
 
     layer_init.__signature__ = layer_sig.replace(parameters=[_SELF, *layer_sig.parameters.values()])
     cell_init.__signature__ = cell_sig.replace(parameters=[_SELF, *cell_sig.parameters.values()])
-    shared = {"_spec": s, "_run_direction_for": staticmethod(run_direction_for), "_runs": {}}
+    shared = {"_spec": s, "_run_direction_for": staticmethod(run_direction_for), "_runs": {},
+              "_rebuild": rebuild}
     layer = type(s.name, (_RNNLayer,), {
         **shared, "__init__": layer_init, "_ctor_signature": layer_sig,
         "__doc__": f"The {s.name} cell as a layer, with the interface of torch.nn.LSTM.",
@@ -326,7 +339,24 @@ def _check_dtype(module, x, what):
                            f" on {w.device}")
 
 
-class _RNNLayer(torch.nn.Module):
+def _rebuilt(rebuild, is_cell):
+    """An empty instance of the class `rebuild` names, for pickle to fill with its state."""
+    fn, args = rebuild
+    cls = fn(*args)[1 if is_cell else 0]
+    return cls.__new__(cls)
+
+
+class _Picklable:
+    """Pickles through the class's `_rebuild` recipe when it has one (see make_layer)."""
+
+    def __reduce_ex__(self, protocol):
+        rebuild = type(self)._rebuild
+        if rebuild is None:
+            return super().__reduce_ex__(protocol)
+        return _rebuilt, (rebuild, isinstance(self, _RNNCell)), self.__dict__
+
+
+class _RNNLayer(_Picklable, torch.nn.Module):
     """Base of every generated layer class (see make_layer)."""
 
     _spec: _Spec
@@ -436,6 +466,8 @@ class _RNNLayer(torch.nn.Module):
             if data.dim() != 2:
                 raise RuntimeError(
                     f"{name}: packed input data must have 2 dimensions, got {data.dim()}")
+            # Python ints: the loop's shapes depend on them. Under torch.compile this reading
+            # of a tensor's values is a graph break (an error with fullgraph=True).
             batch_sizes = [int(n) for n in batch_sizes_t]
             T, B = len(batch_sizes), batch_sizes[0]
             is_batched = True
@@ -571,7 +603,7 @@ def _reverse_index(batch_sizes, B, device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-class _RNNCell(torch.nn.Module):
+class _RNNCell(_Picklable, torch.nn.Module):
     """Base of every generated cell class: one step, like torch.nn.LSTMCell."""
 
     _spec: _Spec
