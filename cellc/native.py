@@ -59,7 +59,7 @@ class NativeCell:
         self.cell = _cell(cell)
         self.dtype = calls._float_dtype(dtype)
         self.sizes = self.cell.bind(**size_args)
-        self.program = cache.native_program(self.cell, self.sizes, self.dtype.name)
+        self._program = cache.native_program(self.cell, self.sizes, self.dtype.name)
         from .backends import blas
 
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
@@ -75,6 +75,16 @@ class NativeCell:
         self._state_sizes = [(st.name, int(st.type.shape[0].evaluate(S)))
                              for st in self.cell.states]
         self._param_shapes = [(p.name, p.type.concrete(S)) for p in self.cell.params]
+
+    @property
+    def program(self):
+        """The kernels: the cell's size-generic ones until specialized ones are compiled (in the
+        background, see cache.native_program), then those."""
+        if self._program.provisional:
+            from .backends import cache
+
+            self._program = cache.native_program(self.cell, self.sizes, self.dtype.name)
+        return self._program
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -113,9 +123,10 @@ class NativeCell:
         x = xs if order is None else xs[:, order]
         args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
         self._threads()
-        out = self.program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
-        outputs = calls._unshared(out[: self.program.n_results])
-        residuals = calls._unshared(out[self.program.n_results :], tuple(outputs))  # the tape's own
+        program = self.program
+        out = program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
+        outputs = calls._unshared(out[: program.n_results])
+        residuals = calls._unshared(out[program.n_results :], tuple(outputs))  # the tape's own
         n = len(cell.states)
         ys = outputs[n].reshape(T, B, self._output_size)
         final = dict(zip((s.name for s in cell.states), outputs[:n]))

@@ -13,9 +13,16 @@ for files other helpers were editing when the tiers were made, by SLOW_ELSEWHERE
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The suite compiles specialized kernels before first use (deterministic: which kernels run does
+# not depend on a background thread's timing). The default, generic kernels first with the
+# specialized ones compiled in the background, is tested in tests/test_specialize.py, and the
+# generic kernels of every cell in tests/test_generic_kernels.py.
+os.environ.setdefault("CELLC_SPECIALIZE", "now")
 
 from cellc.frontend import load_source
 from cellc.lower import CellIR

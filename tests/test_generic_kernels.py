@@ -51,7 +51,7 @@ def cells_at(path: str, dtype: str, I: int, H: int):
     sizes)."""
     spec = NativeCell(path, dtype=dtype, **size_args(load_file(path), I, H))
     gen = copy.copy(spec)
-    gen.program = generic(path, dtype).bind(spec.sizes)
+    gen._program = generic(path, dtype).bind(spec.sizes)
     return spec, gen
 
 

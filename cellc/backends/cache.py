@@ -206,17 +206,102 @@ def _cached(key: str, make):
     return value
 
 
+# How the JIT gets kernels for sizes it has no specialized code for yet (CELLC_SPECIALIZE):
+SPECIALIZE = {
+    "background": "the cell's size-generic kernels at once (compiled once per cell and dtype);"
+                  " specialized ones compile in a background thread and serve later calls",
+    "now": "compile the specialized kernels before the first call",
+    "never": "the size-generic kernels only",
+}
+
+
+def specialize_policy() -> str:
+    value = os.environ.get("CELLC_SPECIALIZE", "background")
+    if value not in SPECIALIZE:
+        raise ValueError(f"CELLC_SPECIALIZE={value!r}: expected one of {', '.join(SPECIALIZE)}")
+    return value
+
+
 def native_program(cell: CellIR, sizes: dict, dtype: str):
-    """The forward and backward kernels of a cell (llvm_jit.NativeProgram), cached: one
-    program in memory, and on disk one entry per kernel ("forward", "backward"), since each
-    is a module of its own, compiled only when needed."""
+    """The forward and backward kernels of a cell at these sizes (symbol -> int): a specialized
+    llvm_jit.NativeProgram when one is in memory or on disk (or CELLC_SPECIALIZE=now), else the
+    cell's generic program bound to the sizes (`provisional` while a specialized one is being
+    compiled in the background: callers ask again on their next call)."""
+    key = cache_key(cell, sizes, dtype, "program")
+    program = _memory.get(key)
+    if program is not None:
+        return program
+    policy = specialize_policy()
+    if policy == "now" or _on_disk(cell, sizes, dtype):
+        return _cached(key, _maker(cell, sizes, dtype))
+    generic = _cached(cache_key(cell, None, dtype, "program"), _maker(cell, None, dtype))
+    bound = generic.bind(sizes)
+    if policy == "background" and key not in _failed:
+        bound.provisional = True
+        _specialize_later(key, _maker(cell, sizes, dtype), generic)
+    return bound
+
+
+def _maker(cell: CellIR, sizes: dict | None, dtype: str):
+    """A call that compiles the program (its forward; see NativeProgram for the backward)."""
     from .llvm_jit import NativeProgram
 
     def entry(kind: str) -> DiskObjectCache:
         return DiskObjectCache(cache_key(cell, sizes, dtype, kind))
 
-    key = cache_key(cell, sizes, dtype, "program")
-    return _cached(key, lambda: NativeProgram(cell, sizes, dtype, object_cache=entry))
+    return lambda: NativeProgram(cell, sizes, dtype, object_cache=entry)
+
+
+def _on_disk(cell: CellIR, sizes: dict, dtype: str) -> bool:
+    """Whether the specialized forward is in the disk cache (loading it takes milliseconds)."""
+    path = DiskObjectCache(cache_key(cell, sizes, dtype, "forward")).path
+    return path is not None and path.is_file()
+
+
+_pending: dict[str, threading.Thread] = {}  # key -> its background specialization
+_pending_lock = threading.Lock()
+_failed: set[str] = set()  # keys whose specialization raised
+
+
+def _specialize_later(key: str, make, generic) -> None:
+    """Compile a specialized program in a background thread (once per key) and publish it in
+    the memory cache when it is whole: its backward too when the generic program's backward
+    has been needed (training), so a training step never waits for it."""
+
+    def job():
+        try:
+            with _compile_lock:
+                program = make()
+            if generic.backward_state != "not compiled":
+                program.backward_kernel  # noqa: B018  (compiles it here, in the background)
+            _memory[key] = program
+        except Exception as e:  # the generic kernels keep serving; no retry
+            import warnings
+
+            _failed.add(key)
+            warnings.warn(f"cellc: specialized kernels did not compile ({e}); the size-generic"
+                          " ones keep serving", RuntimeWarning, stacklevel=1)
+        finally:
+            with _pending_lock:
+                _pending.pop(key, None)
+
+    with _pending_lock:
+        if key in _pending or key in _failed:
+            return
+        # Not a daemon: interpreter exit waits rather than tearing LLVM down mid-compile.
+        thread = _pending[key] = threading.Thread(target=job, name="cellc-specialize")
+    thread.start()
+
+
+def wait_for_specializations() -> None:
+    """Wait until every background specialization has finished (tests, benchmarks)."""
+    while True:
+        with _pending_lock:
+            threads = list(_pending.values())
+        if not threads:
+            return
+        for t in threads:
+            t.join()
 
 
 def native_step(cell: CellIR, sizes: dict, dtype: str):

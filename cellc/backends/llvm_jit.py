@@ -327,6 +327,8 @@ class NativeProgram:
     the forward's run and the Python around it.) `object_cache`: kind ("forward",
     "backward") -> DiskObjectCache or None, one entry per module."""
 
+    provisional = False  # the final program for its sizes (see BoundProgram)
+
     def __init__(self, cell: CellIR, sizes: dict[str, int], dtype="float32", prog=None,
                  object_cache=None, blas_kind: str | None = None):
         self.cell = cell
@@ -401,7 +403,10 @@ class NativeProgram:
 
 class BoundProgram:
     """A generic NativeProgram at concrete sizes (NativeProgram.bind). The backward is bound
-    on first use, so it is compiled (or prefetched) when the generic program's would be."""
+    on first use, so it is compiled (or prefetched) when the generic program's would be.
+    `provisional`: a specialized program is on its way (cache.native_program), ask again."""
+
+    provisional = False
 
     def __init__(self, generic: NativeProgram, sizes: dict[str, int]):
         self.generic, self.sizes = generic, dict(sizes)

@@ -42,7 +42,7 @@ class Direction:
 
     def program(self, dtype: torch.dtype):
         program = self._programs.get(dtype)
-        if program is None:
+        if program is None or program.provisional:  # provisional: specialized code is coming
             program = cache.native_program(self.cell, self.sizes, _DTYPES[dtype])
             assert program.n_results == self.n_results, (program.n_results, self.n_results)
             self._programs[dtype] = program
