@@ -44,7 +44,8 @@ GENERATED_NAMES = frozenset({
     # the torch module
     "torch", "math", "functools", "inspect", "numbers", "sys", "warnings", "PackedSequence",
     "SYMBOLIC_BACKWARD", "N_RESULTS", "SPEC", "Layer", "Cell", "make_layer", "compiler_disabled",
-    "run_direction", "stack_steps", "differentiable_backward",
+    "run_direction", "stack_steps", "differentiable_backward", "run_direction_eager",
+    "OP_NAME", "result_shapes", "op_results", "define_ops", "sequence_op", "run_traced",
     # the layers' constructors: parameters besides the sizes, and the instance itself
     "self", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "device", "dtype",
 })

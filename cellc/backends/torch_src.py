@@ -21,6 +21,7 @@ there, and under `coding=raw_unicode_escape` (or utf-7) harmless-looking comment
 from __future__ import annotations
 
 import builtins
+import hashlib
 import keyword
 import math
 import re
@@ -307,6 +308,39 @@ def emit_functions(fwd: Func, bwd: Func, source_lines: list[str], prefix: str) -
     return HELPERS.strip() + "\n\n\n" + f + "\n\n\n" + b
 
 
+def shapes_source(fwd: Func, bwd: Func) -> str:
+    """`result_shapes(S, T, B)`: the shapes of the forward's and the backward's results, from
+    their IR types (T * B rows for a sequence, B for a state; a Python float result is made a
+    0-d tensor by the ops, and its type has shape ())."""
+
+    def shapes(f: Func) -> str:
+        rows = [shape_expr(r.type, "T * B" if r.type.batch is Batch.SEQ else "B")
+                for r in f.results]
+        return "[\n" + "".join(f"        {r},\n" for r in rows) + "    ]"
+
+    return "\n".join([
+        "def result_shapes(S, T, B):",
+        '    """The shapes of the forward\'s results and of the backward\'s: the custom ops\' fake',
+        "    implementations, from which tracing learns them without running the loop.\"\"\"",
+        f"    return ({shapes(fwd)}, {shapes(bwd)})",
+    ])
+
+
+# The ops' namespace; an op's name is the lower-case cell name (a checked identifier) and a hash.
+OP_NAMESPACE = "cellc_gen"
+# Stand-ins while the module text is hashed: NUL is in no emitted text (comments are printable
+# ASCII, strings are repr()s), so each stand-in occurs exactly where it was put.
+_SOURCE_MARK, _OP_MARK = "\0source\0", "\0op\0"
+
+
+def op_name(lower: str, text: str) -> str:
+    """The ops' qualified name for a module `text` written with _OP_MARK and _SOURCE_MARK: the
+    same for the same cell compiled from any path (an exported program names it, and must find
+    it again when the module is loaded in another process), different for different text."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{OP_NAMESPACE}::{lower}_{digest}"
+
+
 # ---------------------------------------------------------------------------------------------
 # The standalone module: layer machinery + generated kernels + autograd.Function + spec
 
@@ -369,6 +403,16 @@ def emit_module(cell, prog, source_name: str, version: str) -> str:
         raise CellNameError(
             f"the cell name '{name}' cannot name a Python class here; rename the cell",
             None, cell.source.name)
+    text = module_text(cell, prog, _SOURCE_MARK, version)
+    if text.count(_OP_MARK) != 1:
+        raise InternalError("torch backend: the ops' name must be written exactly once")
+    return (text.replace(_OP_MARK, repr(op_name(name.lower(), text)))
+            .replace(_SOURCE_MARK, source_name))
+
+
+def module_text(cell, prog, source_name: str, version: str) -> str:
+    """The generated file, with _OP_MARK where the ops' name literal goes (see emit_module)."""
+    name = cell.name
     lower = name.lower()
     n_results = prog.n_results
     kernels = emit_functions(prog.fwd, prog.bwd, cell.source.text.split("\n"), lower)
@@ -391,7 +435,13 @@ Drop-in for torch.nn.LSTM / GRU / RNN:
 States: {states}. Each layer runs its whole time loop inside one torch.autograd.Function
 ({name}Sequence) whose backward is the symbolic backward cellc derived (see `{lower}_backward`),
 not torch's autograd of the loop. Set SYMBOLIC_BACKWARD = False in this module to differentiate
-the forward loop with torch.autograd instead, for comparison.
+the forward loop with torch.autograd instead, for comparison (eager mode only).
+
+torch.compile (fullgraph=True too, any backend) and torch.export see each layer direction as one
+call of the custom op OP_NAME, whose autograd formula is the same symbolic backward (another
+custom op): the graph holds the loop as one opaque op whatever the sequence length, so compile
+time does not grow with it. An exported program names the op: load this module before
+torch.export.load-ing it in another process.
 """
 
 import functools
@@ -460,9 +510,17 @@ class {name}Sequence(torch.autograd.Function):
         return (None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
 
 
-@compiler_disabled
 def run_direction(xs, states, params, batch_sizes, S):
-    """The time loop of one layer direction, as torch_layers' make_layer expects it."""
+    """The time loop of one layer direction, as torch_layers' make_layer expects it: the eager
+    loop, or the custom op while torch.compile or torch.export traces the layer."""
+    if torch.compiler.is_compiling():
+        return run_traced(xs, states, params, batch_sizes, S)
+    return run_direction_eager(xs, states, params, batch_sizes, S)
+
+
+@compiler_disabled
+def run_direction_eager(xs, states, params, batch_sizes, S):
+    """The Python loop, and {name}Sequence's generated backward (eager mode)."""
     B = xs.shape[1]
     batch_sizes = [B] * xs.shape[0] if batch_sizes is None else list(batch_sizes)
     if SYMBOLIC_BACKWARD:
@@ -470,6 +528,119 @@ def run_direction(xs, states, params, batch_sizes, S):
     else:
         ys, *final = {lower}_sequence(S, batch_sizes, xs, *states, *params)
     return ys, tuple(final)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile and torch.export: one direction over a whole sequence as one custom op
+
+# The cell's name and a hash of this module's text: two different cells never share the ops,
+# and this module loaded again (here, or in another process to run an exported program) finds
+# the ones it defined.
+OP_NAME = {_OP_MARK}
+
+
+{shapes_source(prog.fwd, prog.bwd)}
+
+
+def op_results(results, inputs, like):
+    """Results as a custom op must return them: contiguous tensors, as the fake implementations
+    make them (a Python float becomes a 0-d tensor of like's dtype), that alias no input and no
+    other result. A residual can be an input, a view of one or of another result (split's
+    parts): those are copied."""
+    seen = {{t.untyped_storage().data_ptr() for t in inputs}}
+    out = []
+    for r in results:
+        if not isinstance(r, torch.Tensor):
+            r = torch.full((), r, dtype=like.dtype, device=like.device)
+        elif r.untyped_storage().data_ptr() in seen or not r.is_contiguous():
+            r = r.clone(memory_format=torch.contiguous_format)
+        seen.add(r.untyped_storage().data_ptr())
+        out.append(r)
+    return out
+
+
+def define_ops(qualname):
+    """The op `qualname`: {lower}_forward over a whole sequence as a torch.library custom op,
+    with a fake implementation (result_shapes) and an autograd formula calling {lower}_backward
+    as the op `qualname`_backward. Defined once per process: a second load of this module finds
+    the op the first defined (the same text, so the same code).
+
+    Op arguments are tensors, ints and lists of them: the sizes dict S travels as its values in
+    SPEC's order, batch sizes as a list of ints, or None when every row runs every step."""
+    namespace, name = qualname.split("::")
+    ops = getattr(torch.ops, namespace)
+    if hasattr(ops, name):
+        return getattr(ops, name)
+
+    def sizes_dict(sizes):
+        return {{sym: n for (_, sym), n in zip(SPEC["sizes"], sizes)}}
+
+    def rows(batch_sizes, T, B):
+        return [B] * T if batch_sizes is None else list(batch_sizes)
+
+    def forward(sizes, batch_sizes, xs, args):
+        T, B = xs.shape[0], xs.shape[1]
+        flat = xs.reshape(T * B, xs.shape[2])
+        outs = {lower}_forward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), flat, *args)
+        return op_results(outs, [xs, *args], xs)
+
+    def forward_fake(sizes, batch_sizes, xs, args):
+        shapes = result_shapes(sizes_dict(sizes), xs.shape[0], xs.shape[1])[0]
+        return [xs.new_empty(s) for s in shapes]
+
+    def backward(sizes, batch_sizes, T, B, args):
+        grads = {lower}_backward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), *args)
+        return op_results(grads, args, args[-1])
+
+    def backward_fake(sizes, batch_sizes, T, B, args):
+        return [args[-1].new_empty(s) for s in result_shapes(sizes_dict(sizes), T, B)[1]]
+
+    def setup_context(ctx, inputs, output):
+        sizes, batch_sizes, xs, args = inputs
+        ctx.sizes, ctx.batch_sizes, ctx.n_args = sizes, batch_sizes, len(args)
+        ctx.needs = [t.requires_grad for t in (xs, *args)]
+        ctx.save_for_backward(xs, *args, *output[N_RESULTS:])  # inputs, then the residuals
+
+    def differentiate(ctx, grads):
+        xs, *saved = ctx.saved_tensors
+        inputs, residuals = [xs, *saved[: ctx.n_args]], saved[ctx.n_args :]
+        T, B = xs.shape[0], xs.shape[1]
+        S = sizes_dict(ctx.sizes)
+        # An output nobody used may have no gradient: zeros of its shape.
+        seeds = [g if g is not None else xs.new_zeros(s)
+                 for g, s in zip(grads[:N_RESULTS], result_shapes(S, T, B)[0])]
+        *d_final, d_ys = seeds
+        if torch.is_grad_enabled():  # create_graph=True: {lower}_backward is not differentiable
+            run = functools.partial({lower}_sequence, S, rows(ctx.batch_sizes, T, B))
+            d = differentiable_backward(run, inputs, ctx.needs, (d_ys.reshape(T, B, -1), *d_final))
+        else:
+            d = backward_op(ctx.sizes, ctx.batch_sizes, T, B, [*residuals, *d_final, d_ys])
+            d = [g if need else None for g, need in zip(d, ctx.needs)]
+        d_xs = None if d[0] is None else d[0].reshape(xs.shape)
+        return None, None, d_xs, list(d[1:])
+
+    forward_op = torch.library.custom_op(
+        qualname, forward, mutates_args=(),
+        schema="(int[] sizes, int[]? batch_sizes, Tensor xs, Tensor[] args) -> Tensor[]")
+    backward_op = torch.library.custom_op(
+        qualname + "_backward", backward, mutates_args=(),
+        schema="(int[] sizes, int[]? batch_sizes, SymInt T, SymInt B, Tensor[] args) -> Tensor[]")
+    forward_op.register_fake(forward_fake)
+    backward_op.register_fake(backward_fake)
+    forward_op.register_autograd(differentiate, setup_context=setup_context)
+    return getattr(ops, name)
+
+
+sequence_op = define_ops(OP_NAME)
+
+
+def run_traced(xs, states, params, batch_sizes, S):
+    """run_direction while torch.compile or torch.export traces it: one call of the op."""
+    sizes = [S[sym] for _, sym in SPEC["sizes"]]
+    batch_sizes = None if batch_sizes is None else list(batch_sizes)
+    outs = sequence_op(sizes, batch_sizes, xs, [*states, *params])
+    *final, ys = outs[:N_RESULTS]
+    return ys.reshape(xs.shape[0], xs.shape[1], ys.shape[1]), tuple(final)
 
 
 {spec_source(layer_spec(cell))}

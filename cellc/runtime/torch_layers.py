@@ -70,7 +70,7 @@ penalties, Hessian-vector products). A Function whose backward is a fast kernel 
 itself differentiable gets that from `differentiable_backward` below.
 
 torch.compile(fullgraph=True) and torch.export trace the layer and run_direction: a backend's
-loop must then be traceable (a torch.library custom op, a scan op; see the backends), and the
+loop must then be traceable (a torch.library custom op: see the backends), and the
 layer itself stays free of graph breaks except for PackedSequence input, whose batch sizes it
 reads as Python ints.
 """
