@@ -1,8 +1,8 @@
 """How the JIT picks kernels (cache.native_program, CELLC_SPECIALIZE).
 
-By default a cell's first call at new sizes runs its size-generic kernels (one compile per cell
-and dtype, whatever the sizes), while the kernels specialized to those sizes compile in a
-background thread and serve the calls after it; "now" compiles the specialized ones first (what
+By default a cell's first calls at new sizes run its size-generic kernels (one compile per cell
+and dtype, whatever the sizes); from the second call on, the kernels specialized to those sizes
+compile in a background thread and serve the calls after that; "now" compiles the specialized ones first (what
 the rest of the suite uses, see conftest.py), "never" keeps the generic ones. A specialized
 program on disk is used at once. Results agree across the switch, including a forward run by
 the generic kernels whose backward runs on the specialized ones.
@@ -66,7 +66,7 @@ def test_background_starts_generic_and_switches_to_specialized(policy):
     first = nc.program
     assert isinstance(first, llvm_jit.BoundProgram) and first.provisional
     xs, params, d_ys = problem(nc)
-    ys, _, tape = nc.forward(xs, params)  # may still run on the generic kernels
+    ys, _, tape = nc.forward(xs, params)  # the second ask: starts the specialization
     cache.wait_for_specializations()
     later = nc.program
     assert isinstance(later, llvm_jit.NativeProgram) and not later.provisional
@@ -85,7 +85,8 @@ def test_generic_forward_with_specialized_backward_matches_the_reference(policy)
                                 cache._maker(cell, None, "float64")).bind(nc.sizes)
     nc._program.provisional = True
     ys, _, tape = nc.forward(xs, params)
-    cache.native_program(cell, nc.sizes, "float64")  # starts the specialization
+    cache.native_program(cell, nc.sizes, "float64")  # the first ask
+    cache.native_program(cell, nc.sizes, "float64")  # the second: starts the specialization
     cache.wait_for_specializations()
     assert isinstance(nc.program, llvm_jit.NativeProgram)
     assert_matches_reference(nc, xs, params, d_ys, ys, nc.backward(tape, d_ys))
@@ -134,7 +135,8 @@ def test_llvm_layer_matches_torch_before_and_after_the_switch(policy):
     from cellc.backends.llvm_layers import make_llvm_layers
 
     policy("background")
-    Layer, _ = make_llvm_layers(fresh_lstm())
+    cell = fresh_lstm()
+    Layer, _ = make_llvm_layers(cell)
     torch.manual_seed(0)
     ref = torch.nn.LSTM(4, 5, dtype=torch.float64)
     layer = Layer(4, 5, dtype=torch.float64)
@@ -143,7 +145,7 @@ def test_llvm_layer_matches_torch_before_and_after_the_switch(policy):
     want, _ = ref(x)
     want.sum().backward()
     want_grads = [p.grad.clone() for p in ref.parameters()]
-    for _ in range(2):  # first call: generic kernels (most likely); then specialized ones
+    for _ in range(3):  # generic kernels, then (from the second call on) specialized ones
         layer.zero_grad()
         got, _ = layer(x)
         got.sum().backward()
@@ -151,3 +153,5 @@ def test_llvm_layer_matches_torch_before_and_after_the_switch(policy):
         for p, g in zip(layer.parameters(), want_grads):
             torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
         cache.wait_for_specializations()
+    program = cache.native_program(cell, {"I": 4, "H": 5}, "float64")
+    assert isinstance(program, llvm_jit.NativeProgram)  # the last call ran specialized kernels

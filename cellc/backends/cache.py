@@ -238,7 +238,11 @@ def native_program(cell: CellIR, sizes: dict, dtype: str):
     bound = generic.bind(sizes)
     if policy == "background" and key not in _failed:
         bound.provisional = True
-        _specialize_later(key, _maker(cell, sizes, dtype), generic)
+        # From the second call at these sizes on: a one-off call never pays for it, and the
+        # first call's own compiles (its backward, prefetched) have the compiler to themselves.
+        if key in _asked:
+            _specialize_later(key, _maker(cell, sizes, dtype), generic)
+        _asked[key] = True
     return bound
 
 
@@ -261,6 +265,7 @@ def _on_disk(cell: CellIR, sizes: dict, dtype: str) -> bool:
 _pending: dict[str, threading.Thread] = {}  # key -> its background specialization
 _pending_lock = threading.Lock()
 _failed: set[str] = set()  # keys whose specialization raised
+_asked = LRU(256)  # keys that native_program has handed out generic kernels for
 
 
 def _specialize_later(key: str, make, generic) -> None:
@@ -270,6 +275,7 @@ def _specialize_later(key: str, make, generic) -> None:
 
     def job():
         try:
+            generic.wait_for_backward()  # one compile at a time: llvmlite serializes them anyway
             with _compile_lock:
                 program = make()
             if generic.backward_state != "not compiled":

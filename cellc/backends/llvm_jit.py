@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -361,6 +362,12 @@ class NativeProgram:
         """Start compiling the backward in a background thread, unless it is compiled or under
         way: for callers that know a backward will follow."""
         self._backward_future(background=True)
+
+    def wait_for_backward(self) -> None:
+        """Return once no compile of the backward is under way (whatever its outcome)."""
+        future = self._backward
+        if future is not None:
+            futures.wait([future])
 
     @property
     def backward_state(self) -> str:
