@@ -66,37 +66,77 @@ _GRAMMAR = Path(__file__).with_name("cell.lark")
 _OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": True}
 
 
+def _tables_key() -> str:
+    """What the built parser depends on: the grammar, the options, Lark's and Python's
+    versions (Lark.save pickles Lark's own objects)."""
+    import hashlib
+    import sys
+
+    parts = ["cellc parser 1", lark.__version__, repr(sys.version_info[:2]),
+             repr(sorted(_OPTIONS.items())), _GRAMMAR.read_text()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def shipped_tables() -> Path:
+    """The built parser shipped beside the grammar, for the Lark and Python versions in its
+    name. After a change to the grammar, `python -c "import cellc.syntax as s;
+    s.write_shipped_tables()"` rewrites it (tests/test_cold_start.py checks it is current)."""
+    import sys
+
+    py = "".join(map(str, sys.version_info[:2]))
+    return _GRAMMAR.with_name(f"cell.lark-{lark.__version__}-py{py}.tables")
+
+
+def _build_parser() -> Lark:
+    return Lark(_GRAMMAR.read_text(), postlex=_BracketNewlines(), **_OPTIONS)
+
+
+def _saved(parser: Lark) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    parser.save(out)
+    return out.getvalue()
+
+
 @cache
 def _parser() -> Lark:
     """The LALR parser, built once per process. Building its tables took 0.07-0.3 s of a
     cold start (of a 0.5 s budget), loading them 5 ms, so the built parser (Lark.save) is
-    kept in cellc's cache directory as a checked entry (backends/cache.py), keyed by the
-    grammar, the options and the Lark and Python versions. An entry that is missing, foreign,
-    corrupt or unloadable, or a directory that cannot be written, only means building it here
-    as before."""
-    import hashlib
+    shipped beside the grammar (`shipped_tables`) and kept in cellc's cache directory, both as
+    checked entries (backends/cache.py) keyed by the grammar, the options and the Lark and
+    Python versions. An entry that is missing, foreign, corrupt or unloadable, or a directory
+    that cannot be written, only means building it here as before."""
     import io
-    import sys
 
     from .backends.cache import DiskObjectCache
 
-    grammar = _GRAMMAR.read_text()
-    parts = ["cellc parser 1", lark.__version__, repr(sys.version_info[:2]),
-             repr(sorted(_OPTIONS.items())), grammar]
-    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
-    data = DiskObjectCache(key, suffix=".lark").load(None)
-    if data is not None:
+    key = _tables_key()
+    shipped, cached = shipped_tables(), DiskObjectCache(key, suffix=".lark")
+    for entry in (DiskObjectCache(key, path=shipped), cached):
+        data = entry.load(None)
+        if data is None:
+            continue
         try:
             parser = Lark.load(io.BytesIO(data))
             if isinstance(parser.options.postlex, _BracketNewlines):
                 return parser
         except Exception:  # any failure to load is a miss (the entry is unpickled: the
             pass  # cache directory is trusted as it is for the object code it holds)
-    parser = Lark(grammar, postlex=_BracketNewlines(), **_OPTIONS)
-    out = io.BytesIO()
-    parser.save(out)
-    DiskObjectCache(key, suffix=".lark").store(None, out.getvalue())  # replaces a bad entry
+    parser = _build_parser()
+    # A fresh handle: `cached` may have read a valid entry that did not load, and replaces it.
+    DiskObjectCache(key, suffix=".lark").store(None, _saved(parser))
     return parser
+
+
+def write_shipped_tables() -> Path:
+    """Write the built parser beside the grammar for the Lark and Python installed."""
+    from .backends.cache import DiskObjectCache
+
+    entry = DiskObjectCache(_tables_key(), path=shipped_tables())
+    data = _saved(_build_parser())
+    entry.path.write_bytes(entry._header(data) + data)
+    return entry.path
 
 
 def parse(source: Source) -> A.Cell:

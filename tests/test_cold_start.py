@@ -155,8 +155,11 @@ def parses() -> tuple:
 
 @pytest.fixture
 def parser_cache(tmp_path, monkeypatch):
+    """An empty cache directory, and no shipped tables (as for a Lark or Python they were not
+    built for)."""
     d = tmp_path / "cache"
     monkeypatch.setenv("CELLC_CACHE_DIR", str(d))
+    monkeypatch.setattr(syntax, "shipped_tables", lambda: tmp_path / "none.tables")
     yield d
     syntax._parser.cache_clear()  # the next user builds or loads its own
 
@@ -198,3 +201,41 @@ def test_unwritable_parser_cache_still_parses(tmp_path, monkeypatch):
     finally:
         syntax._parser.cache_clear()
     assert got[0] and "bad.cell" in got[1]
+
+
+def test_shipped_tables_are_current():
+    path = syntax.shipped_tables()
+    if not path.exists():
+        shipped = sorted(path.parent.glob("*.tables"))
+        assert shipped, "no parser tables shipped beside cell.lark"
+        pytest.skip(f"tables are shipped for other Lark/Python versions: {shipped[0].name}")
+    entry = cache.DiskObjectCache(syntax._tables_key(), path=path)
+    assert entry.load(None) is not None, (
+        f"{path.name} was built from another grammar: rewrite it with"
+        ' python -c "import cellc.syntax as s; s.write_shipped_tables()"')
+
+
+def test_shipped_tables_are_used_with_an_empty_cache(tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped.tables"
+    monkeypatch.setattr(syntax, "shipped_tables", lambda: shipped)
+    monkeypatch.setenv("CELLC_CACHE_DIR", "")
+    want = parses()  # built: nothing shipped yet
+    syntax.write_shipped_tables()
+    monkeypatch.setattr(syntax, "Lark", NoBuild)
+    try:
+        assert parses() == want
+    finally:
+        syntax._parser.cache_clear()
+
+
+def test_damaged_shipped_tables_are_rebuilt(tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped.tables"
+    monkeypatch.setattr(syntax, "shipped_tables", lambda: shipped)
+    monkeypatch.setenv("CELLC_CACHE_DIR", "")
+    syntax.write_shipped_tables()
+    want = parses()
+    shipped.write_bytes(shipped.read_bytes()[:-50])
+    try:
+        assert parses() == want  # built again, same parser
+    finally:
+        syntax._parser.cache_clear()

@@ -1,11 +1,12 @@
 """How the JIT picks kernels (cache.native_program, CELLC_SPECIALIZE).
 
-By default a cell's first calls at new sizes run its size-generic kernels (one compile per cell
-and dtype, whatever the sizes); from the second call on, the kernels specialized to those sizes
-compile in a background thread and serve the calls after that; "now" compiles the specialized ones first (what
-the rest of the suite uses, see conftest.py), "never" keeps the generic ones. A specialized
-program on disk is used at once. Results agree across the switch, including a forward run by
-the generic kernels whose backward runs on the specialized ones.
+By default a cell's first calls at new sizes run its size-generic kernels, compiled unoptimized
+(one quick compile per cell and dtype, whatever the sizes); from the second call at a size on,
+the kernels specialized to it compile in a background thread and serve the calls after that.
+"now" compiles the specialized ones first (what the rest of the suite uses, see conftest.py),
+"never" keeps optimized generic ones. A specialized program on disk is used at once. Results
+agree across the switch, including a forward run by the generic kernels whose backward runs on
+the specialized ones.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def test_background_starts_generic_and_switches_to_specialized(policy):
     nc = NativeCell(cell, dtype="float64", input_size=3, hidden_size=5)
     first = nc.program
     assert isinstance(first, llvm_jit.BoundProgram) and first.provisional
+    assert first.generic.quick  # the unoptimized stand-in
     xs, params, d_ys = problem(nc)
     ys, _, tape = nc.forward(xs, params)  # the second ask: starts the specialization
     cache.wait_for_specializations()
@@ -81,8 +83,8 @@ def test_generic_forward_with_specialized_backward_matches_the_reference(policy)
     nc = NativeCell(cell, dtype="float64", input_size=4, hidden_size=3)
     xs, params, d_ys = problem(nc, seed=1)
     # Force the forward onto the generic kernels, then let the specialized ones arrive.
-    nc._program = cache._cached(cache.cache_key(cell, None, "float64", "program"),
-                                cache._maker(cell, None, "float64")).bind(nc.sizes)
+    nc._program = cache._cached(cache.cache_key(cell, None, "float64", "program-quick"),
+                                cache._maker(cell, None, "float64", quick=True)).bind(nc.sizes)
     nc._program.provisional = True
     ys, _, tape = nc.forward(xs, params)
     cache.native_program(cell, nc.sizes, "float64")  # the first ask
@@ -98,6 +100,7 @@ def test_a_sweep_over_sizes_compiles_the_generic_kernels_once(policy):
     programs = [NativeCell(cell, input_size=i, hidden_size=h).program
                 for i, h in [(2, 3), (5, 7), (8, 1)]]
     assert all(isinstance(p, llvm_jit.BoundProgram) and not p.provisional for p in programs)
+    assert not programs[0].generic.quick  # generic for good: optimized
     assert len({id(p.generic) for p in programs}) == 1
     for i, h in [(2, 3), (8, 1)]:
         nc = NativeCell(cell, dtype="float64", input_size=i, hidden_size=h)

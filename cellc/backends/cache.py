@@ -120,10 +120,10 @@ class DiskObjectCache:
     file that is not a valid entry for this key is removed: it is recompiled and replaced.
     The same checked entries hold other compile products (`suffix`): the parser's tables."""
 
-    def __init__(self, key: str, suffix: str = ".o"):
+    def __init__(self, key: str, suffix: str = ".o", path: Path | None = None):
         d = cache_dir()
         self.key = key
-        self.path = d / f"{key}{suffix}" if d else None
+        self.path = path or (d / f"{key}{suffix}" if d else None)  # path: an entry elsewhere
         self.hit = False
         self._read = False
         self._code: bytes | None = None
@@ -208,8 +208,9 @@ def _cached(key: str, make):
 
 # How the JIT gets kernels for sizes it has no specialized code for yet (CELLC_SPECIALIZE):
 SPECIALIZE = {
-    "background": "the cell's size-generic kernels at once (compiled once per cell and dtype);"
-                  " specialized ones compile in a background thread and serve later calls",
+    "background": "the cell's size-generic kernels at once (compiled once per cell and dtype,"
+                  " unoptimized); specialized ones compile in a background thread from the"
+                  " second call at a size on, and serve the calls after that",
     "now": "compile the specialized kernels before the first call",
     "never": "the size-generic kernels only",
 }
@@ -234,7 +235,12 @@ def native_program(cell: CellIR, sizes: dict, dtype: str):
     policy = specialize_policy()
     if policy == "now" or _on_disk(cell, sizes, dtype):
         return _cached(key, _maker(cell, sizes, dtype))
-    generic = _cached(cache_key(cell, None, dtype, "program"), _maker(cell, None, dtype))
+    # While specialized code is coming, the generic stand-in is compiled unoptimized: a tenth
+    # of the compile time, for kernels that run up to ~3x slower (their large products are
+    # BLAS calls either way) and only for the first calls.
+    quick = policy == "background"
+    kind = "program-quick" if quick else "program"
+    generic = _cached(cache_key(cell, None, dtype, kind), _maker(cell, None, dtype, quick))
     bound = generic.bind(sizes)
     if policy == "background" and key not in _failed:
         bound.provisional = True
@@ -246,14 +252,14 @@ def native_program(cell: CellIR, sizes: dict, dtype: str):
     return bound
 
 
-def _maker(cell: CellIR, sizes: dict | None, dtype: str):
+def _maker(cell: CellIR, sizes: dict | None, dtype: str, quick: bool = False):
     """A call that compiles the program (its forward; see NativeProgram for the backward)."""
     from .llvm_jit import NativeProgram
 
     def entry(kind: str) -> DiskObjectCache:
-        return DiskObjectCache(cache_key(cell, sizes, dtype, kind))
+        return DiskObjectCache(cache_key(cell, sizes, dtype, kind + ("-quick" if quick else "")))
 
-    return lambda: NativeProgram(cell, sizes, dtype, object_cache=entry)
+    return lambda: NativeProgram(cell, sizes, dtype, object_cache=entry, quick=quick)
 
 
 def _on_disk(cell: CellIR, sizes: dict, dtype: str) -> bool:

@@ -63,11 +63,11 @@ def host_cpu() -> tuple[str, str]:
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
-def target_machine(reloc: str = "default"):
+def target_machine(reloc: str = "default", opt: int = 3):
     llvm = _llvm()
     cpu, features = host_cpu()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=cpu, features=features, opt=3, reloc=reloc,
+    return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc=reloc,
                                         codemodel="jitdefault" if reloc == "default" else "default")
 
 
@@ -247,8 +247,10 @@ class BoundKernel:
                                         arrays, self.kernel.workspace, self.sizes)
 
 
-def _jit(module_ir, object_cache=None):
-    """parse, verify, optimize (unless the object cache has the code) and JIT a module."""
+def _jit(module_ir, object_cache=None, quick: bool = False):
+    """parse, verify, optimize (unless the object cache has the code) and JIT a module.
+    `quick`: no optimization at all and LLVM's fast instruction selection (a tenth of the
+    compile time; kernels that run slower, for the first calls only: see NativeProgram)."""
     llvm = _llvm()
     for name, address in blas.blas_symbols().items():
         llvm.add_symbol("cellc_" + name, address)
@@ -258,10 +260,10 @@ def _jit(module_ir, object_cache=None):
     raw = str(module_ir)
     mod = llvm.parse_assembly(raw)
     mod.verify()
-    tm = target_machine()
+    tm = target_machine(opt=0 if quick else 3)
     # The entry is read and checked once: MCJIT's own load() call gets the same answer.
     cached = object_cache is not None and object_cache.load(None) is not None
-    if not cached:
+    if not cached and not quick:
         optimize(mod, tm, unroll=False)
     if os.environ.get("CELLC_DUMP_LLVM"):
         _dump(os.environ["CELLC_DUMP_LLVM"], raw, tm)
@@ -298,11 +300,11 @@ def _dump(folder: str, raw: str, tm) -> None:
 
 
 def _compile_kernel(kind: str, cell: CellIR, sizes, dtype: np.dtype, prog: Program,
-                    blas_kind: str, object_cache):
+                    blas_kind: str, object_cache, quick: bool = False):
     """(Kernel, optimized module) of one kind (KERNELS) of a program, in a module of its own."""
     module, (layout,), _ = render(cell, sizes, dtype.name, prog=prog, blas_kind=blas_kind,
                                   kinds=(kind,))
-    engine, mod = _jit(module, object_cache)
+    engine, mod = _jit(module, object_cache, quick)
     kernel = Kernel(layout, getattr(prog, KERNELS[kind][0]),
                     engine.get_function_address(layout.name), sizes, dtype, engine=engine)
     return kernel, mod
@@ -331,9 +333,10 @@ class NativeProgram:
     provisional = False  # the final program for its sizes (see BoundProgram)
 
     def __init__(self, cell: CellIR, sizes: dict[str, int], dtype="float32", prog=None,
-                 object_cache=None, blas_kind: str | None = None):
+                 object_cache=None, blas_kind: str | None = None, quick: bool = False):
         self.cell = cell
         self.sizes = None if sizes is None else dict(sizes)  # None: generic (see bind)
+        self.quick = quick  # unoptimized code (see _jit): a stand-in until optimized code is made
         self.dtype = native_calls._float_dtype(dtype)
         self.blas_kind = blas_kind or blas_choice()
         self.program = prog or compile_program(cell)
@@ -351,7 +354,8 @@ class NativeProgram:
         """A call that compiles one kernel: (Kernel, its module). It holds no reference to
         this program, so a program evicted during a background compile is still freed."""
         return functools.partial(_compile_kernel, kind, self.cell, self.sizes, self.dtype,
-                                 self.program, self.blas_kind, self._object_cache(kind))
+                                 self.program, self.blas_kind, self._object_cache(kind),
+                                 self.quick)
 
     @property
     def backward_kernel(self) -> Kernel:
