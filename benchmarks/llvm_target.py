@@ -55,6 +55,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+# Time the specialized kernels (as before the size-generic ones existed): by default a layer's
+# first calls at new sizes run unoptimized generic stand-ins while the specialized kernels compile
+# in the background (cellc/backends/cache.py), which would mix the two into the medians.
+os.environ.setdefault("CELLC_SPECIALIZE", "now")
 
 import cellc
 from cellc.backends import blas
