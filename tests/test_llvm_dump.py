@@ -9,10 +9,12 @@ import pytest
 pytest.importorskip("llvmlite")
 
 import cellc
+from cellc.backends import cache
 
 
 def test_dump_writes_raw_optimized_and_assembly(tmp_path, monkeypatch):
     monkeypatch.setenv("CELLC_CACHE_DIR", "")  # compile afresh, whatever an earlier test cached
+    monkeypatch.setattr(cache, "_memory", cache.LRU(32))  # on disk or in this process
     monkeypatch.setenv("CELLC_DUMP_LLVM", str(tmp_path / "dump"))
     native = cellc.load("cells/rnn.cell", target="llvm").native(input_size=3, hidden_size=5)
     native.forward(np.zeros((2, 1, 3), np.float32), native.init_params(np.random.default_rng(0)))
@@ -38,16 +40,14 @@ def test_dump_leaves_the_compiled_code_alone(tmp_path, monkeypatch):
     xs = np.random.default_rng(0).standard_normal((4, 2, 3)).astype(np.float32)
     params = native.init_params(np.random.default_rng(1))
     with_dump = native.forward(xs, params)[0]
-    (entry,) = (tmp_path / "cache").glob("*.o")  # the forward's (beside it: the parser's)
+    (entry,) = (tmp_path / "cache").glob("*.o")  # the forward's object code
     dumped_entry = entry.read_bytes()
     entry.unlink()
     monkeypatch.delenv("CELLC_DUMP_LLVM")
-    from cellc.backends import cache
-
     monkeypatch.setattr(cache, "_memory", cache.LRU(32))
     native = cellc.load("cells/rnn.cell", target="llvm").native(input_size=3, hidden_size=6)
     np.testing.assert_array_equal(native.forward(xs, params)[0], with_dump)
-    (entry,) = (tmp_path / "cache").glob("*.o")  # the forward's (beside it: the parser's)
+    (entry,) = (tmp_path / "cache").glob("*.o")  # the forward's object code
     assert entry.read_bytes() == dumped_entry
 
 

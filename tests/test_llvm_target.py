@@ -665,7 +665,8 @@ loads = []
 _load = cache.DiskObjectCache.load
 def load(self, module):
     data = _load(self, module)
-    loads.append(None if data is None else len(data))
+    if self.path is None or self.path.suffix == ".o":  # kernels, not the parser's tables
+        loads.append(None if data is None else len(data))
     return data
 cache.DiskObjectCache.load = load
 

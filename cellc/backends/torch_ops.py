@@ -19,7 +19,7 @@ tracing compiles the program but never runs it.
 
 Eager calls do not go through the ops: the first call of any custom op imports torch._dynamo
 (1.5 s here), which would triple a layer's cold start. `run` uses the ops only while torch is
-compiling or exporting, and otherwise `EagerSequence`, an autograd.Function over the same two
+compiling or exporting, and otherwise `NativeSequence`, an autograd.Function over the same two
 functions (`forward`, `backward`) the ops and their autograd formula call.
 
 No `from __future__ import annotations` here: torch.library reads the type hints to build the
@@ -218,7 +218,7 @@ native_sequence.register_autograd(_op_backward, setup_context=_setup_context)
 # -- eager calls --------------------------------------------------------------------------------
 
 
-class EagerSequence(torch.autograd.Function):
+class NativeSequence(torch.autograd.Function):
     """`forward` and `gradients` as an autograd.Function: the ops' formula without the ops."""
 
     @staticmethod
@@ -241,7 +241,7 @@ class EagerSequence(torch.autograd.Function):
 
 def run(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     """The forward's results, differentiable: through the op while torch compiles or exports,
-    else through EagerSequence."""
+    else through NativeSequence."""
     if torch.compiler.is_compiling():
         return torch.ops.cellc.NativeSequence(direction, batch_sizes, xs, args)
-    return list(EagerSequence.apply(direction, batch_sizes, xs, *args))
+    return list(NativeSequence.apply(direction, batch_sizes, xs, *args))
