@@ -99,9 +99,9 @@ def main() -> None:
             T, B, I, H = SHAPES[k]
             T = min(T, 20) if args.quick else T
             spec_nc = NativeCell(cell, dtype="float32", input_size=I, hidden_size=H)
-            spec_compile, spec_nc.program = compile_seconds(cell, spec_nc.sizes)
+            spec_compile, spec_nc._program = compile_seconds(cell, spec_nc.sizes)
             gen_nc = copy.copy(spec_nc)
-            gen_nc.program = generic.bind(spec_nc.sizes)
+            gen_nc._program = generic.bind(spec_nc.sizes)
             rng = np.random.default_rng(0)
             s_fwd, s_both = workloads(spec_nc, T, B, rng)
             rng = np.random.default_rng(0)
