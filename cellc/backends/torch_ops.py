@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..runtime import native_calls
-from ..runtime.torch_layers import differentiable_backward
+from ..runtime.torch_layers import differentiable_backward, op_results
 from .llvm_jit import Arrays
 
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -92,18 +92,6 @@ def _kernel_batch_sizes(batch_sizes, T, B) -> np.ndarray:
     return batch_sizes.to(torch.int64).numpy()
 
 
-def _owned(results, args) -> list:
-    """Kernel results as an op may return them: a custom op's outputs may alias neither its
-    inputs nor each other, and a kernel hands some arguments back as results (a residual that is
-    an input, a gradient buffer shared by two results)."""
-    seen = {id(a) for a in args}
-    out = []
-    for r in results:
-        out.append(r.clone() if id(r) in seen else r)
-        seen.add(id(r))
-    return out
-
-
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """(T, B, F) -> the (T*B, F) rows the kernels read."""
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2]).contiguous()
@@ -120,7 +108,7 @@ def forward(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     kargs = [_flat(xs)] + [a.contiguous() for a in args]
     out = program.forward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
                                      TORCH_ARRAYS)
-    return _owned(out, kargs)
+    return op_results(out, kargs, kargs[0])
 
 
 def backward(direction: int, batch_sizes, T: int, B: int, args: list) -> list:
@@ -133,7 +121,7 @@ def backward(direction: int, batch_sizes, T: int, B: int, args: list) -> list:
     kargs = [a.contiguous() for a in args]
     out = program.backward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
                                       TORCH_ARRAYS)
-    return _owned(out, kargs)
+    return op_results(out, kargs, kargs[0])
 
 
 def gradients(direction: int, batch_sizes, inputs: list, residuals: list, needs: list,

@@ -542,23 +542,6 @@ OP_NAME = {_OP_MARK}
 {shapes_source(prog.fwd, prog.bwd)}
 
 
-def op_results(results, inputs, like):
-    """Results as a custom op must return them: contiguous tensors, as the fake implementations
-    make them (a Python float becomes a 0-d tensor of like's dtype), that alias no input and no
-    other result. A residual can be an input, a view of one or of another result (split's
-    parts): those are copied."""
-    seen = {{t.untyped_storage().data_ptr() for t in inputs}}
-    out = []
-    for r in results:
-        if not isinstance(r, torch.Tensor):
-            r = torch.full((), r, dtype=like.dtype, device=like.device)
-        elif r.untyped_storage().data_ptr() in seen or not r.is_contiguous():
-            r = r.clone(memory_format=torch.contiguous_format)
-        seen.add(r.untyped_storage().data_ptr())
-        out.append(r)
-    return out
-
-
 def define_ops(qualname):
     """The op `qualname`: {lower}_forward over a whole sequence as a torch.library custom op,
     with a fake implementation (result_shapes) and an autograd formula calling {lower}_backward

@@ -85,7 +85,7 @@ import warnings
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["compiler_disabled", "differentiable_backward", "make_layer"]
+__all__ = ["compiler_disabled", "differentiable_backward", "make_layer", "op_results"]
 
 
 def compiler_disabled(fn):
@@ -131,6 +131,24 @@ def differentiable_backward(run, inputs, needs_grad, grad_outputs):
     grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
                                      create_graph=True, allow_unused=True))
     return [next(grads) if need else None for need in needs_grad]
+
+
+def op_results(results, inputs, like):
+    """Results as a torch.library custom op must return them (both targets' sequence ops):
+    contiguous tensors, as fake implementations make them (a Python float becomes a 0-d tensor
+    of like's dtype), that alias no input and no other result. A residual can be an input, a
+    view of one or of another result (split's parts), or a buffer two results share: those are
+    copied."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs}
+    out = []
+    for r in results:
+        if not isinstance(r, torch.Tensor):
+            r = torch.full((), r, dtype=like.dtype, device=like.device)
+        elif r.untyped_storage().data_ptr() in seen or not r.is_contiguous():
+            r = r.clone(memory_format=torch.contiguous_format)
+        seen.add(r.untyped_storage().data_ptr())
+        out.append(r)
+    return out
 
 
 # Printed from the one initializer table, cellc/initializers.py (`torch_table_source()`): this file
