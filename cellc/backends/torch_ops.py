@@ -97,17 +97,24 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2]).contiguous()
 
 
-def forward(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
+def _forward_results(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     """The forward kernel over (T, B, I) xs and the states and parameters `args`: the kernel's
-    results (final states, (T*B, H) outputs, then the residuals), none aliasing an input."""
+    results (final states, (T*B, H) outputs, then the residuals), as it returns them (some
+    residuals are arguments: xs, weights)."""
     from . import blas
 
     program = _direction(direction).program(xs.dtype)
     blas.ensure_threads(torch.get_num_threads())  # one thread budget for torch's and BLAS's pools
     T, B = xs.shape[0], xs.shape[1]
     kargs = [_flat(xs)] + [a.contiguous() for a in args]
-    out = program.forward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
-                                     TORCH_ARRAYS)
+    return kargs, program.forward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B),
+                                             kargs, TORCH_ARRAYS)
+
+
+def forward(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
+    """The forward kernel's results, none aliasing an input or another (the op's rule: the
+    residuals that are arguments are copied)."""
+    kargs, out = _forward_results(direction, batch_sizes, xs, args)
     return op_results(out, kargs, kargs[0])
 
 
@@ -211,12 +218,14 @@ class NativeSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, direction, batch_sizes, xs, *args):
-        out = forward(direction, batch_sizes, xs, list(args))
+        # The residuals are saved as the kernel returns them, not copied as the op must (a
+        # residual that is xs or a weight costs nothing here; a copy per call slowed a
+        # 2-thread forward 2x, waking torch's pool beside BLAS's).
+        _, out = _forward_results(direction, batch_sizes, xs, list(args))
         ctx.direction, ctx.batch_sizes, ctx.n_args = direction, batch_sizes, len(args)
         n = _direction(direction).n_results
         ctx.save_for_backward(xs, *args, *out[n:])
-        ctx.mark_non_differentiable(*out[n:])  # residuals: read by the backward only
-        return tuple(out)
+        return tuple(out[:n])
 
     @staticmethod
     def backward(ctx, *grads):
