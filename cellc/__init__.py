@@ -13,6 +13,7 @@ them with a NumPy reference interpreter, and (see the README) differentiates the
     layer = mod.LSTM(8, 16, num_layers=2, batch_first=True)
 """
 
+from . import interop  # Keras and ONNX weights into zoo cells (NumPy only; torch on use)
 from ._version import __version__ as __version__  # kept in a leaf module: no import cycle
 from .api import grad_equations, load, torch_source
 from .backends import numpy_ref as reference
@@ -25,6 +26,7 @@ __all__ = [
     "InternalError",
     "Source",
     "grad_equations",
+    "interop",
     "load",
     "load_cell",
     "load_source",
