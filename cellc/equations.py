@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .lower import CellIR
 
 _INFIX = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2), "matmul": ("@", 2)}
+_COMPARE = {"ge": ">=", "lt": "<", "le": "<=", "gt": ">", "eq": "==", "ne": "!="}
 _TEMP = re.compile(r"^(t|mm)\d+(_\d+)?$")
 # `*` and `@` share a level in the .cell grammar and group to the left, so `a * W @ x` would read
 # `(a * W) @ x`: a matrix product gets parentheses inside any product, and none inside a sum.
@@ -71,8 +72,10 @@ class _Printer:
             return f"{self.ref(a[0], 5)}^T @ {self.ref(a[1], 3)}", _MATMUL
         if op == "heaviside":
             return f"({self.ref(a[0], 2)} > 0)", 9
-        if op == "ge":
-            return f"({self.ref(a[0], 2)} >= {self.ref(a[1], 2)})", 9
+        if op in _COMPARE:
+            return f"({self.ref(a[0], 2)} {_COMPARE[op]} {self.ref(a[1], 2)})", 9
+        if op == "power":
+            return f"{self.ref(a[0], 5)}^{self.ref(a[1], 5)}", 4
         if op == "sum_batch":
             return f"sum_rows({self.ref(a[0])})", 9
         if op == "broadcast":

@@ -24,7 +24,7 @@ class OpDef:
     name: str
     arity: int | None  # None: any number of arguments
     shape: ShapeRule
-    kind: str  # "elementwise" (row-wise, same shape), "rowwise", "reduce_batch", "other"
+    kind: str  # "elementwise" (row-wise, broadcast shape), "rowwise", "reduce_batch", "other"
     commutative: bool = False
 
 
@@ -45,6 +45,15 @@ def _broadcast(args, attrs):
 
 def _const(args, attrs):
     return [attrs["type"]]
+
+
+def _where(args, attrs):
+    """where(c, a, b): the three broadcast together, as NumPy's where does."""
+    c, a, b = args
+    try:
+        return [broadcast(broadcast(c, a), b)]
+    except ShapeMismatch as e:
+        raise ShapeMismatch(f"cannot select between {a} and {b} by {c}: {e}") from None
 
 
 def _matmul(args, attrs):
@@ -120,12 +129,15 @@ def _concat(args, attrs):
 
 _register("const", 0, _const, "other")
 for _name in ("neg", "sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs",
-              "pow", "heaviside", "sign"):
+              "pow", "heaviside", "sign", "elu", "silu", "gelu", "logsigmoid", "stop_gradient",
+              "erf"):  # erf: no .cell function; gelu's derivative reads it
     _register(_name, 1, _same, "elementwise")
-for _name in ("add", "mul", "min", "max"):
+# Comparisons give 1.0 where true, else 0.0, in the operands' dtype (NaN != NaN is true).
+for _name in ("add", "mul", "min", "max", "eq", "ne"):
     _register(_name, 2, _broadcast, "elementwise", commutative=True)
-for _name in ("sub", "div", "ge"):
+for _name in ("sub", "div", "ge", "lt", "le", "gt", "power"):  # power: x ** y, y a value
     _register(_name, 2, _broadcast, "elementwise")
+_register("where", 3, _where, "elementwise")  # where(c, a, b): a where c != 0, else b
 _register("matmul", 2, _matmul, "rowwise")
 _register("matmul_t", 2, _matmul_t, "rowwise")
 _register("sum", 1, _reduce_features, "rowwise")
@@ -139,6 +151,7 @@ _register("sum_batch", 1, _sum_batch, "reduce_batch")
 _register("scan", None, lambda args, attrs: list(attrs["out_types"]), "other")
 
 # Functions a .cell file may call, with the op each lowers to.
-UNARY_FUNCTIONS = ("sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs")
+UNARY_FUNCTIONS = ("sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs", "elu",
+                   "silu", "gelu", "logsigmoid", "stop_gradient")
 BINARY_FUNCTIONS = ("min", "max")
 REDUCTIONS = ("sum", "mean")

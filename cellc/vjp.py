@@ -20,7 +20,13 @@ VjpRule = Callable[[Builder, Instr, list[Value | None]], list[Value | None]]
 VJP: dict[str, VjpRule] = {}
 
 # Ops whose derivative is zero almost everywhere: their arguments get no cotangent.
-NOT_DIFFERENTIABLE = ("heaviside", "sign", "ge", "const")
+# stop_gradient is the identity forward and, by definition, passes no cotangent back.
+NOT_DIFFERENTIABLE = ("heaviside", "sign", "ge", "lt", "le", "gt", "eq", "ne", "stop_gradient",
+                      "const")
+
+_SQRT1_2 = 0.7071067811865476  # 1/sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2 pi)
+_TWO_OVER_SQRT_PI = 1.1283791670955126  # 2/sqrt(pi)
 
 
 def vjp_rule(*ops: str):
@@ -94,6 +100,70 @@ def _pow(b, instr, dys):
     (x,) = instr.args
     slope = x if p == 2.0 else b.op("pow", x, exponent=p - 1.0)
     return [b.mul(dys[0], b.mul(b.const(p), slope))]
+
+
+@vjp_rule("elu")
+def _elu(b, instr, dys):
+    # elu' = 1 for x > 0, else e^x = y + 1; y > 0 exactly where x > 0, so only y is read.
+    y = instr.out
+    one = b.const(1.0)
+    return [b.mul(dys[0], b.op("where", b.op("gt", y, b.const(0.0)), one, b.add(y, one)))]
+
+
+@vjp_rule("silu")
+def _silu(b, instr, dys):
+    # (x s)' = s + x s (1 - s) = s (1 + x (1 - s)), s = sigmoid(x)
+    (x,) = instr.args
+    s = b.op("sigmoid", x)
+    one = b.const(1.0)
+    return [b.mul(dys[0], b.mul(s, b.add(one, b.mul(x, b.sub(one, s)))))]
+
+
+@vjp_rule("gelu")
+def _gelu(b, instr, dys):
+    # (x Phi(x))' = Phi(x) + x phi(x), Phi(x) = (1 + erf(x/sqrt 2))/2, phi = e^(-x^2/2)/sqrt(2 pi);
+    # torch's formula, written the same way.
+    (x,) = instr.args
+    cdf = b.mul(b.const(0.5), b.add(b.const(1.0), b.op("erf", b.mul(x, b.const(_SQRT1_2)))))
+    pdf = b.mul(b.op("exp", b.mul(b.const(-0.5), b.op("pow", x, exponent=2.0))),
+                b.const(_INV_SQRT_2PI))
+    return [b.mul(dys[0], b.add(cdf, b.mul(x, pdf)))]
+
+
+@vjp_rule("erf")
+def _erf(b, instr, dys):
+    (x,) = instr.args
+    slope = b.op("exp", b.neg(b.op("pow", x, exponent=2.0)))
+    return [b.mul(dys[0], b.mul(b.const(_TWO_OVER_SQRT_PI), slope))]
+
+
+@vjp_rule("logsigmoid")
+def _logsigmoid(b, instr, dys):
+    # log(sigmoid(x))' = 1 - sigmoid(x) = sigmoid(-x); as 1 - e^y it would cancel for large x.
+    return [b.mul(dys[0], b.op("sigmoid", b.neg(instr.args[0])))]
+
+
+@vjp_rule("power")
+def _power(b, instr, dys):
+    # z = x^y. dz/dx = y x^(y-1), finite at x = 0 for y >= 1 (y z / x would be 0/0), and 0 for
+    # y = 0; dz/dy = z log(x), 0 at x = 0 for y >= 0 (not 0 * -inf). As torch.pow's backward.
+    # grad.py adds a cotangent only for an argument that depends on a parameter, and the
+    # unused one is pruned with the residuals it reads.
+    x, y = instr.args
+    zero, one = b.const(0.0), b.const(1.0)
+    dx = b.op("where", b.op("eq", y, zero), zero,
+              b.mul(y, b.op("power", x, b.sub(y, one))))
+    x_zero = b.mul(b.op("eq", x, zero), b.op("ge", y, zero))
+    dy = b.op("where", x_zero, zero, b.mul(instr.out, b.op("log", x)))
+    return [b.mul(dys[0], dx), b.mul(dys[0], dy)]
+
+
+@vjp_rule("where")
+def _where(b, instr, dys):
+    # Selects, not products with c: an inf or nan in the unselected branch stays out.
+    c = instr.args[0]
+    zero = b.const(0.0)
+    return [None, b.op("where", c, dys[0], zero), b.op("where", c, zero, dys[0])]
 
 
 @vjp_rule("add")

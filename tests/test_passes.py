@@ -343,6 +343,13 @@ RULE_CASES = [
     ("div", "div_one", {"x": VEC}, lambda b, x: b.div(x, b.const(1.0))),
     ("pow", "pow_one", {"x": VEC}, lambda b, x: b.op("pow", x, exponent=1.0)),
     ("neg", "neg_neg", {"x": VEC}, lambda b, x: b.neg(b.neg(x))),
+    # issue 12's ops
+    *[(op, "fold", {}, lambda b, op=op: b.op(op, b.const(0.5)))
+      for op in ("elu", "silu", "gelu", "erf", "logsigmoid", "stop_gradient")],
+    *[(op, "fold", {}, lambda b, op=op: b.op(op, b.const(0.5), b.const(2.0)))
+      for op in ("power", "lt", "le", "gt", "ge", "eq", "ne")],
+    ("where", "where_constant", {"x": VEC, "y": VEC},
+     lambda b, x, y: b.op("where", b.const(1.0), x, y)),
 ]
 
 

@@ -46,6 +46,7 @@ class ArrayLib:
     name: str  # names the backend in "numpy backend: no rule for op 'tanh'"
     # op -> array function, applied to the op's arguments (neg, sigmoid, ..., min, max)
     functions: Mapping[str, Callable[..., Any]]
+    where: Callable[[Any, Any, Any], Any]  # (bool array, a, b) -> a where true, else b
     store: Callable[[Any, Context], Any]  # a rule's result as the environment keeps it
     full: Callable[[tuple, float, Context], Any]  # an array of one value in the context's dtype
     as_dtype: Callable[[Any, Any], Any]  # booleans (a comparison) as 0/1 of a dtype
@@ -88,9 +89,13 @@ def _broadcast(xp: ArrayLib, args, instr, ctx):
     return xp.broadcast(x, int(instr.attrs["size"].evaluate(ctx.sizes)))
 
 
-def _ge(xp: ArrayLib, args, instr, ctx):
+def _compare(compare, xp: ArrayLib, args, instr, ctx):
     a, b = args
-    return xp.as_dtype(a >= b, ctx.dtype)  # the comparison broadcasts a and b; the result is 0/1
+    return xp.as_dtype(compare(a, b), ctx.dtype)  # broadcasts a and b; the result is 0/1
+
+
+COMPARISONS = {"ge": operator.ge, "lt": operator.lt, "le": operator.le, "gt": operator.gt,
+               "eq": operator.eq, "ne": operator.ne}
 
 
 def _pow(xp: ArrayLib, args, instr, ctx):
@@ -142,7 +147,8 @@ def rules(xp: ArrayLib) -> dict[str, Rule]:
         "sub": _apply(operator.sub),
         "mul": _apply(operator.mul),
         "div": _apply(operator.truediv),
-        "ge": partial(_ge, xp),
+        **{op: partial(_compare, fn, xp) for op, fn in COMPARISONS.items()},
+        "where": _apply(lambda c, a, b: xp.where(c != 0, a, b)),
         "matmul": _apply(lambda w, x: x @ w.T),
         "matmul_t": _apply(lambda w, y: y @ w),
         "outer": partial(_outer, xp),

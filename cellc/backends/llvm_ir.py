@@ -123,6 +123,26 @@ def _relu(b, t, args, instr):
     return b.select(b.fcmp_ordered("<=", x, _fconst(t, 0.0)), _fconst(t, 0.0), x)
 
 
+def _compare(op: str, ordered: bool = True):
+    """1.0 where `x op y`, else 0.0. Ordered compares are false with a NaN, as NumPy's; `!=`
+    is unordered: NaN != NaN is true."""
+    def emit(b, t, args, instr):
+        cmp = b.fcmp_ordered if ordered else b.fcmp_unordered
+        return _select01(b, t, cmp(op, args[0], args[1]))
+
+    return emit
+
+
+def _where(b, t, args, instr):
+    """a where c != 0 (NaN included, as NumPy's c != 0), else b: one select."""
+    c, x, y = args
+    return b.select(b.fcmp_unordered("!=", c, _fconst(t, 0.0)), x, y)
+
+
+def _unary_math(name: str):
+    return lambda b, t, a, i: llvm_math.UNARY[name](b, a[0])
+
+
 TABLE: dict[str, Callable] = {
     "neg": lambda b, t, a, i: b.fneg(a[0]),
     "sigmoid": lambda b, t, a, i: llvm_math.sigmoid(b, a[0]),
@@ -143,6 +163,15 @@ TABLE: dict[str, Callable] = {
     "min": _minmax("min"),
     "max": _minmax("max"),
     "ge": lambda b, t, a, i: _select01(b, t, b.fcmp_ordered(">=", a[0], a[1])),
+    "lt": _compare("<"),
+    "le": _compare("<="),
+    "gt": _compare(">"),
+    "eq": _compare("=="),
+    "ne": _compare("!=", ordered=False),
+    "where": _where,
+    "power": lambda b, t, a, i: llvm_math.pow_values(b, a[0], a[1]),
+    **{op: _unary_math(op) for op in ("elu", "silu", "gelu", "logsigmoid", "erf")},
+    "stop_gradient": lambda b, t, a, i: a[0],  # the identity: only grad.py treats it apart
 }
 
 

@@ -6,6 +6,7 @@
     %d = sub 1.0, %e  where %e = sub 1.0, %x   ->  (uses of %d read %x)
     %e = add 2.0, 3.0         ->  %e = const 5.0
     %f = outer %zeros, %x     ->  %f = const 0.0                (a linear op of zero is zero)
+    %g = where 1.0, %a, %b    ->  (uses of %g read %a)
 
 `RULES` maps an op to its rules, tried in order; each rule's docstring shows its before/after.
 A rule returns a value to use instead, a replacement instruction (same outputs), or None when it
@@ -126,6 +127,18 @@ _FOLD = {
     "sqrt": lambda a: math.sqrt(a) if a >= 0 else None, "exp": math.exp,
     "log": lambda a: math.log(a) if a > 0 else None,
     "tanh": math.tanh,
+    "elu": lambda a: a if a > 0 else math.expm1(a),
+    "silu": lambda a: a / (1.0 + math.exp(-a)),
+    "gelu": lambda a: a * 0.5 * (1.0 + math.erf(a * math.sqrt(0.5))),
+    "erf": math.erf,
+    "logsigmoid": lambda a: -(max(-a, 0.0) + math.log1p(math.exp(-abs(a)))),
+    # A constant has no gradient to stop; stop_gradient of a value is never removed (the
+    # forward passes run before differentiation).
+    "stop_gradient": lambda a: a,
+    "power": lambda a, b: math.pow(a, b) if a > 0 or float(b).is_integer() else None,
+    "lt": lambda a, b: float(a < b), "le": lambda a, b: float(a <= b),
+    "gt": lambda a, b: float(a > b), "ge": lambda a, b: float(a >= b),
+    "eq": lambda a, b: float(a == b), "ne": lambda a, b: float(a != b),
 }
 
 
@@ -137,7 +150,7 @@ def fold(instr, cs, facts):
     if cs and all(c is not None for c in cs):
         try:
             value = _FOLD[instr.op](*cs)
-        except OverflowError:  # math.exp(1000.0)
+        except (OverflowError, ValueError, ZeroDivisionError):  # math.exp(1000.0), 0.0 ** -1
             return None
         if value is not None and math.isfinite(value):
             return _const(instr, value)
@@ -220,6 +233,20 @@ def mul_one(instr, cs, facts):
 def div_one(instr, cs, facts):
     """div %x, 1.0 -> %x."""
     return _same(instr, instr.args[0]) if cs[1] == 1.0 else None
+
+
+@rule("where")
+def where_constant(instr, cs, facts):
+    """where 1.0, %a, %b -> %a;  where 0.0, %a, %b -> %b;  where %c, %a, %a -> %a;
+    where %c, 0.0, 0.0 -> const 0.0 (a select between equal constants: a dead cotangent)."""
+    _, a, b = instr.args
+    if cs[0] is not None:
+        return _same(instr, a if cs[0] != 0.0 else b)
+    if a is b:
+        return _same(instr, a)
+    if cs[1] is not None and cs[1] == cs[2]:
+        return _const(instr, cs[1])
+    return None
 
 
 @rule("pow")

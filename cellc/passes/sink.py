@@ -107,6 +107,10 @@ def _sink_scan(instr: Instr, names: set[str]):
                     post.append(copy)
                 elif any(res[k] is a for k in range(nc, nc + ny)):  # already stacked
                     v = instr.outs[next(k for k in range(nc, nc + ny) if res[k] is a)]
+                elif a.type.batch is Batch.NONE:
+                    # A loop-invariant value the step computes (power's rule on a parameter
+                    # exponent): it has no rows to stack, so this loop is left as it is.
+                    return instr, [], {}
                 else:  # the carry at t, or a value the loop computes anyway: stack it
                     v = Value(_fresh(names, a.name + "_seq"), to_seq(a.type))
                     stacked.append(a)
