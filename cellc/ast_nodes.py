@@ -21,7 +21,7 @@ class Name:
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # add sub mul div matmul pow
+    op: str  # add sub mul div matmul pow, or a comparison: lt le gt ge eq ne
     lhs: Expr
     rhs: Expr
     span: Span
@@ -50,6 +50,15 @@ class SizeArg:
 
 
 @dataclass(frozen=True)
+class HyperArg:
+    """A float hyper-parameter of the header, `forget_bias=1.0`: a constructor keyword."""
+
+    name: Name
+    default: Expr | None  # None: written without a default (an error lowering reports)
+    span: Span
+
+
+@dataclass(frozen=True)
 class Declared:
     name: Name
     dims: tuple[Expr, ...] | None  # None: no brackets (a scalar, stored as [1])
@@ -58,9 +67,20 @@ class Declared:
 
 @dataclass(frozen=True)
 class Decl:
-    kind: str  # input state param bias
+    kind: str  # input state param bias const
     names: tuple[Declared, ...]
-    init: Call | None
+    init: Expr | None  # after `~`: a named initializer's call, or an expression (arange(...))
+    span: Span
+    value: Expr | None = None  # after `=`: a state's initial value
+
+
+@dataclass(frozen=True)
+class Def:
+    """`def ln(z) = (z - mean(z)) / sqrt(var(z) + 1e-5)`: a function, expanded where called."""
+
+    name: Name
+    params: tuple[Name, ...]
+    body: Expr
     span: Span
 
 
@@ -77,7 +97,7 @@ class Output:
     span: Span
 
 
-Statement = Decl | Assign | Output
+Statement = Decl | Def | Assign | Output
 
 
 @dataclass(frozen=True)
@@ -86,12 +106,18 @@ class Cell:
     sizes: tuple[SizeArg, ...]
     body: tuple[Statement, ...]
     span: Span
+    hypers: tuple[HyperArg, ...] = ()  # in header order, after or among the sizes
+
+
+# Comparison operators and the op each is (1.0 where true, else 0.0).
+COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 
 def format_expr(e: Expr) -> str:
     """Source-like text of an expression (used by `cellc show --emit ast`)."""
     if isinstance(e, Num):
-        return repr(e.value) if e.value != int(e.value) else str(int(e.value))
+        whole = e.value == int(e.value) and abs(e.value) < 1e15  # 1e30 stays 1e+30
+        return str(int(e.value)) if whole else repr(e.value)
     if isinstance(e, Name):
         return e.id
     if isinstance(e, Neg):
@@ -100,21 +126,38 @@ def format_expr(e: Expr) -> str:
         return f"-({inner})" if isinstance(e.operand, Neg) else f"-{inner}"
     if isinstance(e, Call):
         return f"{e.fn.id}({', '.join(format_expr(a) for a in e.args)})"
-    sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^"}[e.op]
+    sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^",
+           **COMPARISONS}[e.op]
     return f"({format_expr(e.lhs)} {sym} {format_expr(e.rhs)})"
 
 
+def _position(span: Span) -> tuple[int, int]:
+    return span.line, span.col
+
+
+def _header_arg(a: SizeArg | HyperArg) -> str:
+    if isinstance(a, SizeArg):
+        return f"{a.arg.id} {a.symbol.id}"
+    return a.name.id + ("" if a.default is None else f"={format_expr(a.default)}")
+
+
 def format_cell(cell: Cell) -> str:
-    sizes = ", ".join(f"{s.arg.id} {s.symbol.id}" for s in cell.sizes)
-    lines = [f"Cell {cell.name.id}({sizes})"]
+    header = sorted((*cell.sizes, *cell.hypers),
+                    key=lambda a: _position(a.arg.span if isinstance(a, SizeArg) else a.span))
+    lines = [f"Cell {cell.name.id}({', '.join(_header_arg(a) for a in header)})"]
     for st in cell.body:
-        if isinstance(st, Decl):
+        if isinstance(st, Def):
+            params = ", ".join(p.id for p in st.params)
+            lines.append(f"  Def {st.name.id}({params}) = {format_expr(st.body)}"
+                         f"    # line {st.span.line}")
+        elif isinstance(st, Decl):
             items = []
             for d in st.names:
                 dims = ("" if d.dims is None
                         else "[" + ", ".join(format_expr(x) for x in d.dims) + "]")
                 items.append(d.name.id + dims)
             init = f" ~ {format_expr(st.init)}" if st.init else ""
+            init += f" = {format_expr(st.value)}" if st.value is not None else ""
             lines.append(f"  Decl {st.kind} {', '.join(items)}{init}    # line {st.span.line}")
         elif isinstance(st, Assign):
             targets = ", ".join(t.id for t in st.targets)

@@ -21,6 +21,11 @@ The step's residuals are of three kinds. A step input x_t is already a sequence 
 a loop-invariant value (a weight) is passed to the reverse loop unchanged; anything else -- a value
 computed in the step, or the carry at time t -- must be saved per step, so the forward scan gets
 an extra stacked output for it. That set is exactly what the forward pass saves for the backward.
+
+Parameters may be *frozen* (a cell's `const` and hyper-parameters): constants for the
+derivative. Nothing that depends only on them is differentiated, and a scan's step gets the
+step parameters of frozen (or otherwise constant) arguments frozen too, so the reverse loop
+accumulates no cotangent for them; each still has its (zero) slot among the results.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ class Vjp:
         return self.fwd.results[self.n_results :]
 
 
-def active_values(f: Func) -> set[int]:
-    """Values that depend on a parameter of f (constants and their combinations do not)."""
-    active = {id(p) for p in f.params}
+def active_values(f: Func, frozen=()) -> set[int]:
+    """Values that depend on a parameter of f that is not frozen (constants, frozen
+    parameters and their combinations do not)."""
+    frozen_ids = {id(p) for p in frozen}
+    active = {id(p) for p in f.params if id(p) not in frozen_ids}
     for instr in f.body:
         if any(id(a) in active for a in instr.args):
             active.update(id(o) for o in instr.outs)
@@ -60,10 +67,11 @@ def _names(f: Func) -> list[str]:
     return [p.name for p in f.params] + [o.name for i in f.body for o in i.outs]
 
 
-def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
+def vjp(f: Func, adjoint_names: dict | None = None, frozen=()) -> Vjp:
     """Differentiate f. `adjoint_names` collects, for printing, which backward value is the
-    complete cotangent of which named forward value (loop bodies included)."""
-    active = active_values(f)
+    complete cotangent of which named forward value (loop bodies included). `frozen`: params
+    of f that are constants for the derivative (their cotangent is a zero)."""
+    active = active_values(f, frozen)
     b = Builder(names=_names(f), prefix="t")
     cotangent: dict[int, Value] = {}
     adjoint_names = {} if adjoint_names is None else adjoint_names
@@ -92,7 +100,7 @@ def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
             continue
         b.span, b.grad = instr.span, True
         if instr.op == "scan":
-            grads, forward_body[pos] = _scan_vjp(b, instr, dys, adjoint_names)
+            grads, forward_body[pos] = _scan_vjp(b, instr, dys, adjoint_names, active)
         else:
             rule = VJP.get(instr.op)
             if rule is None:
@@ -124,9 +132,10 @@ def vjp(f: Func, adjoint_names: dict | None = None) -> Vjp:
     return Vjp(fwd, bwd, len(f.results), adjoint_names)
 
 
-def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None],
-              adjoint_names) -> tuple[list[Value], Instr]:
-    """Cotangents of a scan's arguments, and the forward scan rewritten to save residuals."""
+def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names,
+              active: set[int]) -> tuple[list[Value | None], Instr]:
+    """Cotangents of a scan's arguments (None for the constant sequences and consts), and the
+    forward scan rewritten to save residuals."""
     scan = Scan.of(instr)
     step, nc = scan.step, scan.n_carry
     if scan.acc_results:
@@ -136,7 +145,11 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None],
         raise InternalError("differentiating a reverse scan is not supported")
     xs_args, const_args = scan.xs, scan.consts
     xs_p, const_p = scan.x_params, scan.const_params
-    g = vjp(step, adjoint_names)
+    # A sequence or loop-invariant argument that is constant outside is constant inside; the
+    # carry stays active (the step may make it depend on active values).
+    live = [id(a) in active for a in (*xs_args, *const_args)]
+    frozen = [p for p, on in zip((*xs_p, *const_p), live) if not on]
+    g = vjp(step, adjoint_names, frozen)
     step_residuals = g.bwd.params[: len(g.residuals)]
     seeds = g.bwd.params[len(g.residuals) :]
 
@@ -179,11 +192,17 @@ def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None],
     d_ys = [d if d is not None else b.const(0.0, like=o.type) for d, o in zip(d_ys, scan.ys)]
     rev_params = (seeds[:nc] + tuple(v for v, _ in per_step)
                   + seeds[nc:] + tuple(v for v, _ in consts))
-    rev_step = Func(step.name + "_bwd", rev_params, tuple(invariant) + g.bwd.body, g.bwd.results)
+    # Its results: d(carry), then d(x_t) and d(consts) for the arguments that are not constant.
+    d_carry_t, d_xs_t, d_consts_t = scan.split_args(g.bwd.results)
+    d_live = [r for r, on in zip((*d_xs_t, *d_consts_t), live) if on]
+    rev_step = Func(step.name + "_bwd", rev_params, tuple(invariant) + g.bwd.body,
+                    (*d_carry_t, *d_live))
     # Its outputs: d(initial carry), then d(x_t) stacked over time, then d(consts) summed.
+    n_live_xs = sum(live[: len(xs_p)])
     outs = b.scan(rev_step, d_final, xs=[*(s for _, s in per_step), *d_ys],
-                  consts=[c for _, c in consts], n_ys=len(xs_p), reverse=True)
-    return outs, forward
+                  consts=[c for _, c in consts], n_ys=n_live_xs, reverse=True)
+    found = iter(outs[nc:])
+    return [*outs[:nc], *(next(found) if on else None for on in live)], forward
 
 
 def _invariant_instrs(step: Func, const_p, residuals) -> list[Instr]:

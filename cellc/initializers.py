@@ -7,7 +7,8 @@ machinery (cellc/runtime/torch_layers.py) is pasted verbatim into generated modu
 only torch, so it holds a printed copy of this table's torch column (`torch_table_source`);
 tests/test_initializers.py fails when that copy is stale, and prints the text to paste.
 
-Adding an initializer is one row here, then refreshing that copy.
+Adding an initializer is one row here, then refreshing that copy. The "values" row is the one
+that is not called by name: an initializer expression such as `log(arange(1, N + 1))`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,16 @@ INITIALIZERS: dict[str, Initializer] = {
         "orthogonal() or orthogonal(gain)", (0, 1),
         lambda rng, shape, a: orthogonal(shape, rng) * (a[0] if a else 1.0),
         "torch.nn.init.orthogonal_(w, a[0] if a else 1.0)"),
+    # An initializer expression (`~ log(arange(1, N + 1))`), not called by name: lowering makes
+    # it Init("values", (expr,)), and its one argument is the value, already broadcast to the
+    # parameter's shape (an array, a nested list or a tensor).
+    "values": Initializer(
+        "an expression of numbers, sizes and arange(...), as in log(arange(1, H + 1))", (1,),
+        lambda rng, shape, a: np.array(np.broadcast_to(a[0], shape), dtype=np.float64),
+        "w.copy_(torch.as_tensor(a[0], dtype=w.dtype).expand_as(w))"),
 }
+# Rows a .cell file calls by name after `~` (the others are written as expressions).
+NAMED = tuple(name for name in INITIALIZERS if name != "values")
 
 
 def torch_table_source() -> str:

@@ -15,6 +15,8 @@ import math
 import operator
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from . import ast_nodes as A
 from . import initializers
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
@@ -22,6 +24,7 @@ from .names import LAYER_ATTRIBUTES, MAX_NAME_LENGTH, MODULE_ATTRIBUTES, why_unu
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
 from .source import (
+    CellError,
     CellNameError,
     CellShapeError,
     CellSyntaxError,
@@ -32,27 +35,57 @@ from .source import (
 )
 
 NUMERIC_FUNCTIONS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}
+# An initializer expression (`~ log(arange(1, N + 1))`) may also call arange, as NumPy's.
+ARANGE_ARITY = (1, 2, 3)
+MAX_ARANGE = 1 << 24  # elements of one arange: far more than any parameter, far less than memory
+
+# The functions a .cell file may call besides split and concat, with their argument counts.
+# clamp and var are written out in other ops: min(max(x, lo), hi), mean((v - mean(v))^2).
+FUNCTION_ARITY = {**{f: 1 for f in UNARY_FUNCTIONS + REDUCTIONS},
+                  **{f: 2 for f in BINARY_FUNCTIONS}, "where": 3, "clamp": 3, "var": 1}
+BUILTIN_FUNCTIONS = frozenset(FUNCTION_ARITY) | {"split", "concat", "arange"}
+# Inline expansion of defs: a bound on the expanded statements' depth (the parser bounds what
+# is written, MAX_DEPTH in syntax.py; lowering recurses about three frames a level) and on the
+# instructions a cell may expand to (each def may call earlier ones twice: 2^n).
+MAX_EXPANDED_DEPTH = 250
+MAX_INSTRUCTIONS = 20_000
+
+# Parameter kinds: "param" and "bias" are trained ("bias" is left out, i.e. zero, in a layer
+# built with bias=False); "const" (`const P[H, H] ~ orthogonal()`) is a frozen buffer and
+# "hyper" a header's float hyper-parameter (`forget_bias=1.0`); neither gets a gradient.
+TRAINED_KINDS = ("param", "bias")
+FROZEN_KINDS = ("const", "hyper")
 
 
 @dataclass(frozen=True)
 class Init:
-    """A parameter initializer, its arguments still expressions in the size symbols."""
+    """A parameter initializer, its arguments still expressions in the size symbols. `fn` is a
+    row of cellc/initializers.py; "values" holds one expression (`log(arange(1, N + 1))`), whose
+    value broadcasts to `shape`, the parameter's."""
 
     fn: str
     args: tuple[A.Expr, ...]
     span: Span | None
+    shape: tuple[Dim, ...] | None = None  # for "values": the parameter's shape
 
-    def values(self, sizes: dict[str, int]) -> list[float]:
+    def values(self, sizes: dict[str, int]) -> list:
+        """The arguments for bound sizes: floats, or for "values" the one float64 array,
+        broadcast to the parameter's full shape (a located CellShapeError if it does not)."""
+        if self.fn == "values":
+            return [broadcast_values(eval_values(self.args[0], sizes), self.shape, sizes,
+                                     self.span)]
         return [eval_number(a, sizes) for a in self.args]
 
     def __str__(self) -> str:
+        if self.fn == "values":
+            return A.format_expr(self.args[0])
         return f"{self.fn}({', '.join(A.format_expr(a) for a in self.args)})"
 
 
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
-    kind: str  # "param" or "bias" (a bias is left out, i.e. zero, when a layer has bias=False)
+    kind: str  # "param", "bias", "const" or "hyper" (see TRAINED_KINDS, FROZEN_KINDS)
     type: TensorType
     init: Init
     span: Span
@@ -76,11 +109,26 @@ class CellIR:
     source: Source
     warnings: tuple[CellWarning, ...] = field(default=(), compare=False)
     input_span: Span | None = field(default=None, compare=False)  # where the input is declared
+    # One per state: its initial value's expression (`state m[H] = -1e30`), None for zero.
+    state_init: tuple[A.Expr | None, ...] = ()
+
+    def initial_value(self, k: int, sizes: dict[str, int]) -> float:
+        """State k's value before the first step when no initial state is given."""
+        e = self.state_init[k] if k < len(self.state_init) else None
+        return 0.0 if e is None else eval_number(e, dict(sizes))
+
+    @property
+    def frozen_params(self) -> tuple[bool, ...]:
+        """Per parameter: a constant for the derivative (kind const or hyper)."""
+        return tuple(p.kind in FROZEN_KINDS for p in self.params)
 
     @property
     def param_count_formula(self) -> Dim:
+        """The trained numbers: constants and hyper-parameters are not counted."""
         total = Dim.of(0)
         for p in self.params:
+            if p.kind not in TRAINED_KINDS:
+                continue
             n = Dim.of(1)
             for d in p.type.shape:
                 n = n * d
@@ -114,6 +162,12 @@ class CellIR:
                         f"{self.name}: with {args}, '{v.name}' would have {d} = {n} features;"
                         " choose sizes that make it a positive whole number"
                     )
+        # Values that only the sizes decide: initializer expressions and initial states.
+        for p in self.params:
+            if p.init.fn == "values":
+                p.init.values(sizes)
+        for k in range(len(self.states)):
+            self.initial_value(k, sizes)
         return sizes
 
 
@@ -189,11 +243,128 @@ def _finite(value: float, e: A.Expr) -> float:
     return value
 
 
+# -- initializer expressions (`param A_log[D, N] ~ log(arange(1, N + 1))`) -------------------
+
+
+class _BadShape(Exception):
+    def __init__(self, message: str, span: Span):
+        self.message, self.span = message, span
+
+
+def eval_values(e: A.Expr, sizes: dict[str, int]) -> np.ndarray:
+    """The float64 array of an initializer expression for bound sizes; a part that is not
+    finite, an arange too long or operands that do not broadcast are located errors."""
+    try:
+        value = _values(e, sizes)
+    except _NotFinite as bad:
+        bound = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
+        raise CellValueError(f"{bad.message} with {bound}", bad.span) from None
+    except _BadShape as bad:
+        raise CellShapeError(bad.message, bad.span) from None
+    assert value is not None
+    return value
+
+
+def fold_values(e: A.Expr) -> np.ndarray | None:
+    """The array of an initializer expression that uses no size symbol, None if it uses one;
+    the parts without sizes are checked here, so `cellc check` reports them."""
+    try:
+        return _values(e, None)
+    except _NotFinite as bad:
+        raise CellValueError(bad.message, bad.span) from None
+    except _BadShape as bad:
+        raise CellShapeError(bad.message, bad.span) from None
+
+
+def broadcast_values(value: np.ndarray, shape: tuple[Dim, ...], sizes: dict[str, int],
+                     span: Span | None) -> np.ndarray:
+    """The value broadcast to the parameter's shape by NumPy's rules, as a new array."""
+    full = tuple(int(d.evaluate(sizes)) for d in shape)
+    try:
+        return np.array(np.broadcast_to(value, full), dtype=np.float64)
+    except ValueError:
+        raise CellShapeError(
+            f"the initializer's value has shape {list(value.shape)}, which does not broadcast"
+            f" to the parameter's shape {list(full)}", span) from None
+
+
+def _values(e: A.Expr, sizes: dict[str, int] | None) -> np.ndarray | None:
+    """As _evaluate, elementwise over float64 arrays, with arange; None where sizes is None
+    and a size is read. NumPy's warnings are off: each result is checked instead."""
+    if isinstance(e, A.Num):
+        return np.float64(_finite(e.value, e))
+    if isinstance(e, A.Name):
+        return None if sizes is None else np.float64(sizes[e.id])
+    if isinstance(e, A.Neg):
+        x = _values(e.operand, sizes)
+        return None if x is None else -x
+    if isinstance(e, A.Call) and e.fn.id == "arange":
+        return _arange(e, [_values(a, sizes) for a in e.args])
+    if isinstance(e, A.Call):
+        x = _values(e.args[0], sizes)
+        if x is None:
+            return None
+        fn, x = e.fn.id, np.asarray(x)
+        bad = x[x < 0] if fn == "sqrt" else x[x <= 0] if fn == "log" else x[:0]
+        if bad.size:
+            raise _NotFinite(f"{fn} of {float(bad.flat[0]):g} is not a finite real number",
+                             e.span)
+        with np.errstate(all="ignore"):
+            return _finite_array(getattr(np, fn)(x), e)
+    lhs, rhs = _values(e.lhs, sizes), _values(e.rhs, sizes)
+    if e.op == "div" and rhs is not None and np.any(rhs == 0):
+        raise _NotFinite("division by zero", e.span)
+    if lhs is None or rhs is None:
+        return None
+    try:
+        np.broadcast_shapes(np.shape(lhs), np.shape(rhs))
+    except ValueError:
+        raise _BadShape(f"cannot combine values of shapes {list(np.shape(lhs))} and"
+                        f" {list(np.shape(rhs))}", e.span) from None
+    if e.op == "pow":
+        if np.any((lhs == 0) & (rhs < 0)):
+            raise _NotFinite("division by zero", e.span)
+        if np.any((lhs < 0) & (rhs != np.round(rhs))):
+            raise _NotFinite("a negative number to a fractional power is not a real number",
+                             e.span)
+    with np.errstate(all="ignore"):
+        value = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                 "pow": np.power}[e.op](lhs, rhs)
+    return _finite_array(value, e)
+
+
+def _arange(e: A.Call, args: list) -> np.ndarray | None:
+    if any(a is None for a in args):
+        return None
+    for a, x in zip(e.args, args):
+        if np.ndim(x) != 0:
+            raise _BadShape("arange takes numbers, not a list of values", a.span)
+    start, stop, step = ([0.0] + args + [1.0])[-3:] if len(args) == 1 else (args + [1.0])[:3]
+    if step == 0:
+        raise _NotFinite("arange with a step of 0 never ends", e.span)
+    count = (stop - start) / step
+    if not math.isfinite(count) or count > MAX_ARANGE:
+        raise _NotFinite(f"arange of {count:g} numbers is too long (at most {MAX_ARANGE})",
+                         e.span)
+    return np.arange(start, stop, step, dtype=np.float64)
+
+
+def _finite_array(value, e: A.Expr):
+    if not np.all(np.isfinite(value)):
+        raise _NotFinite("the value is not a finite number (too large)", e.span)
+    return value
+
+
 @dataclass
 class _Binding:
     value: Value
     span: Span
-    kind: str  # input state param bias value size
+    kind: str  # input state param bias const hyper value size
+
+
+# How an error names the earlier definition of a name, by its binding's kind.
+_KIND_WORDS = {"size": "size symbol", "value": "name", "hyper": "hyper-parameter",
+               "def": "function", "const": "constant"}
 
 
 class _Lowerer:
@@ -202,29 +373,46 @@ class _Lowerer:
         self.b = Builder()
         self.env: dict[str, _Binding] = {}
         self.sizes: dict[str, A.Name] = {}
+        self.defs: dict[str, A.Def] = {}
         self.used: set[str] = set()
         self.warnings: list[CellWarning] = []
+        # Inside an expanded def: its parameters' values, and the call site in the statement
+        # being lowered, which every instruction of the expansion is attributed to.
+        self.scope: dict[str, Value] | None = None
+        self.site: Span | None = None
+        self.depth = 0  # expr() levels now open, expansions included
 
     # -- names --------------------------------------------------------------------------------
 
+    def previous(self, name: str) -> _Binding | None:
+        if name in self.env:
+            return self.env[name]
+        if name in self.sizes:
+            return _Binding(None, self.sizes[name].span, "size")
+        if name in self.defs:
+            return _Binding(None, self.defs[name].name.span, "def")
+        return None
+
     def define(self, name: A.Name, binding: _Binding):
-        prev = self.env.get(name.id) or (
-            _Binding(None, self.sizes[name.id].span, "size") if name.id in self.sizes else None
-        )
+        prev = self.previous(name.id)
         if prev is not None:
-            what = ("size symbol" if prev.kind == "size"
-                    else prev.kind if prev.kind != "value" else "name")
+            what = _KIND_WORDS.get(prev.kind, prev.kind)
             raise CellNameError(f"'{name.id}' is already defined", name.span).note(
                 f"previous definition of {what} '{name.id}'", prev.span
             )
         self.env[name.id] = binding
 
     def lookup(self, name: A.Name) -> Value:
-        if name.id in self.env:
+        if self.scope is not None and name.id in self.scope:
+            return self.scope[name.id]
+        if name.id in self.env and (self.scope is None or self.env[name.id].kind == "hyper"):
             self.used.add(name.id)
             return self.env[name.id].value
         if name.id in self.sizes:
             return self.b.const(Dim.of(name.id))
+        if name.id in self.defs:
+            raise CellNameError(f"'{name.id}' is a function; call it, as in {name.id}(...)",
+                                name.span).note("defined", self.defs[name.id].name.span)
         if (name.id.endswith("'")
                 and self.env.get(name.id[:-1], _Binding(None, None, "")).kind == "state"):
             raise CellNameError(f"'{name.id}' is used before it is assigned", name.span)
@@ -236,7 +424,7 @@ class _Lowerer:
         raise err
 
     def describe(self, e: A.Expr, v: Value) -> list[tuple[str, Span]]:
-        if isinstance(e, A.Name) and e.id in self.env:
+        if self.scope is None and isinstance(e, A.Name) and e.id in self.env:
             return [(f"'{e.id}' is {v.type}, defined", self.env[e.id].span)]
         return []
 
@@ -270,40 +458,65 @@ class _Lowerer:
         raise CellShapeError("a size is built from size symbols, whole numbers, + - * and /",
                              e.span)
 
-    def check_numeric(self, e: A.Expr):
-        """Initializer arguments: numbers, size symbols, + - * / ^ and sqrt/exp/log."""
+    def check_numeric(self, e: A.Expr, what: str = "initializer arguments",
+                      arange: bool = False, sizes: bool = True):
+        """Initializer arguments: numbers, size symbols, + - * / ^ and sqrt/exp/log; an
+        initializer expression (`arange`) may call arange too; a default uses no sizes."""
         if isinstance(e, A.Num):
             return
         if isinstance(e, A.Name):
-            if e.id not in self.sizes:
+            if e.id not in self.sizes or not sizes:
+                allowed = "only sizes and numbers" if sizes else "only numbers"
                 raise CellNameError(
-                    f"'{e.id}' is not a size symbol; initializer arguments may use only sizes and"
-                    " numbers", e.span)
+                    f"'{e.id}' is not {'a size symbol' if sizes else 'a number'}; {what} may"
+                    f" use {allowed}", e.span)
             return
         if isinstance(e, A.Neg):
-            return self.check_numeric(e.operand)
+            return self.check_numeric(e.operand, what, arange, sizes)
         if isinstance(e, A.Call):
-            if e.fn.id not in NUMERIC_FUNCTIONS or len(e.args) != 1:
+            fn = e.fn.id
+            if arange and fn == "arange":
+                if len(e.args) not in ARANGE_ARITY:
+                    raise CellShapeError("use arange(stop), arange(start, stop) or"
+                                         " arange(start, stop, step)", e.span)
+            elif fn not in NUMERIC_FUNCTIONS or len(e.args) != 1:
+                also = ", log or arange" if arange else " or log"
                 raise CellNameError(
-                    f"'{e.fn.id}' cannot be used in an initializer argument (use sqrt, exp or log)",
-                    e.fn.span)
-            return self.check_numeric(e.args[0])
-        if e.op == "matmul":
-            raise CellShapeError("'@' cannot be used in an initializer argument", e.span)
-        self.check_numeric(e.lhs)
-        self.check_numeric(e.rhs)
+                    f"'{fn}' cannot be used in {what} (use sqrt, exp{also})", e.fn.span)
+            for a in e.args:
+                self.check_numeric(a, what, arange, sizes)
+            return
+        if e.op not in ("add", "sub", "mul", "div", "pow"):
+            sym = {"matmul": "@", **A.COMPARISONS}.get(e.op, e.op)
+            raise CellShapeError(f"'{sym}' cannot be used in {what}", e.span)
+        self.check_numeric(e.lhs, what, arange, sizes)
+        self.check_numeric(e.rhs, what, arange, sizes)
 
     # -- expressions --------------------------------------------------------------------------
 
+    def at(self, e: A.Expr):
+        """Attribute what is emitted next to e, or, inside an expansion, to its call site."""
+        self.b.span = self.site or e.span
+
     def expr(self, e: A.Expr) -> Value:
-        self.b.span = e.span
+        self.depth += 1
+        try:
+            if self.site is not None and self.depth > MAX_EXPANDED_DEPTH:
+                raise CellSyntaxError(
+                    f"expression too deep: with the defs it calls expanded, more than"
+                    f" {MAX_EXPANDED_DEPTH} levels; split it into several assignments", e.span)
+            return self._expr(e)
+        finally:
+            self.depth -= 1
+
+    def _expr(self, e: A.Expr) -> Value:
+        self.at(e)
         if isinstance(e, A.Num):
             return self.b.const(e.value)
         if isinstance(e, A.Name):
             return self.lookup(e)
         if isinstance(e, A.Neg):
             if isinstance(e.operand, A.Num):
-                self.b.span = e.span
                 return self.b.const(-e.operand.value)
             x = self.expr(e.operand)
             return self.emit("neg", [x], e)
@@ -312,7 +525,7 @@ class _Lowerer:
         return self.call(e)
 
     def emit(self, op: str, args: list[Value], e: A.Expr, operands=(), **attrs) -> Value:
-        self.b.span = e.span
+        self.at(e)
         try:
             (out,) = self.b.emit(op, args, attrs)
         except ShapeMismatch as m:
@@ -321,12 +534,13 @@ class _Lowerer:
 
     def shape_error(self, op, args, e, operands, why) -> CellShapeError:
         verbs = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide",
-                 "min": "take the min of", "max": "take the max of"}
+                 "min": "take the min of", "max": "take the max of", "power": "raise",
+                 **{c: "compare" for c in A.COMPARISONS}}
         if op in verbs:
-            joiner = "by" if op in ("mul", "div") else "and"
+            joiner = "by" if op in ("mul", "div") else "to the power" if op == "power" else "and"
             msg = f"cannot {verbs[op]} {args[0].type} {joiner} {args[1].type}: {why}"
         else:
-            msg = why if op == "matmul" else f"{op}: {why}"
+            msg = why if op in ("matmul", "where") else f"{op}: {why}"
         err = CellShapeError(msg, e.span)
         for sub, v in zip(operands, args):
             for text, span in self.describe(sub, v):
@@ -339,29 +553,30 @@ class _Lowerer:
             sign = 1.0
             if isinstance(exponent, A.Neg):
                 exponent, sign = exponent.operand, -1.0
-            if not isinstance(exponent, A.Num):
-                raise CellShapeError("an exponent must be a number, as in x^2 or x^-0.5",
-                                     e.rhs.span)
-            base = self.expr(e.lhs)
-            return self.emit("pow", [base], e, exponent=sign * exponent.value)
+            if isinstance(exponent, A.Num):  # a number exponent stays an attribute
+                base = self.expr(e.lhs)
+                return self.emit("pow", [base], e, exponent=sign * exponent.value)
+            base, power = self.expr(e.lhs), self.expr(e.rhs)
+            return self.emit("power", [base, power], e, operands=(e.lhs, e.rhs))
         lhs, rhs = self.expr(e.lhs), self.expr(e.rhs)
         return self.emit(e.op, [lhs, rhs], e, operands=(e.lhs, e.rhs))
 
-    def call(self, e: A.Call) -> Value:
+    def check_call(self, e: A.Call):
+        """The function exists and takes this many arguments (a def's count: `expand`)."""
         fn = e.fn.id
+        if fn in self.defs:
+            return
         if fn == "split":
             raise CellShapeError(
                 "split gives several values; assign them to names, as in a, b = split(x, 2)",
                 e.span)
-        arity = (1 if fn in UNARY_FUNCTIONS or fn in REDUCTIONS
-                 else 2 if fn in BINARY_FUNCTIONS else None)
         if fn == "concat":
             if not e.args:
                 raise CellShapeError("concat needs at least one argument", e.span)
-            args = [self.expr(a) for a in e.args]
-            return self.emit("concat", args, e, operands=e.args)
+            return
+        arity = FUNCTION_ARITY.get(fn)
         if arity is None:
-            known = sorted(UNARY_FUNCTIONS + BINARY_FUNCTIONS + REDUCTIONS + ("split", "concat"))
+            known = sorted({*FUNCTION_ARITY, "split", "concat", *self.defs})
             err = CellNameError(f"unknown function '{fn}'", e.fn.span)
             close = difflib.get_close_matches(fn, known, n=1)
             err.note(f"did you mean '{close[0]}'?" if close else "functions: " + ", ".join(known))
@@ -369,14 +584,125 @@ class _Lowerer:
         if len(e.args) != arity:
             raise CellShapeError(
                 f"{fn} takes {arity} argument{'s' if arity > 1 else ''}, not {len(e.args)}", e.span)
+
+    def call(self, e: A.Call) -> Value:
+        fn = e.fn.id
+        self.check_call(e)
+        if fn in self.defs:
+            return self.expand(self.defs[fn], e)
         args = [self.expr(a) for a in e.args]
+        if fn == "clamp":  # min(max(x, lo), hi)
+            low = self.emit("max", args[:2], e, operands=e.args[:2])
+            return self.emit("min", [low, args[2]], e, operands=(e.args[0], e.args[2]))
+        if fn == "var":  # population variance over the features: mean((v - mean(v))^2)
+            centred = self.emit("sub", [args[0], self.emit("mean", args, e)], e)
+            return self.emit("mean", [self.emit("pow", [centred], e, exponent=2.0)], e)
         return self.emit(fn, args, e, operands=e.args)
+
+    # -- user functions -----------------------------------------------------------------------
+
+    def define_function(self, d: A.Def):
+        """Check a def where it is written: its name, its parameters, and that its body reads
+        only its parameters, sizes and hyper-parameters and calls only known functions."""
+        name = d.name.id
+        if name.endswith("'"):
+            raise CellNameError("a function name cannot end in a prime", d.name.span)
+        if name in BUILTIN_FUNCTIONS:
+            raise CellNameError(f"def '{name}' would hide the built-in function '{name}';"
+                                " rename it", d.name.span)
+        if name in self.defs:
+            raise CellNameError(f"function '{name}' is already defined", d.name.span).note(
+                "previous definition", self.defs[name].name.span)
+        prev = self.previous(name)
+        if prev is not None:
+            raise CellNameError(f"'{name}' is already defined", d.name.span).note(
+                f"previous definition of {_KIND_WORDS.get(prev.kind, prev.kind)} '{name}'",
+                prev.span)
+        seen: dict[str, A.Name] = {}
+        for p in d.params:
+            if p.id in seen:
+                raise CellNameError(f"parameter '{p.id}' of '{name}' appears twice",
+                                    p.span).note("first", seen[p.id].span)
+            if p.id.endswith("'"):
+                raise CellNameError("a function's parameter cannot end in a prime", p.span)
+            hidden = self.previous(p.id)
+            if hidden is not None and hidden.kind in ("size", "hyper"):
+                what = _KIND_WORDS[hidden.kind]
+                raise CellNameError(f"parameter '{p.id}' of '{name}' would hide the {what}"
+                                    f" '{p.id}'; rename it", p.span).note("declared", hidden.span)
+            seen[p.id] = p
+        self.check_body(d, d.body, set(seen))
+        self.defs[name] = d
+
+    def check_body(self, d: A.Def, e: A.Expr, params: set[str]):
+        if isinstance(e, A.Name):
+            b = self.env.get(e.id)
+            if e.id in params or e.id in self.sizes or (b is not None and b.kind == "hyper"):
+                return
+            if b is not None or (e.id.endswith("'") and e.id[:-1] in self.env):
+                what = _KIND_WORDS.get(b.kind, b.kind) if b is not None else "next value"
+                raise CellNameError(
+                    f"the body of '{d.name.id}' cannot use the cell's {what} '{e.id}': a def"
+                    " sees only its parameters, the sizes and hyper-parameters; pass it as an"
+                    " argument", e.span)
+            if e.id in self.defs:
+                self.lookup(e)  # "is a function; call it"
+            known = sorted(params) + list(self.sizes)
+            err = CellNameError(f"unknown name '{e.id}' in the body of '{d.name.id}'", e.span)
+            close = difflib.get_close_matches(e.id, known, n=1)
+            raise err.note(f"did you mean '{close[0]}'?" if close else
+                           f"'{d.name.id}' has parameters {', '.join(sorted(params)) or 'none'}")
+        if isinstance(e, A.Neg):
+            self.check_body(d, e.operand, params)
+        elif isinstance(e, A.BinOp):
+            self.check_body(d, e.lhs, params)
+            self.check_body(d, e.rhs, params)
+        elif isinstance(e, A.Call):
+            if e.fn.id == d.name.id:
+                raise CellNameError(
+                    f"'{d.name.id}' cannot call itself: a def is expanded inline, and may call"
+                    " only the defs before it", e.fn.span)
+            self.check_call(e)
+            if e.fn.id in self.defs:
+                self.check_arguments(self.defs[e.fn.id], e)
+            for a in e.args:
+                self.check_body(d, a, params)
+
+    def check_arguments(self, d: A.Def, e: A.Call):
+        n, given = len(d.params), len(e.args)
+        if given != n:
+            raise CellShapeError(
+                f"{d.name.id} takes {n} argument{'s' if n != 1 else ''}, not {given}",
+                e.span).note(f"'{d.name.id}' is defined", d.span)
+
+    def expand(self, d: A.Def, e: A.Call) -> Value:
+        """Lower a def's body with its parameters bound to the call's arguments. An error in
+        the body points at the body's text, with a note at the call."""
+        self.check_arguments(d, e)
+        args = [self.expr(a) for a in e.args]
+        saved = self.scope, self.site
+        self.scope = {p.id: v for p, v in zip(d.params, args)}
+        self.site = self.site or e.span
+        self.used.add(d.name.id)
+        try:
+            value = self.expr(d.body)
+        except CellError as err:
+            if len(err.notes) < 8:  # nested expansions: the innermost calls say enough
+                err.note(f"in '{d.name.id}', called", e.span)
+            raise
+        finally:
+            self.scope, self.site = saved
+        if len(self.b.body) > MAX_INSTRUCTIONS:
+            raise CellSyntaxError(
+                f"expanding '{d.name.id}' makes the cell more than {MAX_INSTRUCTIONS}"
+                " instructions", e.span)
+        return value
 
     # -- statements ---------------------------------------------------------------------------
 
     def check_name(self, name: A.Name, what: str):
         """Cell and size names are written into generated code as they are (see names.py)."""
-        why = why_unusable(name.id, what)
+        why = why_unusable(name.id, "size argument" if what == "hyper-parameter" else what)
         if why is None:
             return
         shown = name.id if len(name.id) <= MAX_NAME_LENGTH else name.id[:12] + "..."
@@ -385,20 +711,44 @@ class _Lowerer:
                                 f" generated code: {why}; rename the cell", name.span)
         raise CellNameError(f"the {what} '{shown}' cannot be used: {why}; rename it", name.span)
 
-    def lower(self) -> CellIR:
+    def header(self) -> list[tuple[Value, tuple]]:
+        """Bind the header's size symbols and declare its hyper-parameters, which come first
+        among the parameters, as [1] values that start at their defaults."""
         cell = self.cell
-        self.check_name(cell.name, "cell")
+        args: dict[str, Span] = {}
         for s in cell.sizes:
             self.check_name(s.arg, "size argument")
             self.check_name(s.symbol, "size symbol")
             if s.symbol.id in self.sizes:
                 raise CellNameError(f"size symbol '{s.symbol.id}' is bound twice", s.symbol.span)
-            args = [x.arg.id for x in cell.sizes]
-            if args.count(s.arg.id) > 1:
+            if s.arg.id in args:
                 raise CellNameError(f"argument '{s.arg.id}' appears twice", s.arg.span)
+            args[s.arg.id] = s.arg.span
             self.sizes[s.symbol.id] = s.symbol
+        hypers = []
+        for h in cell.hypers:
+            name = h.name
+            self.check_name(name, "hyper-parameter")
+            if name.id in args:
+                raise CellNameError(f"argument '{name.id}' appears twice", name.span).note(
+                    "first", args[name.id])
+            args[name.id] = name.span
+            if h.default is None:
+                raise CellNameError(f"hyper-parameter '{name.id}' needs a default value, as in"
+                                    f" {name.id}=1.0", name.span)
+            self.check_numeric(h.default, "a hyper-parameter's default", sizes=False)
+            default = fold_number(h.default)
+            v = Value(self.b.fresh(name.id), TensorType((Dim.of(1),), Batch.NONE))
+            self.define(name, _Binding(v, h.span, "hyper"))
+            d = A.Declared(name, None, h.span)
+            hypers.append((v, (d, "hyper", Init("constant", (A.Num(default, h.default.span),),
+                                                 h.span))))
+        return hypers
 
-        inputs, states, params = [], [], []
+    def lower(self) -> CellIR:
+        cell = self.cell
+        self.check_name(cell.name, "cell")
+        inputs, states, params = [], [], self.header()
         next_values: dict[str, Value] = {}
         output: A.Name | None = None
         for st in cell.body:
@@ -413,17 +763,21 @@ class _Lowerer:
             raise CellNameError("a cell takes exactly one input, the sequence element", span)
         if not states:
             raise CellNameError("a cell needs at least one state", cell.name.span)
-        for v, decl in states:
+        for v, decl, _ in states:
             if v.name not in next_values:
                 raise CellNameError(
                     f"state '{v.name}' has no next value; assign {v.name}' = ...", decl.name.span)
         if output is None:
             raise CellNameError("the cell has no 'output' statement", cell.name.span)
         for name, b in self.env.items():
-            if b.kind in ("param", "bias", "input") and name not in self.used:
-                self.warnings.append(CellWarning(f"{b.kind} '{name}' is never used", b.span))
+            if b.kind in ("param", "bias", "const", "hyper", "input") and name not in self.used:
+                what = _KIND_WORDS.get(b.kind, b.kind)
+                self.warnings.append(CellWarning(f"{what} '{name}' is never used", b.span))
+        for name, d in self.defs.items():
+            if name not in self.used:
+                self.warnings.append(CellWarning(f"function '{name}' is never used", d.name.span))
 
-        state_vals = tuple(v for v, _ in states)
+        state_vals = tuple(v for v, _, _ in states)
         results = tuple(next_values[v.name] for v in state_vals) + (self.env[output.id].value,)
         step_params = state_vals + (inputs[0][0],) + tuple(v for v, _ in params)
         step = verify(Func(cell.name.id, step_params, tuple(self.b.body), results))
@@ -432,13 +786,15 @@ class _Lowerer:
         return CellIR(
             cell.name.id, tuple(SizeSpec(s.arg.id, s.symbol.id) for s in cell.sizes),
             inputs[0][0], state_vals, specs, output.id, step, cell.span.source,
-            tuple(self.warnings), inputs[0][1].span,
+            tuple(self.warnings), inputs[0][1].span, tuple(init for _, _, init in states),
         )
 
     def statement(self, st: A.Statement, inputs, states, params, next_values, output):
         """Lower one statement; return the output name (the one `output` statement's)."""
         if isinstance(st, A.Decl):
             self.declare(st, inputs, states, params)
+        elif isinstance(st, A.Def):
+            self.define_function(st)
         elif isinstance(st, A.Assign):
             self.assign(st, next_values)
         else:
@@ -454,24 +810,51 @@ class _Lowerer:
                                      output.span)
         return output
 
+    def initializer(self, st: A.Decl) -> Init:
+        """The `~` of a parameter or constant: a named initializer's call, or an expression."""
+        if st.init is None:
+            return Init("zeros", (), None)
+        e = st.init
+        fn = e.fn.id if isinstance(e, A.Call) else None
+        known = initializers.INITIALIZERS.get(fn) if fn != "values" else None
+        if known is None and fn is not None and fn not in (*NUMERIC_FUNCTIONS, "arange"):
+            err = CellNameError(f"unknown initializer '{fn}'", e.fn.span)
+            raise err.note("initializers: " + ", ".join(
+                initializers.INITIALIZERS[n].usage for n in initializers.NAMED))
+        if known is None:  # an expression of numbers, sizes and arange
+            self.check_numeric(e, "an initializer expression", arange=True)
+            fold_values(e)  # the parts without sizes; the rest is checked when bound
+            return Init("values", (e,), e.span)
+        if len(e.args) not in known.arity:
+            raise CellShapeError(f"wrong number of arguments; use {known.usage}", e.span)
+        for a in e.args:
+            self.check_numeric(a)
+            fold_number(a)  # the parts without sizes; the rest is checked when bound
+        return Init(fn, e.args, e.span)
+
+    def initial_state(self, st: A.Decl) -> A.Expr | None:
+        """The `= EXPR` of a state: its value before the first step, as initializer
+        arguments are written (numbers, sizes, + - * / ^, sqrt exp log)."""
+        if st.value is None:
+            return None
+        self.check_numeric(st.value, "a state's initial value")
+        fold_number(st.value)
+        return st.value
+
     def declare(self, st: A.Decl, inputs, states, params):
-        if st.init is not None and st.kind not in ("param", "bias"):
-            raise CellNameError(f"only parameters have initializers, not {st.kind}s", st.init.span)
-        init = Init("zeros", (), None)
-        if st.init is not None:
-            fn = st.init.fn.id
-            known = initializers.INITIALIZERS.get(fn)
-            if known is None:
-                err = CellNameError(f"unknown initializer '{fn}'", st.init.fn.span)
-                raise err.note("initializers: " + ", ".join(
-                    i.usage for i in initializers.INITIALIZERS.values()))
-            if len(st.init.args) not in known.arity:
-                raise CellShapeError(f"wrong number of arguments; use {known.usage}",
-                                     st.init.span)
-            for a in st.init.args:
-                self.check_numeric(a)
-                fold_number(a)  # the parts without sizes; the rest is checked when bound
-            init = Init(fn, st.init.args, st.init.span)
+        if st.init is not None and st.kind not in ("param", "bias", "const"):
+            err = CellNameError(f"only parameters and constants have initializers (~), not"
+                                f" {st.kind}s", st.init.span)
+            if st.kind == "state":
+                err.note("a state's initial value is written with '=', as in state m[H] = -1e30")
+            raise err
+        if st.value is not None and st.kind != "state":
+            err = CellNameError(f"only states have an initial value (=), not {st.kind}s",
+                                st.value.span)
+            if st.kind in ("param", "bias", "const"):
+                err.note("a parameter's initializer is written with '~', as in W[H] ~ ones()")
+            raise err
+        init, start = self.initializer(st), self.initial_state(st)
         for d in st.names:
             if d.name.id.endswith("'"):
                 raise CellNameError("a primed name is a state's next value; declare it unprimed",
@@ -494,9 +877,27 @@ class _Lowerer:
             if st.kind == "input":
                 inputs.append((v, d))
             elif st.kind == "state":
-                states.append((v, d))
+                states.append((v, d, start))
+            elif init.fn == "values":
+                self.check_broadcast(init, dims)
+                params.append((v, (d, st.kind, replace(init, shape=dims))))
             else:
                 params.append((v, (d, st.kind, init)))
+
+    def check_broadcast(self, init: Init, dims: tuple[Dim, ...]):
+        """What can be told before sizes are bound: a value without sizes against the
+        parameter's dimensions that are numbers (the rest is checked when bound)."""
+        value = fold_values(init.args[0])
+        if value is None:
+            return
+        shape = np.shape(value)
+        fits = len(shape) <= len(dims) and all(
+            n == 1 or d.constant is None or d.constant == n
+            for n, d in zip(reversed(shape), reversed(dims)))
+        if not fits:
+            raise CellShapeError(
+                f"the initializer's value has shape {list(shape)}, which does not broadcast to"
+                f" the parameter's shape [{', '.join(map(str, dims))}]", init.span)
 
     def assign(self, st: A.Assign, next_values: dict[str, Value]):
         value = st.value
@@ -533,7 +934,8 @@ class _Lowerer:
                         f"{name} names the next value of a state, but there is no state"
                         f" '{name[:-1]}'", target.span)
                 if base.kind != "state":
-                    what = {"value": "a computed value", "input": "an input"}.get(
+                    what = {"value": "a computed value", "input": "an input",
+                            "hyper": "a hyper-parameter", "const": "a constant"}.get(
                         base.kind, f"a {base.kind}")
                     how = "defined" if base.kind == "value" else "declared"
                     raise CellNameError(
@@ -545,10 +947,12 @@ class _Lowerer:
                         f" not {v.type}",
                         st.value.span).note(f"'{name[:-1]}' is declared", base.span)
                 next_values[name[:-1]] = v
-            elif name in self.env and self.env[name].kind in ("input", "state", "param", "bias"):
+            elif name in self.env and self.env[name].kind in (
+                    "input", "state", "param", "bias", "const", "hyper"):
+                kind = self.env[name].kind
                 raise CellNameError(
-                    f"cannot assign to {self.env[name].kind} '{name}'"
-                    + (f"; its next value is {name}'" if self.env[name].kind == "state" else ""),
+                    f"cannot assign to {_KIND_WORDS.get(kind, kind)} '{name}'"
+                    + (f"; its next value is {name}'" if kind == "state" else ""),
                     target.span).note("declared", self.env[name].span)
             self.define(target, _Binding(v, target.span, "value"))
 

@@ -61,9 +61,16 @@ def optimized_forward(cell: CellIR) -> Func:
     return run_passes(sequence_program(cell), FORWARD_PASSES)
 
 
+def frozen_params(cell: CellIR, fwd: Func) -> tuple:
+    """The parameters of the sequence forward `fwd` (xs, initial states, then the cell's
+    parameters) that are constants for the derivative: the cell's consts and hypers."""
+    params = fwd.params[len(fwd.params) - len(cell.params):] if cell.params else ()
+    return tuple(p for p, frozen in zip(params, cell.frozen_params) if frozen)
+
+
 def compile_program(cell: CellIR, optimize: bool = True) -> Program:
     fwd = optimized_forward(cell) if optimize else verify(sequence_program(cell))
-    g: Vjp = vjp(fwd)
+    g: Vjp = vjp(fwd, frozen=frozen_params(cell, fwd))
     verify(g.fwd)
     verify(g.bwd)
     bwd = run_passes(g.bwd, BACKWARD_PASSES if optimize else [])

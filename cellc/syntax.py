@@ -38,11 +38,15 @@ TOKEN_WORDS = {
     "EQUAL": "'='", "TILDE": "'~'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
     "AT": "'@'", "CIRCUMFLEX": "'^'", "__ANON_0": "'**'", "NAME": "a name", "NUMBER": "a number",
     "_NL": "end of line", "$END": "end of file", "DECL_KIND": "a declaration",
-    "CELL": "'cell'", "OUTPUT": "'output'",
+    "CELL": "'cell'", "OUTPUT": "'output'", "DEF": "'def'", "CMP": "a comparison",
     # The declaration keywords: Lark names each literal of `!decl_kind` after its text.
     "INPUT": "'input'", "STATE": "'state'", "PARAM": "'param'", "BIAS": "'bias'",
+    "CONST": "'const'",
 }
+# The comparison operators' text -> the op each lowers to.
+COMPARE_OPS = {text: op for op, text in A.COMPARISONS.items()}
 CLOSERS = {"(": ")", "[": "]"}
+_COMPARISON = re.compile(r"[<>]|[<>=!]=")
 
 
 class _BracketNewlines(lark.lark.PostLex):
@@ -162,7 +166,7 @@ _TOKEN = re.compile(
       | (?P<open>[(\[])
       | (?P<close>[)\]])
       | (?P<sign>[-+])
-      | (?P<op>\*\*|[*/@^])
+      | (?P<op>\*\*|[*/@^]|[<>=!]=|[<>])
       | (?P<comma>,)
       | (?P<other>.)""",
     re.VERBOSE,
@@ -271,6 +275,10 @@ def _syntax_error(source: Source, e: UnexpectedInput) -> CellSyntaxError:
     if "CELL" in accepts:
         return CellSyntaxError(
             f"unexpected {_describe(tok)}; a file starts with 'cell NAME(...):'", span)
+    if tok.type == "CMP" and _COMPARISON.search(source.line(line)[: col - 1].split("#")[0]):
+        return CellSyntaxError(
+            f"comparisons do not chain: '{tok}' follows a comparison; compare two values at a"
+            " time, as in (a < b) * (b < c)", span)
     if tok.type == "NAME" and "_NL" in accepts:
         return CellSyntaxError(
             f"unexpected name '{tok}'; expected end of line (missing operator?)", span)
@@ -315,7 +323,7 @@ def _expected(e) -> str:
     names = getattr(e, "accepts", None) or getattr(e, "expected", None) or ()
     expected = sorted({TOKEN_WORDS.get(t, t) for t in names})
     expected = [x for x in expected if not x.startswith("__")]
-    if not expected or len(expected) > 6:
+    if not expected or len(expected) > 8:
         return ""
     if len(expected) == 1:
         return f"; expected {expected[0]}"
@@ -344,17 +352,39 @@ class _ToAst(Transformer_NonRecursive):
     def cell(self, meta, children):
         name, *rest = children
         sizes = tuple(c for c in rest if isinstance(c, A.SizeArg))
-        body = tuple(c for c in rest if c is not None and not isinstance(c, A.SizeArg))
-        return A.Cell(self._tok(name), sizes, body, self._span(meta))
+        hypers = tuple(c for c in rest if isinstance(c, A.HyperArg))
+        body = tuple(c for c in rest
+                     if c is not None and not isinstance(c, (A.SizeArg, A.HyperArg)))
+        return A.Cell(self._tok(name), sizes, body, self._span(meta), hypers)
 
     def size_arg(self, meta, children):
         return A.SizeArg(self._tok(children[0]), self._tok(children[1]))
 
+    def hyper_arg(self, meta, children):
+        return A.HyperArg(self._tok(children[0]), children[1], self._span(meta))
+
     def decl(self, meta, children):
         kind, *rest = children
         kind = kind.children[0]
-        init = rest.pop() if rest and (rest[-1] is None or isinstance(rest[-1], A.Call)) else None
-        return A.Decl(str(kind), tuple(rest), init, self._span(meta))
+        init = value = None
+        how = rest.pop()  # the optional (TILDE|EQUAL, expr) of decl_init, or None
+        if how is not None:
+            sign, expr = how
+            init, value = (expr, None) if sign.type == "TILDE" else (None, expr)
+        return A.Decl(str(kind), tuple(rest), init, self._span(meta), value)
+
+    def decl_init(self, meta, children):
+        return tuple(children)
+
+    def funcdef(self, meta, children):
+        name, *rest = children
+        body = rest.pop()
+        params = tuple(self._tok(p) for p in rest if p is not None)
+        return A.Def(self._tok(name), params, body, self._span(meta))
+
+    def compare(self, meta, children):
+        lhs, op, rhs = children
+        return A.BinOp(COMPARE_OPS[str(op)], lhs, rhs, self._span(meta))
 
     def declared(self, meta, children):
         name, lsqb, *dims = children

@@ -97,6 +97,49 @@ def _handwritten() -> dict[str, str]:
         "coding_cookie": "# -*- coding: raw_unicode_escape -*-\n" + RNN,
         "coding_cookie_2": "#\n# vim: set fileencoding=utf-16 :\n" + RNN,
         "dollar_paren": RNN.replace("# Elman", "# $(touch pwned) `touch pwned` Elman"),
+        # The language of issue 12, malformed: comparisons, defs, hyper-parameters, state
+        # values, constants and initializer expressions.
+        "compare_chain": _body("tanh(W @ x + U @ h) < h < h"),
+        "compare_dangling": _body("tanh(W @ x + U @ h) <"),
+        "compare_triple_eq": _body("tanh(W @ x + U @ h) === h"),
+        "where_arity": _body("where(h > 0, h)"),
+        "def_no_body": _body("h", PARAMS + "    def f(a) =\n"),
+        "def_no_parens": _body("h", PARAMS + "    def f = h\n"),
+        "def_uses_state": _body("f(h)", PARAMS + "    def f(a) = a * h\n"),
+        "def_recursive": _body("f(h)", PARAMS + "    def f(a) = f(a)\n"),
+        "def_wrong_arity": _body("f(h, h)", PARAMS + "    def f(a) = a\n"),
+        "def_shadows_tanh": _body("tanh(h)", PARAMS + "    def tanh(a) = a\n"),
+        "def_as_value": _body("f + h", PARAMS + "    def f(a) = a\n"),
+        "def_keyword_name": _body("h", PARAMS + "    def def(a) = a\n"),
+        "def_exponential": _body("f24(h)", PARAMS + "".join(
+            ["    def f0(a) = a * 2\n"]
+            + [f"    def f{k}(a) = f{k - 1}(a) + f{k - 1}(a)\n" for k in range(1, 25)])),
+        "def_deep": _body("f5(h)", PARAMS + "".join(
+            f"    def f{k}(a) = " + "(" * 60 + (f"f{k - 1}(a)" if k else "a") + " + 1)" * 60
+            + "\n" for k in range(6))),
+        "hyper_no_default": RNN.replace("hidden_size H", "hidden_size H, forget_bias"),
+        "hyper_size_default": RNN.replace("hidden_size H", "hidden_size H, fb=H"),
+        "hyper_keyword": RNN.replace("hidden_size H", "hidden_size H, lambda=1.0"),
+        "hyper_twice": RNN.replace("hidden_size H", "hidden_size H, a=1.0, a=2.0"),
+        "hyper_huge": RNN.replace("hidden_size H", "hidden_size H, a=1e400"),
+        "hyper_dangling": RNN.replace("hidden_size H", "hidden_size H, a="),
+        "state_value_name": RNN.replace("state  h[H]", "state  h[H] = x"),
+        "state_value_log0": RNN.replace("state  h[H]", "state  h[H] = log(0)"),
+        "state_value_tilde": RNN.replace("state  h[H]", "state  h[H] ~ ones()"),
+        "state_value_size_log": RNN.replace("state  h[H]",
+                                                "state  h[H] = log(H - 1)"),
+        "input_value": RNN.replace("input  x[I]", "input  x[I] = 1"),
+        "const_vector_orthogonal": RNN.replace("bias   bias_ih", "const  bias_ih").replace(
+            "uniform(-1/sqrt(H), 1/sqrt(H))\n    h'", "orthogonal()\n    h'"),
+        "const_assigned": RNN.replace("param  weight_ih", "const  weight_ih").replace(
+            "    h' = ", "    weight_ih = h\n    h' = "),
+        "const_frozen_ok": RNN.replace("param  weight_ih", "const  weight_ih"),
+        "arange_huge": RNN.replace("uniform(-1/sqrt(H), 1/sqrt(H))", "arange(1e300)", 1),
+        "arange_step0": RNN.replace("uniform(-1/sqrt(H), 1/sqrt(H))", "arange(0, 1, 0)", 1),
+        "arange_log0": RNN.replace("uniform(-1/sqrt(H), 1/sqrt(H))", "log(arange(H))", 1),
+        "arange_mismatch": RNN.replace("uniform(-1/sqrt(H), 1/sqrt(H))", "arange(3)", 1),
+        "arange_nested": RNN.replace("uniform(-1/sqrt(H), 1/sqrt(H))", "arange(arange(2))", 1),
+        "values_state": RNN.replace("uniform(-1/sqrt(H), 1/sqrt(H))", "h * 2", 1),
     }
     for kw in ("def", "class", "lambda", "None", "True", "return", "self", "np", "ctypes",
                "KERNELS", "torch", "import", "int", "void", "static", "struct", "__init__"):

@@ -507,6 +507,7 @@ def single_op(op: str, arg_types, attrs=None, keep=None) -> ir.Func:
 # (id, op, argument types, attrs, how to draw each argument, outputs returned)
 POS = "positive"  # draw from [0.5, 2]
 AWAY = "away"  # |x| in [0.3, 2], so heaviside/sign are locally constant
+MASK = "mask"  # 0 or 1: a condition of `where` choosing both branches
 CASES = [
     ("neg", "neg", [VEC_H], {}, None, None),
     ("sigmoid", "sigmoid", [VEC_H], {}, None, None),
@@ -546,8 +547,19 @@ CASES = [
     ("split-some", "split", [TensorType((HD * 4,), Batch.STEP)], {"parts": 4}, None, [2, 0]),
     ("split-sizes", "split", [TensorType((HD + ID,), Batch.STEP)], {"sizes": (ID, HD)}, None, None),
     ("concat", "concat", [VEC_H, VEC_I, VEC_H], {}, None, None),
+    # issue 12's ops
+    *[(op, op, [VEC_H], {}, None, None)
+      for op in ("elu", "silu", "gelu", "erf", "logsigmoid", "stop_gradient")],
+    *[(op, op, [VEC_H, VEC_H], {}, None, None) for op in ("lt", "le", "gt", "eq", "ne")],
+    ("power", "power", [VEC_H, VEC_H], {}, [POS, None], None),
+    ("power-row", "power", [ROW1, PARAM_H], {}, [POS, None], None),
+    ("where", "where", [VEC_H, VEC_H, VEC_H], {}, [MASK, None, None], None),
+    ("where-row", "where", [ROW1, VEC_H, PARAM_H], {}, [MASK, None, None], None),
 ]
-ZERO_DERIVATIVE = {"heaviside", "sign", "ge"}
+ZERO_DERIVATIVE = {"heaviside", "sign", "ge", "lt", "le", "gt", "eq", "ne"}
+# No cotangent where the derivative is not 0: stop_gradient's (1) by definition, and where's
+# condition (a MASK of 0s and 1s: both sides of a central difference select the same branch).
+NO_COTANGENT = {("stop_gradient", 0), ("where", 0)}
 
 
 def draw(rng, t: TensorType, how):
@@ -556,6 +568,8 @@ def draw(rng, t: TensorType, how):
         return rng.uniform(0.5, 2.0, size=x.shape)
     if how == AWAY:
         return np.sign(x) * rng.uniform(0.3, 2.0, size=x.shape)
+    if how == MASK:
+        return (x > 0).astype(np.float64)
     return x
 
 
@@ -591,7 +605,9 @@ def test_vjp_rule_matches_central_differences(case):
     )
     for k, a in enumerate(args):
         assert sym[k].shape == a.shape, k
-        if op in ZERO_DERIVATIVE:
+        if (op, k) in NO_COTANGENT:
+            assert np.all(sym[k] == 0.0), k
+        elif op in ZERO_DERIVATIVE:
             assert np.all(num[k] == 0.0)  # guards the data: locally constant
             assert np.all(sym[k] == 0.0), k
         else:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellc.initializers import INITIALIZERS, torch_table_source
+from cellc.initializers import INITIALIZERS, NAMED, torch_table_source
 
 from conftest import compile_text, error_text
 
@@ -24,7 +24,7 @@ def test_torch_layers_holds_the_current_torch_column():
         f" _INITIALIZERS with:\n{text}")
 
 
-@pytest.mark.parametrize("name", sorted(INITIALIZERS))
+@pytest.mark.parametrize("name", sorted(NAMED))
 def test_lowering_checks_calls_against_the_table(name):
     """check takes exactly the argument counts the table lists, and names the usage otherwise."""
     for count in range(4):
@@ -75,3 +75,19 @@ def test_random_initializers_make_the_same_kind_of_tensor(draw):
         small = min(shape)
         gram = q.T @ q if shape[0] >= shape[1] else q @ q.T
         np.testing.assert_allclose(gram, g * g * np.eye(small), atol=1e-12)
+
+
+def test_values_is_not_called_by_name():
+    """`values` is the row of initializer expressions; `~ values(...)` is an unknown name."""
+    text = ("cell C(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n"
+            "    param W[H, I] ~ values(0.5)\n    h' = W @ x + h\n    output h'\n")
+    assert "unknown initializer 'values'" in error_text(text)
+
+
+@pytest.mark.parametrize("draw", [_numpy, _torch], ids=["numpy", "torch"])
+def test_values_fills_the_broadcast_array(draw):
+    """The one argument is the value, already broadcast (lowering's Init.values): copied."""
+    a = np.array(np.broadcast_to(np.arange(4.0), (3, 4)))  # as Init.values gives it: a copy
+    np.testing.assert_array_equal(draw("values", (3, 4), (a,)), a)
+    nested = [[1.0, 2.0], [3.0, 4.0]]  # a nested list, as a generated module may pass it
+    np.testing.assert_array_equal(draw("values", (2, 2), (nested,)), np.array(nested))

@@ -126,8 +126,8 @@ def test_broadcast_errors(a, b, why):
 # Shape rules, one or more rows per op. Every op in OPS must have a row here.
 
 UNARY = ("neg", "sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs", "pow",
-         "heaviside", "sign")
-BINARY = ("add", "mul", "min", "max", "sub", "div", "ge")
+         "heaviside", "sign", "elu", "silu", "gelu", "logsigmoid", "stop_gradient", "erf")
+BINARY = ("add", "mul", "min", "max", "sub", "div", "ge", "lt", "le", "gt", "eq", "ne", "power")
 
 RULES = [
     # (op, args, attrs, expected output types)
@@ -153,6 +153,7 @@ RULES = [
     ("concat", [P("H", "I"), P("H", "I")], {}, [P(H * 2, "I")]),
     ("concat", [T("H")], {}, [T("H")]),
     ("scan", [T("H"), S("I")], {"out_types": (T("H"), S("H"))}, [T("H"), S("H")]),
+    ("where", [T(1), T("H"), P()], {}, [T("H")]),
 ]
 
 
@@ -168,7 +169,8 @@ def test_every_op_has_a_shape_row():
 def test_op_table_metadata():
     assert all(OPS[op].arity == 1 and OPS[op].kind == "elementwise" for op in UNARY)
     assert all(OPS[op].arity == 2 for op in BINARY)
-    assert {op for op in BINARY if OPS[op].commutative} == {"add", "mul", "min", "max"}
+    assert {op for op in BINARY if OPS[op].commutative} == {"add", "mul", "min", "max", "eq",
+                                                           "ne"}
     assert OPS["concat"].arity is None and OPS["const"].arity == 0
 
 
@@ -315,8 +317,8 @@ def test_unknown_function_lists_functions():
         "x.cell:5:10: error: unknown function 'foo'\n"
         "        h' = foo(U @ h)\n"
         "             ^^^\n"
-        "note: functions: abs, concat, exp, log, max, mean, min, relu, sigmoid, softplus, split,"
-        " sqrt, sum, tanh"
+        "note: functions: abs, clamp, concat, elu, exp, gelu, log, logsigmoid, max, mean, min,"
+        " relu, sigmoid, silu, softplus, split, sqrt, stop_gradient, sum, tanh, var, where"
     )
 
 
@@ -480,12 +482,11 @@ def test_split_lowers_to_equal_parts():
     assert [o.type for o in split.outs] == [T("H"), T("H")]
 
 
-def test_exponent_must_be_a_number():
-    assert error_text(cell("h' = tanh(U @ h) ^ h", "output h'"), kind=CellShapeError) == (
-        "x.cell:5:24: error: an exponent must be a number, as in x^2 or x^-0.5\n"
-        "        h' = tanh(U @ h) ^ h\n"
-        "                           ^"
-    )
+def test_a_value_exponent_is_the_power_op():
+    """A number exponent stays an attribute of pow; a value one is the two-operand power."""
+    c = compile_text(cell("h' = tanh(U @ h) ^ h + h ^ -2", "output h'"))
+    assert [(i.op, dict(i.attrs).get("exponent")) for i in c.step.body
+            if i.op in ("pow", "power")] == [("power", None), ("pow", -2.0)]
 
 
 def test_negative_exponent_is_a_number():
@@ -539,7 +540,7 @@ def test_no_input():
 def test_initializer_on_an_input():
     head = HEAD.replace("input x[I]", "input x[I] ~ zeros()")
     assert error_text(cell("h' = W @ x + U @ h", "output h'", head=head), kind=CellNameError) == (
-        "x.cell:2:18: error: only parameters have initializers, not inputs\n"
+        "x.cell:2:18: error: only parameters and constants have initializers (~), not inputs\n"
         "        input x[I] ~ zeros()\n"
         "                     ^^^^^^^"
     )

@@ -274,7 +274,7 @@ def test_missing_colon_caret_ignores_trailing_comment():
 def test_header_without_body():
     assert syntax_error("cell C(input_size I):\n") == (
         "x.cell:1:22: error: unexpected end of file;"
-        " expected 'bias', 'input', 'output', 'param', 'state' or a name\n"
+        " expected 'bias', 'const', 'def', 'input', 'output', 'param', 'state' or a name\n"
         "    cell C(input_size I):\n"
         "                         ^"
     )
