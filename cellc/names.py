@@ -46,6 +46,7 @@ GENERATED_NAMES = frozenset({
     "SYMBOLIC_BACKWARD", "N_RESULTS", "SPEC", "Layer", "Cell", "make_layer", "compiler_disabled",
     "run_direction", "stack_steps", "differentiable_backward", "run_direction_eager",
     "OP_NAME", "result_shapes", "op_results", "define_ops", "sequence_op", "run_traced",
+    "masked_result_shapes", "masked_sequence_op", "kernels",
     # the layers' constructors: parameters besides the sizes, and the instance itself
     "self", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "device", "dtype",
 })
@@ -79,7 +80,7 @@ LAYER_ATTRIBUTES = frozenset({
     "_state_dict_hooks", "_state_dict_pre_hooks",
     "num_layers", "batch_first", "dropout", "bidirectional", "device", "dtype", "all_weights",
     "reset_parameters", "extra_repr", "flatten_parameters", "input_size", "hidden_size",
-    "proj_size", "mode", "nonlinearity",
+    "proj_size", "mode", "nonlinearity", "reverse",
 })
 
 

@@ -8,8 +8,12 @@
     y, states = cell.step(x, states, params)     # one step, for streaming
 
 Sequences of different lengths: `lengths` (B ints); outputs past a sequence's end are zero and
-its final state is the one at its last step. Compiled kernels are cached in memory and on disk
-(`cache.py`), keyed by the cell's text, the sizes, the dtype, the cellc version and the CPU.
+its final state is the one at its last step. `NativeCell(..., reverse=True)` (or
+`mod.native(..., reverse=True)`) runs backwards in time, each sequence within its own length, as
+the reverse half of a bidirectional torch layer: outputs in input time order, the final state
+the one after x[0] (ONNX direction="reverse"; Keras' go_backwards returns the outputs reversed).
+Compiled kernels are cached in memory and on disk (`cache.py`), keyed by the cell's text, the
+sizes, the dtype, the cellc version and the CPU.
 The argument checks are cellc/runtime/native_calls.py's, which every AOT loader holds too: a
 loader refuses what NativeCell refuses, with the same message.
 """
@@ -53,9 +57,10 @@ class NativeCell:
     """A cell compiled to native code for given sizes and dtype (float32 or float64)."""
 
     def __init__(self, cell: CellIR | str | Path, dtype="float32", threads: int | None = None,
-                 **size_args: int):
+                 *, reverse: bool = False, **size_args: int):
         from .backends import cache
 
+        self.reverse = calls._check_reverse(reverse)
         self.cell = _cell(cell)
         self.dtype = calls._float_dtype(dtype)
         self.sizes = self.cell.bind(**size_args)
@@ -75,6 +80,12 @@ class NativeCell:
         self._state_sizes = [(st.name, int(st.type.shape[0].evaluate(S)))
                              for st in self.cell.states]
         self._param_shapes = [(p.name, p.type.concrete(S)) for p in self.cell.params]
+        # A state not given starts at its initial value (`state m[H] = -1e30`), a
+        # hyper-parameter not given at its default; constants and hyper-parameters get no
+        # gradient, so backward returns none for them.
+        self._initial = [self.cell.initial_value(k, S) for k in range(n)]
+        self._hyper_defaults = numpy_ref.hyper_defaults(self.cell)
+        self._frozen = [p.name for p in numpy_ref.frozen_params(self.cell)]
 
     @property
     def program(self):
@@ -91,13 +102,14 @@ class NativeCell:
     def init_params(self, rng=None) -> dict[str, np.ndarray]:
         return numpy_ref.init_params(self.cell, self.sizes, rng, self.dtype)
 
-    def _states(self, given, B: int, label: str, order=None) -> list[np.ndarray]:
-        """One (B, H) array per state, in the cell's order: given ones checked, others zero;
-        rows reordered by `order` (sorted by length) when given."""
-        return calls._states(given, B, self._state_sizes, self.dtype, label, order)
+    def _states(self, given, B: int, label: str, order=None, initial=None) -> list[np.ndarray]:
+        """One (B, H) array per state, in the cell's order: given ones checked, others at
+        `initial` (zeros when None: cotangents); rows reordered by `order` (sorted by length)
+        when given."""
+        return calls._states(given, B, self._state_sizes, self.dtype, label, order, initial)
 
     def _params(self, params: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return calls._params(params, self._param_shapes, self.dtype)
+        return calls._params(params, self._param_shapes, self.dtype, self._hyper_defaults)
 
     def _layout(self, T: int, B: int, lengths):
         """(batch_sizes, order): the AOT loader's layout, checks and messages."""
@@ -118,9 +130,10 @@ class NativeCell:
         I = self._input_size
         xs = calls._array(xs, "xs", (T, B, I), self.dtype)
         batch_sizes, order = self._layout(T, B, lengths)
-        initial = self._states(states, B, "state {name}", order)
+        initial = self._states(states, B, "state {name}", order, self._initial)
         weights = self._params(params)
         x = xs if order is None else xs[:, order]
+        x = calls._reverse_time(x, batch_sizes) if self.reverse else x
         args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
         self._threads()
         program = self.program
@@ -129,6 +142,7 @@ class NativeCell:
         residuals = calls._unshared(out[program.n_results :], tuple(outputs))  # the tape's own
         n = len(cell.states)
         ys = outputs[n].reshape(T, B, self._output_size)
+        ys = calls._reverse_time(ys, batch_sizes) if self.reverse else ys
         final = dict(zip((s.name for s in cell.states), outputs[:n]))
         if order is not None:
             inv = np.argsort(order)
@@ -139,14 +153,16 @@ class NativeCell:
 
     def backward(self, tape: Tape, d_ys: np.ndarray | None = None,
                  d_states: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Cotangents of xs, the initial states and the parameters, given those of the outputs
-        and the final states (zero where not given)."""
+        """Cotangents of xs, the initial states and the trained parameters (not constants or
+        hyper-parameters), given those of the outputs and the final states (zero where not
+        given)."""
         cell, T, B = self.cell, tape.T, tape.B
         ys_shape = (T, B, self._output_size)
         d_ys = (np.zeros(ys_shape, self.dtype) if d_ys is None
                 else calls._array(d_ys, "d_ys", ys_shape, self.dtype))
         seeds = self._states(d_states, B, "d_states[{name}]", tape.order)
         dy = d_ys if tape.order is None else d_ys[:, tape.order]
+        dy = calls._reverse_time(dy, tape.batch_sizes) if self.reverse else dy
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
         self._threads()
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes,
@@ -154,7 +170,11 @@ class NativeCell:
         grads = calls._unshared(grads)
         names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
         out = dict(zip(names, grads))
+        for name in self._frozen:  # their slots are zeros, not derivatives
+            del out[name]
         out["xs"] = out["xs"].reshape(T, B, out["xs"].shape[1])
+        if self.reverse:
+            out["xs"] = calls._reverse_time(out["xs"], tape.batch_sizes)
         if tape.order is not None:
             inv = np.argsort(tape.order)
             out["xs"] = out["xs"][:, inv]
@@ -174,7 +194,7 @@ class NativeCell:
             self._step = cache.native_step(self.cell, self.sizes, self.dtype.name)
         cell = self.cell
         B = calls._step_batch(x)  # checks the rows before x is copied
-        args = [*self._states(states, B, "state {name}"),
+        args = [*self._states(states, B, "state {name}", None, self._initial),
                 calls._array(x, "x", (B, self._input_size), self.dtype), *self._params(params)]
         self._threads()
         out = calls._unshared(self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS))

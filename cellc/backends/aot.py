@@ -50,7 +50,7 @@ from ..ir import Func
 from ..lower import CellIR
 from ..runtime import pasteable_source
 from ..shapes import Batch, Dim
-from . import blas, llvm_ir
+from . import blas, llvm_ir, numpy_ref
 from .llvm_jit import (
     _llvm,
     _size_data,
@@ -411,6 +411,30 @@ def _dims(cell: CellIR) -> list:
     return out
 
 
+def _number_data(e):
+    """A checked number expression (a state's initial value) as the data native_calls._number
+    evaluates in a loader: floats, size symbols as strings, [op, operands...] lists."""
+    from .. import ast_nodes as A
+
+    if isinstance(e, A.Num):
+        return float(e.value)
+    if isinstance(e, A.Name):
+        return e.id
+    if isinstance(e, A.Neg):
+        return ["neg", _number_data(e.operand)]
+    if isinstance(e, A.Call):
+        return [e.fn.id, _number_data(e.args[0])]
+    return [e.op, _number_data(e.lhs), _number_data(e.rhs)]
+
+
+def _state_init(cell, sizes) -> list:
+    """Each state's initial value: a float in a specialized build, else `_number_data`."""
+    if sizes is not None:
+        return [cell.initial_value(k, sizes) for k in range(len(cell.states))]
+    inits = cell.state_init or (None,) * len(cell.states)
+    return [0.0 if e is None else _number_data(e) for e in inits]
+
+
 def _loader(cell, sizes, kernels, prefix) -> str:
     """The loader's text: native_calls' code, then this cell's data as literals and a subclass of
     its `_LoadedCell` that holds them. Shapes are ints in a specialized build and size data
@@ -461,6 +485,9 @@ class _Cell(_LoadedCell):
     _param_dims = PARAMS
     _input_dim = {input_size!r}
     _output_dim = {output_size!r}
+    _state_init = {_state_init(cell, sizes)!r}  # each state's value when none is given
+    _hyper_defaults = {numpy_ref.hyper_defaults(cell)!r}  # used when params leaves one out
+    _frozen = {[p.name for p in numpy_ref.frozen_params(cell)]!r}  # no gradient
 '''
     alias = class_alias(cell.name, body)
     usage = alias or "_Cell"
@@ -479,13 +506,15 @@ Cell {_plain(cell.name)}. Needs only numpy and ctypes (and the libraries beside 
     import {prefix}
     cell = {_plain(make)}
     ys, final, tape = cell.forward(xs, params)        # xs (T, B, I); params: name -> array
-    grads = cell.backward(tape, d_ys)                 # "xs", each state, each parameter
+    grads = cell.backward(tape, d_ys)                 # "xs", each state, each trained parameter
     y, states = cell.step(x, states, params)          # one step (streaming)
 
 Sequences of different lengths: forward(..., lengths=[...]) (B ints, any order: outputs past a
 sequence's end are zero, its final state the one at its last step), or batch_sizes (sorted
-longest first). Arrays must have the cell's dtype and shapes (nothing is converted), and T*B
-must be below 2**31, as for cellc's NativeCell.
+longest first). {usage}(..., reverse=True) runs backwards in time, each sequence within its
+own length, as the reverse half of a bidirectional torch layer (outputs in input time order,
+the final state the one after x[0]). Arrays must have the cell's dtype and shapes (nothing is
+converted), and T*B must be below 2**31, as for cellc's NativeCell.
 """
 '''
     tail = "" if alias is None else f"\n\n{alias} = _Cell  # the class under the cell's own name\n"

@@ -9,6 +9,12 @@ layers' sizes (layer l > 0 rebinds the input size). Two consumers read the same 
   sizes and arguments evaluated by cellc itself (the eager and llvm layer classes);
 - torch_src.spec_source prints it as that dict's Python source into a generated module, which
   must not need cellc.
+
+Besides the trained parameters ("param", "bias"), the spec carries a cell's frozen constants
+("const": torch buffers, drawn from their initializer once per layer) and hyper-parameters
+("hyper": constructor keywords with a default, passed to the loop as a [1] tensor), its states'
+initial values (`state m[H] = -1e30`, per layer sizes as initializer arguments are), and
+initializer expressions (`~ log(arange(1, H + 1))`, the "values" initializer).
 """
 
 from __future__ import annotations
@@ -17,18 +23,38 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .. import ast_nodes as A
-from ..lower import CellIR, eval_number
+from ..lower import CellIR, broadcast_values, eval_number, eval_values, fold_number
 from ..shapes import Dim
+from ..source import Span
 from .torch_names import check_layer_cell
 
 
 @dataclass(frozen=True)
 class LayerParam:
     name: str
-    kind: str  # "param" or "bias" (left out, i.e. zero, in a layer built with bias=False)
+    # "param", "bias" (left out, i.e. zero, in a layer built with bias=False), "const" (a
+    # frozen buffer) or "hyper" (a float constructor keyword; its default is init_args[0])
+    kind: str
     shape: tuple[Dim, ...]
     init: str  # a name in cellc/initializers.py
-    init_args: tuple[A.Expr, ...]  # checked by lowering: numbers, sizes, + - * / ^, sqrt exp log
+    # Checked by lowering: numbers, sizes, + - * / ^, sqrt exp log; for init "values" the one
+    # expression of the value, which may also call arange and broadcasts to `shape`.
+    init_args: tuple[A.Expr, ...]
+    init_span: Span | None = None  # where the initializer is written (errors of "values")
+
+    @property
+    def default(self) -> float:
+        """A hyper-parameter's default (lowering folds it: it reads no size)."""
+        assert self.kind == "hyper", self.kind
+        return float(fold_number(self.init_args[0]))
+
+    def init_values(self, sizes: dict) -> tuple:
+        """The initializer's arguments for one layer's sizes: numbers, or for "values" the one
+        float64 array, already broadcast to the parameter's shape."""
+        if self.init == "values":
+            value = eval_values(self.init_args[0], sizes)
+            return (broadcast_values(value, self.shape, sizes, self.init_span),)
+        return tuple(eval_number(a, sizes) for a in self.init_args)
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,7 @@ class LayerSpec:
     input_size: str  # the argument sizing the input, rebound by stacked layers
     states: tuple[str, ...]
     state_sizes: tuple[Dim, ...]  # feature size of each state
+    state_init: tuple[A.Expr | None, ...]  # each state's initial value; None: zero
     output_size: Dim
     params: tuple[LayerParam, ...]  # in the order the time loop takes them
 
@@ -51,15 +78,19 @@ class LayerSpec:
             "input_size": self.input_size,
             "states": list(self.states),
             "state_sizes": _dims(self.state_sizes),
+            "state_init": lambda s, inits=self.state_init: tuple(
+                0.0 if e is None else eval_number(e, s) for e in inits),
             "output_size": lambda s, d=self.output_size: _whole(d.evaluate(s)),
-            "params": [{
-                "name": p.name,
-                "kind": p.kind,
-                "shape": _dims(p.shape),
-                "init": p.init,
-                "init_args": lambda s, args=p.init_args: tuple(eval_number(a, s) for a in args),
-            } for p in self.params],
+            "params": [_runtime_param(p) for p in self.params],
         }
+
+
+def _runtime_param(p: LayerParam) -> dict:
+    out = {"name": p.name, "kind": p.kind, "shape": _dims(p.shape), "init": p.init,
+           "init_args": p.init_values}
+    if p.kind == "hyper":
+        out["default"] = p.default
+    return out
 
 
 def layer_spec(cell: CellIR) -> LayerSpec:
@@ -72,9 +103,10 @@ def layer_spec(cell: CellIR) -> LayerSpec:
         input_size=next(s.arg for s in cell.sizes if s.symbol == symbol),
         states=tuple(s.name for s in cell.states),
         state_sizes=tuple(s.type.shape[0] for s in cell.states),
+        state_init=tuple(cell.state_init) or (None,) * n,
         output_size=cell.step.results[n].type.shape[0],
-        params=tuple(LayerParam(p.name, p.kind, p.type.shape, p.init.fn, tuple(p.init.args))
-                     for p in cell.params),
+        params=tuple(LayerParam(p.name, p.kind, p.type.shape, p.init.fn, tuple(p.init.args),
+                                p.init.span) for p in cell.params),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import masking
 from ..lower import CellIR
 from ..runtime.torch_layers import make_layer
 from ..source import Source
@@ -60,27 +61,43 @@ def run_direction_for(cell: CellIR):
     def for_sizes(sizes):
         sizes = dict(sizes)
         cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
-        direction = Direction(cell, sizes)
-        key, n = direction.key, direction.n_results
+        plain, masked_run = native_run(Direction(cell, sizes)), None
 
-        def run_direction(xs, states, params, batch_sizes):
-            if xs.device.type != "cpu":
-                raise ValueError(f"the llvm target runs on the CPU; input is on {xs.device}")
-            if xs.dtype not in _DTYPES:
-                raise TypeError(f"the llvm target runs float32 or float64, not {xs.dtype}")
-            T, B = xs.shape[0], xs.shape[1]
-            bs = None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64)
-            if torch.is_grad_enabled() and not torch.compiler.is_compiling() and any(
-                    t.requires_grad for t in (xs, *states, *params)):  # a backward will follow:
-                direction.program(xs.dtype).prefetch_backward()  # compile it meanwhile
-            out = torch_ops.run(key, bs, xs, [*states, *params])
-            *final, ys = out[:n]
-            return ys.reshape(T, B, ys.shape[1]), tuple(final)
+        def run_direction(xs, states, params, batch_sizes, masked=False):
+            """The cell's loop, or its masked form's (cellc/masking.py), compiled on first use."""
+            nonlocal masked_run
+            if not masked:
+                return plain(xs, states, params, batch_sizes)
+            if masked_run is None:
+                masked_run = native_run(Direction(masking.masked(cell), sizes))
+            return masked_run(xs, states, params, batch_sizes)
 
-        run_direction.direction = direction  # the registry holds it weakly: this keeps it
+        run_direction.direction = plain.direction
         return run_direction
 
     return for_sizes
+
+
+def native_run(direction: Direction):
+    """run_direction over one Direction's kernels: one call of the custom op."""
+    key, n = direction.key, direction.n_results
+
+    def run_direction(xs, states, params, batch_sizes):
+        if xs.device.type != "cpu":
+            raise ValueError(f"the llvm target runs on the CPU; input is on {xs.device}")
+        if xs.dtype not in _DTYPES:
+            raise TypeError(f"the llvm target runs float32 or float64, not {xs.dtype}")
+        T, B = xs.shape[0], xs.shape[1]
+        bs = None if batch_sizes is None else torch.tensor(batch_sizes, dtype=torch.int64)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and any(
+                t.requires_grad for t in (xs, *states, *params)):  # a backward will follow:
+            direction.program(xs.dtype).prefetch_backward()  # compile it meanwhile
+        out = torch_ops.run(key, bs, xs, [*states, *params])
+        *final, ys = out[:n]
+        return ys.reshape(T, B, ys.shape[1]), tuple(final)
+
+    run_direction.direction = direction  # the registry holds it weakly: this keeps it
+    return run_direction
 
 
 # (source name, text) -> the classes made for it last: unpickling a layer made in this process

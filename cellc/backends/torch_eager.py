@@ -44,7 +44,15 @@ ARRAYS = interpret.ArrayLib(
         "sign": torch.sign,
         "min": torch.minimum,
         "max": torch.maximum,
+        "elu": torch.nn.functional.elu,
+        "silu": torch.nn.functional.silu,
+        "gelu": torch.nn.functional.gelu,
+        "erf": torch.erf,
+        "logsigmoid": torch.nn.functional.logsigmoid,
+        "stop_gradient": torch.Tensor.detach,  # autograd differentiates this backend
+        "power": torch.pow,
     },
+    where=torch.where,
     store=lambda x, ctx: x,  # tensors keep their autograd history as they are
     full=lambda shape, value, ctx: torch.full(shape, value, dtype=ctx.dtype, device=ctx.device),
     as_dtype=lambda b, dtype: b.to(dtype),
@@ -75,13 +83,22 @@ def run_step(step: Func, args: list[torch.Tensor], sizes: Mapping[str, int]) -> 
 
 def run_direction_eager(cell: CellIR, sizes: Mapping[str, int]):
     """The run_direction of `cellc.runtime.torch_layers` for one set of sizes (symbol -> int):
-    a Python loop over time that calls the step function, masking finished rows."""
+    a Python loop over time that calls the step function, masking finished rows; masked=True
+    runs the cell's masked form (cellc/masking.py), made on first use."""
     cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for impossible sizes
     sizes = dict(sizes)
     step, n = cell.step, len(cell.states)
     out_size = int(step.results[n].type.shape[0].evaluate(sizes))
+    masked_run = None
 
-    def run_direction(xs, states, params, batch_sizes=None):
+    def run_direction(xs, states, params, batch_sizes=None, masked=False):
+        nonlocal masked_run
+        if masked:
+            if masked_run is None:
+                from ..masking import masked as masked_cell
+
+                masked_run = run_direction_eager(masked_cell(cell), sizes)
+            return masked_run(xs, states, params, batch_sizes)
         T, B = xs.shape[0], xs.shape[1]
         states, ys = list(states), []
         for t in range(T):

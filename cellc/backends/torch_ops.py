@@ -141,6 +141,10 @@ def gradients(direction: int, batch_sizes, inputs: list, residuals: list, needs:
     T, B = xs.shape[0], xs.shape[1]
     d = _direction(direction)
     n = d.n_results
+    # A constant or hyper-parameter gets no gradient (its slot from the kernel is zeros, not
+    # its derivative), even passed as a tensor that requires grad.
+    frozen = [False] * (len(inputs) - len(d.cell.params)) + list(d.cell.frozen_params)
+    needs = [need and not f for need, f in zip(needs, frozen)]
     # An output nobody used has no gradient; the kernel wants zeros there.
     shapes = [native_calls._shape(s, T, B)
               for _, _, s in d.program(xs.dtype).forward_kernel.spec["results"][:n]]

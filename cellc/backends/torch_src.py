@@ -158,6 +158,33 @@ def _pow(a, i):
     return f"torch.square({a[0]})" if p == 2.0 else f"{a[0]} ** {_float(p)}"
 
 
+def _as_tensor(s: str) -> str:
+    return f"torch.as_tensor({s}, dtype=dtype, device=device)"
+
+
+def _tensors(fmt: str) -> Emit:
+    """`fmt` over the operands; when every operand is a scalar (a Python float in the generated
+    code), the first is made a tensor of the function's dtype and device, so the result is
+    one (torch.pow, a comparison's .to(), the functional activations need a tensor)."""
+    def emit(a, i):
+        if all(_is_scalar(v) for v in i.args):
+            a = [_as_tensor(a[0]), *a[1:]]
+        return fmt.format(*a)
+
+    return emit
+
+
+def _where(a, i):
+    """torch.where needs a tensor condition, and takes scalar branches (of the other branch's
+    dtype): two scalar branches would give torch's default dtype, so one becomes a tensor."""
+    c, x, y = a
+    if _is_scalar(i.args[0]):
+        c = _as_tensor(c)
+    if _is_scalar(i.args[1]) and _is_scalar(i.args[2]):
+        x = _as_tensor(x)
+    return f"torch.where({c} != 0, {x}, {y})"
+
+
 TORCH: dict[str, Emit] = {
     "neg": _unary("-{0}"),
     "sigmoid": _unary("torch.sigmoid({0})"),
@@ -178,6 +205,21 @@ TORCH: dict[str, Emit] = {
     "min": _minmax("minimum"),
     "max": _minmax("maximum"),
     "ge": _unary("({0} >= {1}).to(dtype)"),
+    "lt": _tensors("({0} < {1}).to(dtype)"),
+    "le": _tensors("({0} <= {1}).to(dtype)"),
+    "gt": _tensors("({0} > {1}).to(dtype)"),
+    "eq": _tensors("({0} == {1}).to(dtype)"),
+    "ne": _tensors("({0} != {1}).to(dtype)"),
+    "where": _where,
+    "power": _tensors("torch.pow({0}, {1})"),
+    "elu": _tensors("torch.nn.functional.elu({0})"),
+    "silu": _tensors("torch.nn.functional.silu({0})"),
+    "gelu": _tensors("torch.nn.functional.gelu({0})"),
+    "erf": _tensors("torch.erf({0})"),
+    "logsigmoid": _tensors("torch.nn.functional.logsigmoid({0})"),
+    # The identity that autograd does not see through (SYMBOLIC_BACKWARD = False, and the
+    # differentiable twin that double backward runs).
+    "stop_gradient": _tensors("{0}.detach()"),
     "matmul": _unary("{1} @ {0}.T"),
     "matmul_t": _unary("{1} @ {0}"),
     "outer": _outer,
@@ -308,10 +350,10 @@ def emit_functions(fwd: Func, bwd: Func, source_lines: list[str], prefix: str) -
     return HELPERS.strip() + "\n\n\n" + f + "\n\n\n" + b
 
 
-def shapes_source(fwd: Func, bwd: Func) -> str:
-    """`result_shapes(S, T, B)`: the shapes of the forward's and the backward's results, from
-    their IR types (T * B rows for a sequence, B for a state; a Python float result is made a
-    0-d tensor by the ops, and its type has shape ())."""
+def shapes_source(fwd: Func, bwd: Func, name: str = "result_shapes") -> str:
+    """`result_shapes(S, T, B)` (or `name`): the shapes of the forward's and the backward's
+    results, from their IR types (T * B rows for a sequence, B for a state; a Python float
+    result is made a 0-d tensor by the ops, and its type has shape ())."""
 
     def shapes(f: Func) -> str:
         rows = [shape_expr(r.type, "T * B" if r.type.batch is Batch.SEQ else "B")
@@ -319,7 +361,7 @@ def shapes_source(fwd: Func, bwd: Func) -> str:
         return "[\n" + "".join(f"        {r},\n" for r in rows) + "    ]"
 
     return "\n".join([
-        "def result_shapes(S, T, B):",
+        f"def {name}(S, T, B):",
         '    """The shapes of the forward\'s results and of the backward\'s: the custom ops\' fake',
         "    implementations, from which tracing learns them without running the loop.\"\"\"",
         f"    return ({shapes(fwd)}, {shapes(bwd)})",
@@ -346,8 +388,10 @@ def op_name(lower: str, text: str) -> str:
 
 
 def number_expr(e) -> str:
-    """Python for an initializer argument (already checked by lowering: numbers, size symbols,
-    + - * / ^ and sqrt/exp/log only)."""
+    """Python for an initializer argument or a state's initial value (already checked by
+    lowering: numbers, size symbols, + - * / ^ and sqrt/exp/log only), or for an initializer
+    expression, which may also call arange: a part that does (an array) is torch code in
+    float64, torch.arange(...) and torch.sqrt/exp/log, the other parts stay Python numbers."""
     from .. import ast_nodes as A
 
     if isinstance(e, A.Num):
@@ -356,20 +400,48 @@ def number_expr(e) -> str:
         return f"S[{e.id!r}]"
     if isinstance(e, A.Neg):
         return f"-({number_expr(e.operand)})"
+    if isinstance(e, A.Call) and e.fn.id == "arange":
+        args = ", ".join(number_expr(a) for a in e.args)
+        return f"torch.arange({args}, dtype=torch.float64)"
     if isinstance(e, A.Call):
-        return f"math.{e.fn.id}({number_expr(e.args[0])})"
+        fn = _NUMBER_FUNCTIONS[e.fn.id]  # KeyError: lowering let through a call it should not
+        return f"{'torch' if _reads_arange(e) else 'math'}.{fn}({number_expr(e.args[0])})"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}[e.op]
     return f"({number_expr(e.lhs)} {sym} {number_expr(e.rhs)})"
+
+
+# The functions an initializer expression calls, as math.* and torch.* name them: from this
+# table, never from the .cell text.
+_NUMBER_FUNCTIONS = {"sqrt": "sqrt", "exp": "exp", "log": "log"}
+
+
+def _reads_arange(e) -> bool:
+    """Whether e's value is an array (it calls arange somewhere)."""
+    from .. import ast_nodes as A
+
+    if isinstance(e, A.Call):
+        return e.fn.id == "arange" or any(_reads_arange(a) for a in e.args)
+    if isinstance(e, A.Neg):
+        return _reads_arange(e.operand)
+    if isinstance(e, A.BinOp):
+        return _reads_arange(e.lhs) or _reads_arange(e.rhs)
+    return False
 
 
 def spec_source(spec: LayerSpec) -> str:
     """The layer spec as Python source: the dict LayerSpec.runtime() gives, with its size
     functions as lambdas over the sizes dict S. Text from the .cell file enters only as repr()
-    of a string (names) or through size_expr / number_expr (S[repr(symbol)], numbers, math.*)."""
+    of a string (names) or through size_expr / number_expr (S[repr(symbol)], numbers, math.*,
+    torch.* from fixed tables). A "values" initializer's argument is a float64 tensor (or a
+    number), which the layer broadcasts to the parameter's shape when it fills it."""
 
     def dims(shape):
         return ("(" + ", ".join(size_expr(d, exact=True) for d in shape)
                 + ("," if len(shape) == 1 else "") + ")")
+
+    def values(exprs):
+        texts = ["0.0" if e is None else number_expr(e) for e in exprs]
+        return "(" + ", ".join(texts) + ("," if len(texts) == 1 else "") + ")"
 
     lines = [
         "SPEC = {",
@@ -378,15 +450,16 @@ def spec_source(spec: LayerSpec) -> str:
         f"    \"input_size\": {spec.input_size!r},",
         f"    \"states\": {list(spec.states)!r},",
         f"    \"state_sizes\": lambda S: {dims(spec.state_sizes)},",
+        f"    \"state_init\": lambda S: {values(spec.state_init)},",
         f"    \"output_size\": lambda S: {size_expr(spec.output_size, exact=True)},",
         "    \"params\": [",
     ]
     for p in spec.params:
-        args = ", ".join(number_expr(a) for a in p.init_args)
+        default = f" \"default\": {_float(p.default)}," if p.kind == "hyper" else ""
         lines.append(
-            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r},"
+            f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r},{default}"
             f" \"shape\": lambda S: {dims(p.shape)}, \"init\": {p.init!r},"
-            f" \"init_args\": lambda S: ({args}{',' if p.init_args else ''})}},")
+            f" \"init_args\": lambda S: {values(p.init_args) if p.init_args else '()'}}},")
     lines += ["    ],", "}"]
     return "\n".join(lines)
 
@@ -410,12 +483,24 @@ def emit_module(cell, prog, source_name: str, version: str) -> str:
             .replace(_SOURCE_MARK, source_name))
 
 
+def _masked_program(cell):
+    """The compiled program of the cell's masked form (cellc/masking.py)."""
+    from ..masking import masked
+    from ..pipeline import compile_program  # lazily: backends take programs as arguments
+
+    return compile_program(masked(cell))
+
+
 def module_text(cell, prog, source_name: str, version: str) -> str:
     """The generated file, with _OP_MARK where the ops' name literal goes (see emit_module)."""
     name = cell.name
     lower = name.lower()
     n_results = prog.n_results
-    kernels = emit_functions(prog.fwd, prog.bwd, cell.source.text.split("\n"), lower)
+    lines = cell.source.text.split("\n")
+    kernels = emit_functions(prog.fwd, prog.bwd, lines, lower)
+    mprog = _masked_program(cell)
+    masked_kernels = emit_functions(mprog.fwd, mprog.bwd, lines, lower + "_masked")
+    masked_kernels = masked_kernels.removeprefix(HELPERS.strip()).lstrip()  # stack_steps: once
     state_names = [identifier(s.name) for s in cell.states]  # in the docstring
     states = ", ".join(state_names)
     hx_doc = "h_n" if len(state_names) == 1 else f"({', '.join(s + '_n' for s in state_names)})"
@@ -467,11 +552,33 @@ SYMBOLIC_BACKWARD = True
 N_RESULTS = {n_results}  # {lower}_forward returns the final states and the outputs, then residuals
 
 
-def {lower}_sequence(S, batch_sizes, xs, *states_and_params):
+# The cell masked with Keras semantics (cellc/masking.py), run only when a layer is given a mask:
+# its input has the mask as one more feature, its last state is the previous output.
+
+{masked_kernels}
+
+
+{shapes_source(prog.fwd, prog.bwd)}
+
+
+{shapes_source(mprog.fwd, mprog.bwd, "masked_result_shapes")}
+
+
+def kernels(masked):
+    """(forward, backward, number of results before the residuals, result shapes) of the cell,
+    or of its masked form; looked up when called, so a test may replace a kernel."""
+    if masked:
+        return ({lower}_masked_forward, {lower}_masked_backward, {mprog.n_results},
+                masked_result_shapes)
+    return {lower}_forward, {lower}_backward, N_RESULTS, result_shapes
+
+
+def {lower}_sequence(S, batch_sizes, xs, *states_and_params, masked=False):
     """One direction over a whole sequence as plain differentiable torch: (ys, *final states)."""
+    forward, _, n_results, _ = kernels(masked)
     T, B = xs.shape[0], xs.shape[1]
-    outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
-    *final, ys = outs[:N_RESULTS]
+    outs = forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
+    *final, ys = outs[:n_results]
     return (ys.reshape(T, B, ys.shape[1]), *final)
 
 
@@ -481,12 +588,12 @@ class {name}Sequence(torch.autograd.Function):
     {lower}_sequence instead, so second derivatives are right."""
 
     @staticmethod
-    def forward(ctx, S, batch_sizes, xs, *states_and_params):
+    def forward(ctx, S, batch_sizes, masked, xs, *states_and_params):
+        forward, _, n_results, _ = kernels(masked)
         T, B = xs.shape[0], xs.shape[1]
-        outs = {lower}_forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), \
-*states_and_params)
-        results, residuals = outs[:N_RESULTS], outs[N_RESULTS:]
-        ctx.S, ctx.T, ctx.B, ctx.batch_sizes = S, T, B, batch_sizes
+        outs = forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
+        results, residuals = outs[:n_results], outs[n_results:]
+        ctx.S, ctx.T, ctx.B, ctx.batch_sizes, ctx.masked = S, T, B, batch_sizes, masked
         ctx.is_tensor = [isinstance(r, torch.Tensor) for r in residuals]
         ctx.others = [r for r in residuals if not isinstance(r, torch.Tensor)]
         ctx.n_inputs = 1 + len(states_and_params)
@@ -499,34 +606,38 @@ class {name}Sequence(torch.autograd.Function):
     def backward(ctx, d_ys, *d_final):
         inputs, saved = ctx.saved_tensors[: ctx.n_inputs], iter(ctx.saved_tensors[ctx.n_inputs :])
         if torch.is_grad_enabled():  # create_graph=True: {lower}_backward is not differentiable
-            run = functools.partial({lower}_sequence, ctx.S, ctx.batch_sizes)
-            grads = differentiable_backward(run, inputs, ctx.needs_input_grad[2:], (d_ys, *d_final))
-            return (None, None, *grads)
+            run = functools.partial({lower}_sequence, ctx.S, ctx.batch_sizes, masked=ctx.masked)
+            grads = differentiable_backward(run, inputs, ctx.needs_input_grad[3:], (d_ys, *d_final))
+            return (None, None, None, *grads)
         others = iter(ctx.others)
         residuals = [next(saved) if t else next(others) for t in ctx.is_tensor]
         T, B = ctx.T, ctx.B
         d_ys = d_ys.reshape(T * B, d_ys.shape[2])
-        d_xs, *rest = {lower}_backward(ctx.S, T, B, ctx.batch_sizes, *residuals, *d_final, d_ys)
-        return (None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
+        backward = kernels(ctx.masked)[1]
+        d_xs, *rest = backward(ctx.S, T, B, ctx.batch_sizes, *residuals, *d_final, d_ys)
+        # None where no gradient is wanted: a constant's or hyper-parameter's slot is zeros.
+        rest = [g if need else None for g, need in zip(rest, ctx.needs_input_grad[4:])]
+        return (None, None, None, d_xs.reshape(T, B, d_xs.shape[1]), *rest)
 
 
-def run_direction(xs, states, params, batch_sizes, S):
+def run_direction(xs, states, params, batch_sizes, S, masked=False):
     """The time loop of one layer direction, as torch_layers' make_layer expects it: the eager
-    loop, or the custom op while torch.compile or torch.export traces the layer."""
+    loop, or the custom op while torch.compile or torch.export traces the layer; masked=True
+    runs the masked cell (see kernels)."""
     if torch.compiler.is_compiling():
-        return run_traced(xs, states, params, batch_sizes, S)
-    return run_direction_eager(xs, states, params, batch_sizes, S)
+        return run_traced(xs, states, params, batch_sizes, S, masked)
+    return run_direction_eager(xs, states, params, batch_sizes, S, masked)
 
 
 @compiler_disabled
-def run_direction_eager(xs, states, params, batch_sizes, S):
+def run_direction_eager(xs, states, params, batch_sizes, S, masked=False):
     """The Python loop, and {name}Sequence's generated backward (eager mode)."""
     B = xs.shape[1]
     batch_sizes = [B] * xs.shape[0] if batch_sizes is None else list(batch_sizes)
     if SYMBOLIC_BACKWARD:
-        ys, *final = {name}Sequence.apply(S, batch_sizes, xs, *states, *params)
+        ys, *final = {name}Sequence.apply(S, batch_sizes, masked, xs, *states, *params)
     else:
-        ys, *final = {lower}_sequence(S, batch_sizes, xs, *states, *params)
+        ys, *final = {lower}_sequence(S, batch_sizes, xs, *states, *params, masked=masked)
     return ys, tuple(final)
 
 
@@ -539,14 +650,11 @@ def run_direction_eager(xs, states, params, batch_sizes, S):
 OP_NAME = {_OP_MARK}
 
 
-{shapes_source(prog.fwd, prog.bwd)}
-
-
-def define_ops(qualname):
-    """The op `qualname`: {lower}_forward over a whole sequence as a torch.library custom op,
-    with a fake implementation (result_shapes) and an autograd formula calling {lower}_backward
-    as the op `qualname`_backward. Defined once per process: a second load of this module finds
-    the op the first defined (the same text, so the same code).
+def define_ops(qualname, masked=False):
+    """The op `qualname`: {lower}_forward (or the masked cell's forward) over a whole sequence
+    as a torch.library custom op, with a fake implementation (result_shapes) and an autograd
+    formula calling its backward as the op `qualname`_backward. Defined once per process: a
+    second load of this module finds the op the first defined (the same text, so the same code).
 
     Op arguments are tensors, ints and lists of them: the sizes dict S travels as its values in
     SPEC's order, batch sizes as a list of ints, or None when every row runs every step."""
@@ -554,6 +662,10 @@ def define_ops(qualname):
     ops = getattr(torch.ops, namespace)
     if hasattr(ops, name):
         return getattr(ops, name)
+    n_results = kernels(masked)[2]
+
+    def shapes_of(S, T, B):
+        return kernels(masked)[3](S, T, B)
 
     def sizes_dict(sizes):
         return {{sym: n for (_, sym), n in zip(SPEC["sizes"], sizes)}}
@@ -564,25 +676,27 @@ def define_ops(qualname):
     def forward(sizes, batch_sizes, xs, args):
         T, B = xs.shape[0], xs.shape[1]
         flat = xs.reshape(T * B, xs.shape[2])
-        outs = {lower}_forward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), flat, *args)
+        kernel_forward = kernels(masked)[0]
+        outs = kernel_forward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), flat, *args)
         return op_results(outs, [xs, *args], xs)
 
     def forward_fake(sizes, batch_sizes, xs, args):
-        shapes = result_shapes(sizes_dict(sizes), xs.shape[0], xs.shape[1])[0]
+        shapes = shapes_of(sizes_dict(sizes), xs.shape[0], xs.shape[1])[0]
         return [xs.new_empty(s) for s in shapes]
 
     def backward(sizes, batch_sizes, T, B, args):
-        grads = {lower}_backward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), *args)
+        kernel_backward = kernels(masked)[1]
+        grads = kernel_backward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), *args)
         return op_results(grads, args, args[-1])
 
     def backward_fake(sizes, batch_sizes, T, B, args):
-        return [args[-1].new_empty(s) for s in result_shapes(sizes_dict(sizes), T, B)[1]]
+        return [args[-1].new_empty(s) for s in shapes_of(sizes_dict(sizes), T, B)[1]]
 
     def setup_context(ctx, inputs, output):
         sizes, batch_sizes, xs, args = inputs
         ctx.sizes, ctx.batch_sizes, ctx.n_args = sizes, batch_sizes, len(args)
         ctx.needs = [t.requires_grad for t in (xs, *args)]
-        ctx.save_for_backward(xs, *args, *output[N_RESULTS:])  # inputs, then the residuals
+        ctx.save_for_backward(xs, *args, *output[n_results:])  # inputs, then the residuals
 
     def differentiate(ctx, grads):
         xs, *saved = ctx.saved_tensors
@@ -591,10 +705,11 @@ def define_ops(qualname):
         S = sizes_dict(ctx.sizes)
         # An output nobody used may have no gradient: zeros of its shape.
         seeds = [g if g is not None else xs.new_zeros(s)
-                 for g, s in zip(grads[:N_RESULTS], result_shapes(S, T, B)[0])]
+                 for g, s in zip(grads[:n_results], shapes_of(S, T, B)[0])]
         *d_final, d_ys = seeds
-        if torch.is_grad_enabled():  # create_graph=True: {lower}_backward is not differentiable
-            run = functools.partial({lower}_sequence, S, rows(ctx.batch_sizes, T, B))
+        if torch.is_grad_enabled():  # create_graph=True: the backward is not differentiable
+            run = functools.partial({lower}_sequence, S, rows(ctx.batch_sizes, T, B),
+                                    masked=masked)
             d = differentiable_backward(run, inputs, ctx.needs, (d_ys.reshape(T, B, -1), *d_final))
         else:
             d = backward_op(ctx.sizes, ctx.batch_sizes, T, B, [*residuals, *d_final, d_ys])
@@ -615,14 +730,16 @@ def define_ops(qualname):
 
 
 sequence_op = define_ops(OP_NAME)
+masked_sequence_op = define_ops(OP_NAME + "_masked", masked=True)
 
 
-def run_traced(xs, states, params, batch_sizes, S):
+def run_traced(xs, states, params, batch_sizes, S, masked=False):
     """run_direction while torch.compile or torch.export traces it: one call of the op."""
     sizes = [S[sym] for _, sym in SPEC["sizes"]]
     batch_sizes = None if batch_sizes is None else list(batch_sizes)
-    outs = sequence_op(sizes, batch_sizes, xs, [*states, *params])
-    *final, ys = outs[:N_RESULTS]
+    op = masked_sequence_op if masked else sequence_op
+    outs = op(sizes, batch_sizes, xs, [*states, *params])
+    *final, ys = outs[:kernels(masked)[2]]
     return ys.reshape(xs.shape[0], xs.shape[1], ys.shape[1]), tuple(final)
 
 

@@ -104,15 +104,17 @@ def _array(a, name, shape, dtype):
     return np.ascontiguousarray(a)
 
 
-def _states(given, B, state_sizes, dtype, label, order=None):
+def _states(given, B, state_sizes, dtype, label, order=None, initial=None):
     """One (B, size) array per (name, size) of state_sizes, in that order: given ones checked,
-    missing ones zero; rows reordered by `order` when given. `label` names a state in errors
+    missing ones filled with their `initial` value (one float per state; zeros when None, as
+    for cotangents); rows reordered by `order` when given. `label` names a state in errors
     ("state {name}", "d_states[{name}]")."""
     given = dict(given or {})
+    initial = [0.0] * len(state_sizes) if initial is None else initial
     out = []
-    for name, size in state_sizes:
+    for (name, size), start in zip(state_sizes, initial):
         v = given.pop(name, None)
-        v = (np.zeros((B, size), dtype) if v is None
+        v = (np.full((B, size), start, dtype) if v is None
              else _array(v, label.format(name=repr(name)), (B, size), dtype))
         out.append(v if order is None else np.ascontiguousarray(v[order]))
     if given:
@@ -121,14 +123,44 @@ def _states(given, B, state_sizes, dtype, label, order=None):
     return out
 
 
-def _params(params, param_shapes, dtype):
-    """The parameter arrays in the order of param_shapes ((name, shape) pairs), checked."""
+def _params(params, param_shapes, dtype, defaults=None):
+    """The parameter arrays in the order of param_shapes ((name, shape) pairs), checked; a
+    hyper-parameter left out (a name in `defaults`, name -> float) is its default."""
+    defaults = defaults or {}
     out = []
     for name, shape in param_shapes:
+        if name not in params and name in defaults:
+            out.append(np.full(tuple(shape), defaults[name], dtype))
+            continue
         if name not in params:
             raise ValueError(f"missing parameter {name!r}")
         out.append(_array(params[name], f"parameter {name!r}", tuple(shape), dtype))
     return out
+
+
+def _number(e, sizes):
+    """The value of a number written as data (a state's initial value in a loader, which may
+    read the sizes: `state m[H] = -1/sqrt(H)`): a float, a size symbol (str), or a list
+    [op, operands...] with op one of _NUMBER_OPS. None if it is not a finite real number for
+    these sizes (log(H - 2) with H = 1), which cellc refuses as CellIR.bind does."""
+    with np.errstate(all="ignore"):  # a domain error is nan or inf here, refused below
+        value = _evaluate_number(e, sizes)
+    return float(value) if np.isfinite(value) else None
+
+
+def _evaluate_number(e, sizes):
+    """As float64 NumPy scalars, whose errors (log(0), 1/0, (-8)^0.5) are inf or nan."""
+    if isinstance(e, (int, float)):
+        return np.float64(e)
+    if isinstance(e, str):
+        return np.float64(sizes[e])
+    op, *args = e
+    return _NUMBER_OPS[op](*(_evaluate_number(a, sizes) for a in args))
+
+
+_NUMBER_OPS = {"neg": np.negative, "sqrt": np.sqrt, "exp": np.exp, "log": np.log,
+               "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+               "pow": np.power}
 
 
 def _ints(values, n, name):
@@ -353,14 +385,23 @@ class _LoadedCell:
     kernels' `sizes` order), `_fixed_sizes` (symbol -> int of a specialized build, None for a
     generic one), `_dims` ((value, dim text, dim) for each feature dim of the step),
     `_state_dims` and `_param_dims` ((name, dim or dims) pairs), `_input_dim` and `_output_dim`.
-    A dim is an int or a size polynomial (see `_size_value`).
+    A dim is an int or a size polynomial (see `_size_value`). `_state_init`: each state's
+    initial value as `_number` data (0.0 for most), `_hyper_defaults` (name -> default of each
+    hyper-parameter, used when params leaves it out) and `_frozen` (the constants' and
+    hyper-parameters' names: no gradient, so backward returns none for them).
 
     It takes what cellc's NativeCell takes, with the same checks and messages: the sizes as
     keywords (`input_size=8, ...`; a specialized build's own sizes may be left out), and
-    sequences of different lengths as `lengths` or as `batch_sizes` (sorted longest first)."""
+    sequences of different lengths as `lengths` or as `batch_sizes` (sorted longest first);
+    reverse=True runs the cell backwards in time (see `_reverse_time`)."""
 
-    def __init__(self, dtype="float32", **size_args):
+    _state_init = None
+    _hyper_defaults = None
+    _frozen = ()
+
+    def __init__(self, dtype="float32", *, reverse=False, **size_args):
         self.dtype = _float_dtype(dtype)
+        self.reverse = _check_reverse(reverse)
         self.sizes = self._bind(size_args)
         tag = "f32" if self.dtype == np.float32 else "f64"
         self._forward = self._kernel_prefix + "forward_" + tag
@@ -372,6 +413,12 @@ class _LoadedCell:
                               for name, dims in self._param_dims]
         self._input_size = _size_value(self._input_dim, S)
         self._output_size = _size_value(self._output_dim, S)
+        self._initial = [0.0] * len(self._state_dims)
+        for k, e in enumerate(self._state_init or ()):
+            self._initial[k] = _number(e, S)
+            if self._initial[k] is None:
+                raise ValueError(f"{self._cell_name}: with {size_args}, the initial value of state"
+                                 f" {self._state_dims[k][0]!r} is not a finite real number")
 
     def _bind(self, args):
         """The sizes (symbol -> int) for the keyword arguments, checked as `CellIR.bind` checks
@@ -412,14 +459,17 @@ class _LoadedCell:
         xs = _array(xs, "xs", (T, B, self._input_size), self.dtype)
         bs, order = _sequence_layout(T, B, lengths, batch_sizes)
         x = xs if order is None else xs[:, order]
+        x = _reverse_time(x, bs) if self.reverse else x
         args = [np.ascontiguousarray(x).reshape(T * B, self._input_size),
-                *_states(states, B, self._state_sizes, self.dtype, "state {name}", order),
-                *_params(params, self._param_shapes, self.dtype)]
+                *_states(states, B, self._state_sizes, self.dtype, "state {name}", order,
+                         self._initial),
+                *_params(params, self._param_shapes, self.dtype, self._hyper_defaults)]
         out = self._library.call(self._forward, T, B, bs, args, self.sizes)
         n = len(self._state_sizes)
         outputs = _unshared(out[: n + 1])
         residuals = _unshared(out[n + 1 :], outputs)  # the tape's own
         ys = outputs[n].reshape(T, B, self._output_size)
+        ys = _reverse_time(ys, bs) if self.reverse else ys
         final = outputs[:n]
         if order is not None:  # back to the caller's order
             inv = np.argsort(order)
@@ -428,19 +478,24 @@ class _LoadedCell:
         return ys, dict(zip(names, final)), (residuals, T, B, bs, order)
 
     def backward(self, tape, d_ys=None, d_states=None):
-        """Gradients of "xs", each initial state and each parameter."""
+        """Gradients of "xs", each initial state and each trained parameter."""
         residuals, T, B, bs, order = tape
         ys_shape = (T, B, self._output_size)
         d_ys = (np.zeros(ys_shape, self.dtype) if d_ys is None
                 else _array(d_ys, "d_ys", ys_shape, self.dtype))
         seeds = _states(d_states, B, self._state_sizes, self.dtype, "d_states[{name}]", order)
         dy = d_ys if order is None else d_ys[:, order]
+        dy = _reverse_time(dy, bs) if self.reverse else dy
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, self._output_size))
         grads = _unshared(self._library.call(self._backward, T, B, bs, list(residuals) + seeds,
                                              self.sizes))
         names = ["xs"] + [name for name, _ in self._state_sizes]
         out = dict(zip(names + [name for name, _ in self._param_shapes], grads))
+        for name in self._frozen:  # their slots are zeros, not derivatives
+            del out[name]
         out["xs"] = out["xs"].reshape(T, B, self._input_size)
+        if self.reverse:
+            out["xs"] = _reverse_time(out["xs"], bs)
         if order is not None:
             inv = np.argsort(order)
             for k in names:
@@ -450,13 +505,33 @@ class _LoadedCell:
     def step(self, x, states, params):
         """One time step for a batch x (B, I): (y (B, out), {state: next value})."""
         B = _step_batch(x)
-        args = [*_states(states, B, self._state_sizes, self.dtype, "state {name}"),
+        args = [*_states(states, B, self._state_sizes, self.dtype, "state {name}", None,
+                         self._initial),
                 _array(x, "x", (B, self._input_size), self.dtype),
-                *_params(params, self._param_shapes, self.dtype)]
+                *_params(params, self._param_shapes, self.dtype, self._hyper_defaults)]
         out = _unshared(self._library.call(self._step, 1, B, np.array([B], np.int64), args,
                                            self.sizes))
         n = len(self._state_sizes)
         return out[n], dict(zip((name for name, _ in self._state_sizes), out[:n]))
+
+
+def _check_reverse(reverse):
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse must be a bool, not {type(reverse).__name__}")
+    return reverse
+
+
+def _reverse_time(a, batch_sizes):
+    """a (T, B, ...), rows in the kernels' order (sorted longest first, batch_sizes[t] of them
+    running at step t), with each sequence reversed within its own length: its own inverse.
+    A cell made with reverse=True runs so, as the reverse half of a bidirectional torch layer
+    (ONNX direction="reverse"): outputs in input time order, the final state the one after
+    x[0]; Keras' go_backwards instead returns the outputs in reversed order."""
+    T, B = a.shape[:2]
+    lengths = (np.asarray(batch_sizes).reshape(1, T) > np.arange(B).reshape(B, 1)).sum(1)
+    t = np.arange(T).reshape(T, 1)
+    index = np.where(t < lengths, lengths - 1 - t, t)
+    return np.ascontiguousarray(a[index, np.arange(B)])
 
 
 def _sequence_layout(T, B, lengths, batch_sizes):
@@ -486,3 +561,82 @@ def _fraction_text(size, sizes):
             value *= sizes[name]
         total += value
     return str(total)
+
+
+# -- the step's input row of a cell that reads x[t-1] or noise masks (cellc/inputs.py) --------
+# Parts are cellc.inputs.InputPart objects or the runtime spec's dicts of the same fields.
+
+
+def is_plain(parts) -> bool:
+    """A cell that reads only its input: its row is x itself."""
+    return len(parts) <= 1
+
+
+def check_rate(p: float, what: str) -> float:
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {p}")
+    return p
+
+
+def _part_rate(part, rates) -> float:
+    r = part["rate"] if isinstance(part, dict) else part.rate
+    return check_rate(rates[r] if isinstance(r, str) else r, f"the rate of {_part_name(part)}")
+
+
+def _part_name(part) -> str:
+    return part["name"] if isinstance(part, dict) else part.name
+
+
+def _part_field(part, key):
+    return part[key] if isinstance(part, dict) else getattr(part, key)
+
+
+def eval_mask_value(part, rates) -> float:
+    """The mask a part takes with no noise (eval): dropout 1, zoneout p (the expectation)."""
+    return _part_rate(part, rates) if _part_field(part, "kind") == "zoneout" else 1.0
+
+
+def row_numpy(parts, xs: np.ndarray, sizes: list[int], rates=None, noise=None) -> np.ndarray:
+    """The row (T, B, sum of sizes) from xs (T, B, I): sizes gives each part's feature size;
+    rates maps hyper-parameter names to values; noise maps a mask's name to an explicit array
+    ((T, B, F), or (B, F) for a per=sequence dropout); a mask not given takes its eval value."""
+    if is_plain(parts):
+        return xs
+    rates, noise = dict(rates or {}), dict(noise or {})
+    T, B = xs.shape[:2]
+    cols = []
+    for part, n in zip(parts, sizes):
+        kind = _part_field(part, "kind")
+        if kind == "input":
+            cols.append(xs)
+        elif kind == "previous":
+            cols.append(np.concatenate([np.zeros_like(xs[:1]), xs[:-1]], axis=0))
+        else:
+            m = noise.pop(_part_name(part), None)
+            if m is None:
+                m = np.full((T, B, n), eval_mask_value(part, rates), xs.dtype)
+            m = np.asarray(m, xs.dtype)
+            if m.ndim == 2:
+                m = np.broadcast_to(m[None], (T, B, n))
+            if m.shape != (T, B, n):
+                raise ValueError(f"noise {_part_name(part)!r} must have shape {(T, B, n)}, got"
+                                 f" {m.shape}")
+            cols.append(m)
+    if noise:
+        raise ValueError(f"unknown noise {sorted(noise)}; the cell's masks are"
+                         f" {[_part_name(p) for p in parts if _part_field(p, 'kind') in ('dropout', 'zoneout')]}")
+    return np.concatenate(cols, axis=2)
+
+
+def row_grad_numpy(parts, d_row: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """x's cotangent from the row's: d x = d part0 + shift_back(d x_prev); masks get none."""
+    if is_plain(parts):
+        return d_row
+    offsets = np.cumsum([0, *sizes])
+    dx = d_row[:, :, offsets[0]:offsets[1]].copy()
+    for k, part in enumerate(parts):
+        if _part_field(part, "kind") == "previous":
+            dp = d_row[:, :, offsets[k]:offsets[k + 1]]
+            dx[:-1] += dp[1:]
+    return dx

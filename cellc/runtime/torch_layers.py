@@ -23,6 +23,7 @@ A dict. Every function in it takes `s`, the sizes of one layer as a dict from si
         "input_size": "input_size",                           # the argument sizing the input x
         "states": ["h", "c"],                                 # state names, in order
         "state_sizes": lambda s: (s["H"], s["H"]),            # feature size of each state
+        "state_init": lambda s: (0.0, 0.0),                   # optional: each state's start
         "output_size": lambda s: s["H"],                      # feature size of the output
         "params": [                                           # in the order run_direction takes
             {"name": "weight_ih", "kind": "param", "shape": lambda s: (4 * s["H"], s["I"]),
@@ -37,7 +38,13 @@ A dict. Every function in it takes `s`, the sizes of one layer as a dict from si
 `kind` is "param" or "bias"; a layer built with bias=False has no bias-kind parameters (as in
 torch). `init` names a row of `_INITIALIZERS` below (uniform, normal, zeros, ones, constant,
 orthogonal), called with the arguments `init_args` returns, in the order cellc/initializers.py
-documents (uniform(low, high), ...).
+documents (uniform(low, high), ...); for "values" (an initializer expression) the one argument
+is the value itself, an array or tensor that broadcasts to the shape. Two kinds get no
+gradient: "const", a persistent buffer named as a parameter would be (`P_l0`), drawn from its
+initializer once when the module is built (reset_parameters leaves it), and "hyper", a float
+with a "default" entry, taken as a keyword-only constructor argument of its name (after the
+others), kept as that attribute and passed to run_direction as a [1] tensor. "state_init"
+(optional, zeros) gives the states' values when forward gets no hx, per layer sizes.
 
 Constructor arguments: the input-size argument, then the first other size argument (normally
 hidden_size), then torch's (num_layers, bias, batch_first, dropout, bidirectional, device, dtype;
@@ -63,6 +70,19 @@ constructor, so a backend may reject sizes there (ValueError).
   are sorted by decreasing length and step t updates only rows b < batch_sizes[t]; the other rows
   keep their state and output zeros. The layer passes None whenever every row is active.
 - Returns ys (T, B, H_out) and the tuple of final (B, H_k) states.
+- masked=True (a keyword the layer passes only when it is given a mask, so a backend compiles
+  that loop on first use): run the cell's masked form instead (cellc/masking.py): xs then has
+  one more feature, the mask as 1.0 (run the step) or 0.0 (keep every state and repeat the
+  previous output), states one more, the previous output (B, H_out), zeros at the start, and
+  the final states include it. The layer builds those and drops it; batch_sizes is then None.
+
+Reverse time (the reverse direction of bidirectional=True, or reverse=True, which runs only it):
+each sequence is reversed within its own length before the loop and its outputs after it, so
+outputs are in input time order and the final state is the one after x[0], as in the reverse
+half of torch.nn.LSTM(bidirectional=True) and ONNX's direction="reverse" (Keras' go_backwards
+instead returns the outputs in reversed order). A reverse=True layer names its parameters
+without the `_reverse` suffix, so it loads a bidirectional torch layer's `*_reverse` weights
+after renaming.
 
 The layer never differentiates anything: run_direction must be autograd-aware, as a plain torch
 loop or a torch.autograd.Function is, and differentiable twice (create_graph=True: gradient
@@ -160,6 +180,7 @@ _INITIALIZERS = {  # name -> (number of arguments allowed, fill function)
     "ones": ((0,), lambda w, a: torch.nn.init.ones_(w)),
     "constant": ((1,), lambda w, a: torch.nn.init.constant_(w, a[0])),
     "orthogonal": ((0, 1), lambda w, a: torch.nn.init.orthogonal_(w, a[0] if a else 1.0)),
+    "values": ((1,), lambda w, a: w.copy_(torch.as_tensor(a[0], dtype=w.dtype).expand_as(w))),
 }
 
 
@@ -197,9 +218,16 @@ def make_layer(spec, run_direction_for, rebuild=None):
     return layer, cell
 
 
+# Parameter kinds: trained ("bias" is left out by bias=False), then the frozen constants
+# (persistent buffers) and float hyper-parameters (keyword-only constructor arguments).
+_KINDS = ("param", "bias", "const", "hyper")
+_TRAINED = ("param", "bias")
+# The constructor's own arguments, which no hyper-parameter may take.
+_TORCH_ARGUMENTS = {"self", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+                    "device", "dtype", "reverse"}
 # Attributes the modules set or torch.nn.Module owns; no parameter may take these names.
 _RESERVED = {"num_layers", "batch_first", "dropout", "bidirectional", "device", "dtype",
-             "training", "forward", "all_weights", "reset_parameters", "extra_repr"}
+             "training", "forward", "all_weights", "reset_parameters", "extra_repr", "reverse"}
 _SELF = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
@@ -227,21 +255,39 @@ class _Spec:
         if not self.states:
             raise TypeError(f"spec {self.name}: a cell needs at least one state")
         self._state_sizes = get("state_sizes")
+        self._state_init = spec.get("state_init")  # optional: zeros
         self._output_size = get("output_size")
         self.params = []
         for p in get("params"):
             p = dict(p)
             p.setdefault("init_args", None)
-            if p.get("kind") not in ("param", "bias"):
+            if p.get("kind") not in _KINDS:
                 raise TypeError(f"spec {self.name}: parameter {p.get('name')!r} has kind"
-                                f" {p.get('kind')!r}; expected 'param' or 'bias'")
+                                f" {p.get('kind')!r}; expected one of {list(_KINDS)}")
             if p.get("name") in args or p.get("name") in _RESERVED:
                 raise TypeError(f"spec {self.name}: parameter name {p.get('name')!r} clashes with"
                                 " a constructor argument or module attribute")
+            if p["kind"] == "hyper":
+                self._check_hyper(p)
             if p.get("init") not in _INITIALIZERS:
                 raise TypeError(f"spec {self.name}: parameter {p['name']!r} has unknown"
                                 f" initializer {p.get('init')!r}; known: {sorted(_INITIALIZERS)}")
             self.params.append(p)
+
+        self.hypers = [p for p in self.params if p["kind"] == "hyper"]
+        # The step's input row (cellc/inputs.py): x, x[t-1], noise masks; [] for a plain cell.
+        self.input_parts = [dict(p) for p in spec.get("input_parts", ())]
+
+    def _check_hyper(self, p):
+        """A hyper-parameter is a keyword-only constructor argument named as the parameter."""
+        name = p["name"]
+        if not isinstance(name, str) or not name.isidentifier() or name in _TORCH_ARGUMENTS:
+            raise TypeError(f"spec {self.name}: hyper-parameter {name!r} cannot name a"
+                            " constructor argument")
+        default = p.get("default")
+        if isinstance(default, bool) or not isinstance(default, numbers.Real):
+            raise TypeError(f"spec {self.name}: hyper-parameter {name!r} needs a real number as"
+                            f" its default, not {default!r}")
 
     def _whole(self, value, what, sizes) -> int:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -259,6 +305,24 @@ class _Spec:
     def output_size(self, sizes) -> int:
         return self._whole(self._output_size(sizes), "the output size", sizes)
 
+    def state_init(self, sizes) -> list[float]:
+        """Each state's value before the first step when no hx is given (0.0 unless the cell
+        says, as in `state m[H] = -1e30`), for one layer's sizes."""
+        if self._state_init is None:
+            return [0.0] * len(self.states)
+        try:
+            got = [float(v) for v in self._state_init(sizes)]
+        except (ArithmeticError, ValueError) as e:  # math domain errors, 1/0: a generated module
+            if type(e) not in (ValueError, ZeroDivisionError, OverflowError):
+                raise  # already a located error (the eager and llvm layers evaluate with cellc)
+            got = [math.nan]
+        assert len(got) == len(self.states), "spec: state_init gives one value per state"
+        if not all(math.isfinite(v) for v in got):
+            shown = ", ".join(f"{a}={sizes[sym]}" for a, sym in self.sizes)
+            raise ValueError(f"{self.name}: with {shown}, a state's initial value is not a finite"
+                             " real number")
+        return got
+
     def param_shape(self, p, sizes) -> tuple[int, ...]:
         what = f"a dimension of {p['name']!r}"
         return tuple(self._whole(v, what, sizes) for v in p["shape"](sizes))
@@ -270,9 +334,24 @@ class _Spec:
             if type(e) not in (ValueError, ZeroDivisionError, OverflowError):
                 raise  # already a located error (the eager and llvm layers evaluate with cellc)
             args = (e,)
-        bad = [a for a in args if not isinstance(a, numbers.Real) or not math.isfinite(a)]
+        shown = ", ".join(f"{a}={sizes[sym]}" for a, sym in self.sizes)
+        if p["init"] == "values" and not isinstance(args[0], Exception):
+            # An initializer expression's value: an array (or a number) that must broadcast to
+            # the weight's shape; log(0) or sqrt(-1) in a generated module's torch code is
+            # inf or nan, not an exception.
+            value = torch.as_tensor(args[0], dtype=torch.float64)
+            try:
+                fits = torch.broadcast_shapes(value.shape, weight.shape) == weight.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{self.name}: with {shown}, the initializer of {p['name']!r} has"
+                                 f" shape {list(value.shape)}, which does not broadcast to its"
+                                 f" shape {list(weight.shape)}") from None
+            bad = [] if bool(torch.isfinite(value).all()) else ["inf or nan"]
+        else:
+            bad = [a for a in args if not isinstance(a, numbers.Real) or not math.isfinite(a)]
         if bad:  # math domain errors and 1/0 in a generated module's formulas
-            shown = ", ".join(f"{a}={sizes[sym]}" for a, sym in self.sizes)
             raise ValueError(f"{self.name}: with {shown}, the initializer of {p['name']!r} has an"
                              f" argument that is not a finite real number ({bad[0]})")
         counts, fill = _INITIALIZERS[p["init"]]
@@ -293,6 +372,9 @@ def _signature(spec: _Spec, cell: bool) -> inspect.Signature:
     params += [P("device", P.POSITIONAL_OR_KEYWORD, default=None),
                P("dtype", P.POSITIONAL_OR_KEYWORD, default=None)]
     params += [P(a, P.KEYWORD_ONLY) for a in spec.keyword]
+    if not cell:
+        params += [P("reverse", P.KEYWORD_ONLY, default=False)]
+    params += [P(h["name"], P.KEYWORD_ONLY, default=h["default"]) for h in spec.hypers]
     return inspect.Signature(params)
 
 
@@ -319,6 +401,40 @@ def _bind_sizes(module, a) -> dict:
     return sizes
 
 
+def _bind_hypers(module, a) -> None:
+    """Check each hyper-parameter (a real number, not a bool) and keep it as an attribute of
+    its name, as a float; forward passes it to the loop as a [1] tensor of the input's dtype,
+    so changing the attribute later changes the next forward and compiles nothing."""
+    for h in module._spec.hypers:
+        v = a[h["name"]]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{type(module).__name__}(): {h['name']} should be a real number,"
+                            f" got: {type(v).__name__}")
+        setattr(module, h["name"], float(v))
+
+
+def _frozen_tensor(module, p, name, like, shape):
+    """The loop's argument for a parameter of kind const (its buffer, detached: a constant
+    gets no gradient even if someone set requires_grad on it) or hyper (a [1] tensor)."""
+    if p["kind"] == "hyper":
+        return like.new_full((1,), getattr(module, p["name"]))
+    return getattr(module, name).detach()
+
+
+def _hyper_repr(module) -> str:
+    """The hyper-parameters that differ from their defaults, as torch prints its arguments."""
+    return "".join(f", {h['name']}={getattr(module, h['name'])}" for h in module._spec.hypers
+                   if getattr(module, h["name"]) != h["default"])
+
+
+def _initial_values(like, shape, values):
+    """A tensor of `shape` whose slice k along the first axis is values[k]: the states' start
+    when no hx is given, per layer (an initial value may read the layer's sizes)."""
+    if all(v == values[0] for v in values):
+        return like.new_full(shape, values[0]) if values[0] else like.new_zeros(shape)
+    return torch.stack([like.new_full(shape[1:], v) for v in values])
+
+
 def _check_bool(name, v):
     if not isinstance(v, bool):
         raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
@@ -341,17 +457,15 @@ def _run_for(module, sizes):
     return run
 
 
-def _dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def _check_dtype(module, x, what):
+    """x's dtype and device against the weights'. The dtype message is torch.nn.RNNBase's text,
+    which says RNN for every layer class; a cell, for which torch has none, names its class."""
     w = next(module.parameters(), None)
     if w is not None and x.dtype != w.dtype:
+        who = "RNN" if isinstance(module, _RNNLayer) else type(module).__name__
         raise ValueError(
-            f"{type(module).__name__}: {what} dtype ({_dtype_name(x.dtype)}) does not match weight"
-            f" dtype ({_dtype_name(w.dtype)}). Convert it with .to({w.dtype}), or the module with"
-            f" .to({x.dtype})")
+            f"{who} {what} dtype ({x.dtype}) does not match weight dtype ({w.dtype})."
+            f" Convert {what}: {what}.to({w.dtype}), or convert model: model.to({x.dtype})")
     if w is not None and x.device != w.device:
         raise RuntimeError(f"{type(module).__name__}: {what} is on {x.device} but the weights are"
                            f" on {w.device}")
@@ -398,13 +512,18 @@ class _RNNLayer(_Picklable, torch.nn.Module):
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so"
                           " non-zero dropout expects num_layers greater than 1, but got"
                           f" dropout={dropout} and num_layers={num_layers}", stacklevel=3)
-        for flag in ("bias", "batch_first", "bidirectional"):
+        for flag in ("bias", "batch_first", "bidirectional", "reverse"):
             _check_bool(flag, a[flag])
+        if a["reverse"] and a["bidirectional"]:
+            raise ValueError("reverse=True runs only the reverse direction; it cannot be combined"
+                             " with bidirectional=True")
+        self.reverse = a["reverse"]
         self.num_layers = num_layers
         self.bias = a["bias"]
         self.batch_first = a["batch_first"]
         self.dropout = float(dropout)
         self.bidirectional = a["bidirectional"]
+        _bind_hypers(self, a)
         directions = 2 if self.bidirectional else 1
 
         # Layer l > 0 reads the concatenated outputs of layer l-1's directions.
@@ -419,6 +538,7 @@ class _RNNLayer(_Picklable, torch.nn.Module):
                 raise ValueError(f"{name}: state sizes depend on {spec.input_arg}, so layers"
                                  " cannot be stacked (num_layers must be 1)")
         self._output_sizes = [spec.output_size(ls) for ls in self._layer_sizes]
+        self._state_inits = [spec.state_init(ls) for ls in self._layer_sizes]
         self._param_shapes = [[spec.param_shape(p, ls) for p in spec.params]
                               for ls in self._layer_sizes]
         for ls in self._layer_sizes:
@@ -431,25 +551,42 @@ class _RNNLayer(_Picklable, torch.nn.Module):
             for direction in range(directions):
                 names = []
                 for p, shape in zip(spec.params, self._param_shapes[layer]):
-                    if p["kind"] == "bias" and not self.bias:
-                        continue
                     pname = f"{p['name']}_l{layer}{'_reverse' if direction else ''}"
+                    if p["kind"] == "const":  # in state_dict, moved by .to(), never trained
+                        self.register_buffer(pname, torch.empty(shape, **factory))
+                    if p["kind"] not in _TRAINED or (p["kind"] == "bias" and not self.bias):
+                        continue
                     weight = torch.nn.Parameter(torch.empty(shape, **factory))
                     self.register_parameter(pname, weight)
                     names.append(pname)
                 self._flat_weights_names += names
                 self._all_weights.append(names)
         self.reset_parameters()
+        self._init_constants()
+
+    def _layer_tensors(self, kinds):
+        """(spec parameter, its tensor on this module, its layer's sizes) for every layer and
+        direction, of the given kinds (a bias=False layer has no bias tensors)."""
+        for layer, sizes in enumerate(self._layer_sizes):
+            for suffix in ("", "_reverse") if self.bidirectional else ("",):
+                for p in self._spec.params:
+                    w = getattr(self, f"{p['name']}_l{layer}{suffix}", None)
+                    if p["kind"] in kinds and w is not None:
+                        yield p, w, sizes
 
     def reset_parameters(self) -> None:
-        """Draw every parameter from its spec initializer, evaluated with its layer's sizes."""
+        """Draw every trained parameter from its spec initializer, evaluated with its layer's
+        sizes. Constants (`const`) are not drawn again: they are part of the cell, drawn once
+        when the layer is built (after the parameters, so a cell's parameters draw the same
+        numbers with or without constants), and only load_state_dict replaces them."""
         with torch.no_grad():
-            for layer, sizes in enumerate(self._layer_sizes):
-                for suffix in ("", "_reverse") if self.bidirectional else ("",):
-                    for p in self._spec.params:
-                        w = getattr(self, f"{p['name']}_l{layer}{suffix}", None)
-                        if w is not None:
-                            self._spec.init(p, w, sizes)
+            for p, w, sizes in self._layer_tensors(_TRAINED):
+                self._spec.init(p, w, sizes)
+
+    def _init_constants(self) -> None:
+        with torch.no_grad():
+            for p, w, sizes in self._layer_tensors(("const",)):
+                self._spec.init(p, w, sizes)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn.LSTM."""
@@ -471,19 +608,26 @@ class _RNNLayer(_Picklable, torch.nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional is not False:
             s += f", bidirectional={self.bidirectional}"
-        return s
+        if self.reverse is not False:
+            s += f", reverse={self.reverse}"
+        return s + _hyper_repr(self)
 
     # -- forward ------------------------------------------------------------------------------
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, mask=None):
+        """input, hx and the results as torch.nn.LSTM has them. mask (optional): a bool tensor
+        (B, T) whatever batch_first is ((T,) for unbatched input), with Keras semantics: at a
+        step where it is False every state keeps its value and the output repeats the previous
+        output (zeros before the first True step); it may have holes. The reverse direction
+        (bidirectional=True or reverse=True) reverses the mask with the input, as Keras'
+        Bidirectional does. With a PackedSequence only when every sequence has full length."""
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
         sorted_indices = unsorted_indices = rev = None
         if packed:
             data, batch_sizes_t, sorted_indices, unsorted_indices = input
             if data.dim() != 2:
-                raise RuntimeError(
-                    f"{name}: packed input data must have 2 dimensions, got {data.dim()}")
+                raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
             # Python ints: the loop's shapes depend on them. Under torch.compile this reading
             # of a tensor's values is a graph break (an error with fullgraph=True).
             batch_sizes = [int(n) for n in batch_sizes_t]
@@ -506,7 +650,7 @@ class _RNNLayer(_Picklable, torch.nn.Module):
         _check_dtype(self, data, "input")
         features = getattr(self, self._spec.input_arg)
         if data.size(-1) != features:
-            raise RuntimeError(f"{name}: input.size(-1) must be equal to {self._spec.input_arg}."
+            raise RuntimeError(f"input.size(-1) must be equal to {self._spec.input_arg}."
                                f" Expected {features}, got {data.size(-1)}")
         if packed:
             index = _packed_index(batch_sizes, B, data.device)
@@ -516,6 +660,11 @@ class _RNNLayer(_Picklable, torch.nn.Module):
             batch_sizes = None  # every row runs every step
         if batch_sizes is not None:
             rev = _reverse_index(batch_sizes, B, data.device)
+        if mask is not None:
+            mask = _time_mask(name, mask, is_batched, T, B, data, sorted_indices)
+            if batch_sizes is not None:
+                raise ValueError(f"{name}: a mask and a PackedSequence of different lengths"
+                                 " cannot be combined; pass one or the other")
 
         directions = 2 if self.bidirectional else 1
         finals = [[] for _ in self._spec.states]
@@ -527,15 +676,11 @@ class _RNNLayer(_Picklable, torch.nn.Module):
                 k = layer * directions + direction
                 states = tuple(h[k] for h in h0)
                 params = self._direction_params(layer, direction, layer_input)
-                if direction == 0:
-                    ys, fin = run(layer_input, states, params, batch_sizes)
-                elif batch_sizes is None:
-                    ys, fin = run(layer_input.flip(0), states, params, None)
-                    ys = ys.flip(0)
-                else:  # reverse each sequence within its own length; rev is its own inverse
-                    cols = torch.arange(B, device=data.device)
-                    ys, fin = run(layer_input[rev, cols], states, params, batch_sizes)
-                    ys = ys[rev, cols]
+                backwards = direction == 1 or self.reverse
+                ys, fin = _run_time(run, layer_input, states, params, batch_sizes,
+                                    rev if backwards else None, backwards, mask,
+                                    self._output_sizes[layer],
+                                    _row_builder(self, self._layer_sizes[layer]))
                 outs.append(ys)
                 for f, h in zip(finals, fin):
                     f.append(h)
@@ -557,10 +702,16 @@ class _RNNLayer(_Picklable, torch.nn.Module):
         return output, (h_n[0] if len(h_n) == 1 else tuple(h_n))
 
     def _direction_params(self, layer, direction, like):
+        """The loop's parameter list: trained weights, zeros for a missing bias, constants
+        (buffers) and hyper-parameters ([1] tensors of like's dtype and device)."""
         suffix = "_reverse" if direction else ""
         out = []
         for p, shape in zip(self._spec.params, self._param_shapes[layer]):
-            w = getattr(self, f"{p['name']}_l{layer}{suffix}", None)
+            name = f"{p['name']}_l{layer}{suffix}"
+            if p["kind"] not in _TRAINED:
+                out.append(_frozen_tensor(self, p, name, like, shape))
+                continue
+            w = getattr(self, name, None)
             out.append(w if w is not None else like.new_zeros(shape))
         return out
 
@@ -569,23 +720,32 @@ class _RNNLayer(_Picklable, torch.nn.Module):
         name, states = type(self).__name__, self._spec.states
         LD = self.num_layers * (2 if self.bidirectional else 1)
         expected = [(LD, B, h) for h in self._state_sizes]
-        if hx is None:
-            return [like.new_zeros(e) for e in expected]
+        if hx is None:  # each state's initial value (0.0 unless the cell gives one), per layer
+            D = LD // self.num_layers
+            return [_initial_values(like, e, [v[k] for v in self._state_inits for _ in range(D)])
+                    for k, e in enumerate(expected)]
         hxs = _hx_list(name, states, hx)
         want = 3 if is_batched else 2
+        dims = [h.dim() for h in hxs]
+        if any(d != want for d in dims):  # torch.nn's texts: "hx" for RNN/GRU, "hx and cx" LSTM
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            if len(dims) == 1:
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got"
+                                   f" {dims[0]}-D tensor")
+            names = [f"{s}x" for s in states]
+            raise RuntimeError(
+                f"For {kind} input, {', '.join(names[:-1])} and {names[-1]} should also be"
+                f" {want}-D but got ({', '.join(f'{d}-D' for d in dims)}) tensors")
         out = []
         for k, h in enumerate(hxs):
-            label = "hx" if len(states) == 1 else f"hx[{k}] ({states[k]}_0)"
-            if h.dim() != want:
-                raise RuntimeError(
-                    f"{name}: For {'batched 3-D' if is_batched else 'unbatched 2-D'} input,"
-                    f" {label} should also be {want}-D but got {h.dim()}-D tensor")
+            single = len(states) == 1
             h = h if is_batched else h.unsqueeze(1)
             if tuple(h.shape) != expected[k]:
                 e = expected[k] if is_batched else (expected[k][0], expected[k][2])
                 got = list(h.shape) if is_batched else [h.shape[0], h.shape[2]]
-                raise RuntimeError(f"{name}: Expected {label} size {e}, got {got}")
-            _check_dtype(self, h, label)
+                label = "hidden" if single else f"hidden[{k}]"
+                raise RuntimeError(f"Expected {label} size {e}, got {got}")
+            _check_dtype(self, h, "hx" if single else f"hx[{k}]")
             out.append(h if sorted_indices is None else h.index_select(1, sorted_indices))
         return out
 
@@ -605,6 +765,94 @@ def _hx_list(name, states, hx) -> list:
         if not isinstance(h, torch.Tensor):
             raise TypeError(f"{name}: hx[{k}] must be a Tensor, got {type(h).__name__}")
     return list(hx)
+
+
+def _run_time(run, xs, states, params, batch_sizes, rev, backwards, mask, out_size,
+              row=None):
+    """One layer direction: run_direction over xs (T, B, I), backwards in time if asked (each
+    sequence reversed within its own length by `rev`, the outputs put back in input time
+    order), and through the masked cell's loop (`masked=True`) when a mask (T, B) is given: its
+    input has the mask as one more feature, its last state is the previous output. `row` (see
+    `_row_builder`) turns the (reversed) xs into the step's input row: x[t-1] is then the
+    previous input in processing order."""
+    if backwards:
+        xs, mask = _flip(xs, rev), None if mask is None else _flip(mask, rev)
+    if row is not None:
+        xs = row(xs)
+    if mask is None:
+        ys, fin = run(xs, states, params, batch_sizes)
+    else:
+        xin = torch.cat([xs, mask.unsqueeze(2)], dim=2)
+        y0 = xs.new_zeros(xs.shape[1], out_size)
+        ys, fin = run(xin, (*states, y0), params, batch_sizes, masked=True)
+        fin = fin[:-1]  # the previous output: not a state of the layer
+    return (_flip(ys, rev) if backwards else ys), fin
+
+
+def _row_builder(module, sizes):
+    """For a cell that reads x[t-1] or noise masks: xs (T, B, I) -> the step's row (x, x_prev,
+    masks; cellc/inputs.py), masks drawn from torch's default generator while the module is
+    training, rates read from its hyper-parameter attributes. None for a plain cell."""
+    parts = module._spec.input_parts
+    if len(parts) <= 1:
+        return None
+    widths = [int(p["size"](sizes)) for p in parts]
+    rates = [float(getattr(module, p["rate"])) if isinstance(p.get("rate"), str)
+             else float(p.get("rate") or 0.0) for p in parts]
+    for p, r in zip(parts, rates):
+        if p["kind"] in ("dropout", "zoneout") and not 0.0 <= r < 1.0:
+            raise ValueError(f"{type(module).__name__}: the rate of {p['name']} must be in"
+                             f" [0, 1), got {r}")
+    return lambda xs: input_row(parts, xs, widths, rates, module.training)
+
+
+def input_row(parts, xs, widths, rates, training):
+    """The step's row (T, B, sum of widths) from xs (T, B, I), differentiable in xs: the input,
+    x[t-1] (xs shifted one step, zero at t = 0), and one noise mask per dropout/zoneout use.
+    While training, a dropout mask is in {0, 1/(1-p)} (fresh each step, or one per sequence and
+    feature with per="sequence"), a zoneout mask ~ Bernoulli(p), both drawn from torch's default
+    generator; in eval a dropout mask is 1 and a zoneout mask p (the expectation)."""
+    T, B = xs.shape[:2]
+    cols = []
+    for p, n, rate in zip(parts, widths, rates):
+        kind = p["kind"]
+        if kind == "input":
+            cols.append(xs)
+        elif kind == "previous":
+            cols.append(torch.cat([torch.zeros_like(xs[:1]), xs[:-1]], dim=0))
+        elif not training or rate == 0.0:
+            cols.append(xs.new_full((T, B, n), rate if kind == "zoneout" else 1.0))
+        elif kind == "zoneout":
+            cols.append(torch.bernoulli(xs.new_full((T, B, n), rate)))
+        else:
+            shape = (1, B, n) if p.get("per") == "sequence" else (T, B, n)
+            keep = torch.bernoulli(xs.new_full(shape, 1.0 - rate)) / (1.0 - rate)
+            cols.append(keep.expand(T, B, n))
+    return torch.cat(cols, dim=2)
+
+
+def _flip(x, rev):
+    """x (T, B, ...) reversed in time: whole columns (rev None), or each column within its own
+    length by the index of `_reverse_index` (its own inverse)."""
+    if rev is None:
+        return x.flip(0)
+    return x[rev, torch.arange(x.shape[1], device=x.device)]
+
+
+def _time_mask(name, mask, is_batched, T, B, like, sorted_indices):
+    """The layer's mask (B, T) bool ((T,) unbatched) as the loops take it: (T, B), 0.0 or 1.0
+    in like's dtype, rows in the order of the sorted batch."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name}: mask must be a bool tensor, got"
+                        f" {getattr(mask, 'dtype', type(mask).__name__)}")
+    want = (B, T) if is_batched else (T,)
+    if tuple(mask.shape) != want:
+        raise ValueError(f"{name}: mask must have shape {list(want)} (batch, time), got"
+                         f" {list(mask.shape)}")
+    m = mask if is_batched else mask.unsqueeze(0)
+    if sorted_indices is not None:
+        m = m.index_select(0, sorted_indices.to(m.device))
+    return m.t().to(dtype=like.dtype, device=like.device)
 
 
 def _packed_index(batch_sizes, B, device) -> torch.Tensor:
@@ -632,29 +880,39 @@ class _RNNCell(_Picklable, torch.nn.Module):
         super().__init__()
         spec = self._spec
         sizes = _bind_sizes(self, a)
-        _check_bool("bias", a["bias"])
+        # bias is not checked: torch.nn's cells (unlike its layers) take any value for its truth,
+        # and torch's module_db builds RNNCell(10, 20, "relu") (bias="relu") expecting no error.
         # A cell may name a parameter `bias` (unsuffixed here, unlike in the layer): then the
         # parameter owns the attribute and the flag lives only in `_bias`.
         self._bias = a["bias"]
         if all(p["name"] != "bias" for p in spec.params):
             self.bias = self._bias
+        _bind_hypers(self, a)
         self._sizes = sizes
         self._state_sizes = spec.state_sizes(sizes)
+        self._state_init = spec.state_init(sizes)
         self._param_shapes = [spec.param_shape(p, sizes) for p in spec.params]
         _run_for(self, sizes)
         factory = {"device": a["device"], "dtype": a["dtype"]}
         for p, shape in zip(spec.params, self._param_shapes):
-            if p["kind"] == "bias" and not self._bias:
+            if p["kind"] == "const":  # in state_dict, moved by .to(), never trained
+                self.register_buffer(p["name"], torch.empty(shape, **factory))
+            elif p["kind"] == "bias" and not self._bias:
                 self.register_parameter(p["name"], None)  # as torch.nn.LSTMCell(bias=False)
-            else:
+            elif p["kind"] != "hyper":
                 weight = torch.nn.Parameter(torch.empty(shape, **factory))
                 self.register_parameter(p["name"], weight)
         self.reset_parameters()
+        with torch.no_grad():  # constants: drawn once, after the parameters (as in the layer)
+            for p in spec.params:
+                if p["kind"] == "const":
+                    spec.init(p, getattr(self, p["name"]), sizes)
 
     def reset_parameters(self) -> None:
+        """Draw every trained parameter again; constants are kept (see the layer's)."""
         with torch.no_grad():
             for p in self._spec.params:
-                w = getattr(self, p["name"])
+                w = getattr(self, p["name"]) if p["kind"] in _TRAINED else None
                 if w is not None:
                     self._spec.init(p, w, self._sizes)
 
@@ -663,7 +921,7 @@ class _RNNCell(_Picklable, torch.nn.Module):
         s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
         if self._bias is not True:
             s += f", bias={self._bias}"
-        return s
+        return s + _hyper_repr(self)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx in the layer's form without the layer axis. Returns the next
@@ -678,30 +936,38 @@ class _RNNCell(_Picklable, torch.nn.Module):
         _check_dtype(self, x, "input")
         I = self._sizes[spec.input_symbol]
         if x.size(1) != I:
-            raise RuntimeError(f"{name}: input has inconsistent {spec.input_arg}: got {x.size(1)},"
+            raise RuntimeError(f"input has inconsistent {spec.input_arg}: got {x.size(1)}"
                                f" expected {I}")
         B = x.size(0)
-        if hx is None:
-            states = tuple(x.new_zeros(B, h) for h in self._state_sizes)
+        if hx is None:  # each state's initial value (0.0 unless the cell gives one)
+            states = tuple(_initial_values(x, (B, h), [v])
+                           for h, v in zip(self._state_sizes, self._state_init))
         else:
             hxs = _hx_list(name, spec.states, hx)
             states = []
             for k, h in enumerate(hxs):
+                # torch.nn's texts: hx is "hidden" in RNNCell and GRUCell, "hx[k]" in LSTMCell,
+                # and "hidden{k}" in the size checks of all three.
                 label = "hx" if len(hxs) == 1 else f"hx[{k}]"
-                if h.dim() != input.dim():
+                if h.dim() not in (1, 2):
+                    raise ValueError(f"{name}: Expected {'hidden' if len(hxs) == 1 else label} to"
+                                     f" be 1D or 2D, got {h.dim()}D instead")
+                if h.dim() != input.dim():  # torch.nn fails later, with a confusing size message
                     raise ValueError(f"{name}: Expected {label} to be {input.dim()}D like the"
                                      f" input, got {h.dim()}D instead")
                 h = h if is_batched else h.unsqueeze(0)
                 if h.size(0) != B:
-                    raise RuntimeError(f"{name}: Input batch size {B} doesn't match {label} batch"
+                    raise RuntimeError(f"Input batch size {B} doesn't match hidden{k} batch"
                                        f" size {h.size(0)}")
                 if h.size(1) != self._state_sizes[k]:
-                    raise RuntimeError(f"{name}: {label} has inconsistent size: got {h.size(1)},"
+                    raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {h.size(1)},"
                                        f" expected {self._state_sizes[k]}")
                 _check_dtype(self, h, label)
                 states.append(h)
             states = tuple(states)
-        params = [getattr(self, p["name"]) for p in spec.params]
+        params = [_frozen_tensor(self, p, p["name"], x, shape) if p["kind"] not in _TRAINED
+                  else getattr(self, p["name"])
+                  for p, shape in zip(spec.params, self._param_shapes)]
         params = [w if w is not None else x.new_zeros(shape)
                   for w, shape in zip(params, self._param_shapes)]
         _, final = _run_for(self, self._sizes)(x.unsqueeze(0), states, params, None)
