@@ -179,8 +179,8 @@ def test_constructor_missing_and_extra_args():
         Layer(I)
     with pytest.raises(TypeError, match="too many positional arguments"):
         Layer(I, H, 1, True, False, 0.0, False, None, None, 7)
-    with pytest.raises(TypeError, match="bias should be of type bool, got: int"):
-        Cell(I, H, 1)  # no num_layers on a cell: 1 lands on bias
+    # No num_layers on a cell: 0 lands on bias, whose truth torch.nn's cells take, unchecked.
+    assert Cell(I, H, 0).bias_ih is None and torch.nn.LSTMCell(I, H, 0).bias_ih is None
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
         Cell(I, 0)
 
@@ -197,34 +197,40 @@ def test_forward_errors():
     with pytest.raises(RuntimeError, match=r"input.size\(-1\) must be equal to input_size. "
                                            "Expected 3, got 5"):
         m(torch.randn(T, B, 5))
-    with pytest.raises(ValueError, match=r"input dtype \(float64\) does not match weight dtype"):
+    with pytest.raises(ValueError, match=r"^RNN input dtype \(torch.float64\) does not match"
+                                         r" weight dtype \(torch.float32\)\. Convert input:"
+                                         r" input\.to\(torch.float32\), or convert model:"
+                                         r" model\.to\(torch.float64\)$"):
         m(x.double())
     with pytest.raises(TypeError, match=r"hx must be a tuple of 2 tensors \(h_0, c_0\)"):
         m(x, h)
     with pytest.raises(ValueError, match="got 1 items"):
         m(x, (h,))
     with pytest.raises(RuntimeError,
-                       match=r"Expected hx\[1\] \(c_0\) size \(2, 4, 4\), got \[2, 3, 4\]"):
+                       match=r"^Expected hidden\[1\] size \(2, 4, 4\), got \[2, 3, 4\]$"):
         m(x, (h, torch.zeros(2, 3, H)))
-    with pytest.raises(RuntimeError,
-                       match=r"batched 3-D input, hx\[0\] \(h_0\) should also be 3-D"):
+    with pytest.raises(RuntimeError, match=r"^For batched 3-D input, hx and cx should also be 3-D"
+                                           r" but got \(2-D, 3-D\) tensors$"):
         m(x, (h[0], h))
-    with pytest.raises(RuntimeError,
-                       match=r"unbatched 2-D input, hx\[0\] \(h_0\) should also be 2-D"):
+    with pytest.raises(RuntimeError, match=r"^For unbatched 2-D input, hx and cx should also be"
+                                           r" 2-D but got \(3-D, 3-D\) tensors$"):
         m(x[:, 0], (h, h))
-    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\) dtype \(float64\) does not match"):
+    with pytest.raises(ValueError, match=r"^RNN hx\[0\] dtype \(torch.float64\) does not match"):
         m(x, (h.double(), h))
     packed = pack_padded_sequence(x, [5, 3, 2, 2])
     with pytest.raises(RuntimeError,
-                       match=r"Expected hx\[0\] \(h_0\) size \(2, 4, 4\), got \[2, 3, 4\]"):
+                       match=r"^Expected hidden\[0\] size \(2, 4, 4\), got \[2, 3, 4\]$"):
         m(packed, (torch.zeros(2, 3, H), h))
 
     Gru, _ = eager("gru")
     with pytest.raises(TypeError,
                        match=r"hx must be a Tensor \(the initial state h_0\), got tuple"):
         Gru(I, H)(x, (torch.zeros(1, B, H),))
-    with pytest.raises(RuntimeError, match=r"Expected hx size \(1, 4, 4\), got \[1, 4, 5\]"):
+    with pytest.raises(RuntimeError, match=r"^Expected hidden size \(1, 4, 4\), got \[1, 4, 5\]$"):
         Gru(I, H)(x, torch.zeros(1, B, 5))
+    with pytest.raises(RuntimeError,
+                       match=r"^For batched 3-D input, hx should also be 3-D but got 2-D tensor$"):
+        Gru(I, H)(x, torch.zeros(B, H))
 
 
 def test_cell_forward_errors():
@@ -232,16 +238,19 @@ def test_cell_forward_errors():
     m = Cell(I, H)
     with pytest.raises(ValueError, match="LSTMCell: Expected input to be 1D or 2D, got 3D"):
         m(torch.randn(1, B, I))
-    with pytest.raises(RuntimeError, match="input has inconsistent input_size: got 5, expected 3"):
+    with pytest.raises(RuntimeError, match="^input has inconsistent input_size: got 5 expected 3$"):
         m(torch.randn(B, 5))
     with pytest.raises(RuntimeError,
-                       match=r"Input batch size 4 doesn't match hx\[1\] batch size 2"):
+                       match=r"^Input batch size 4 doesn't match hidden1 batch size 2$"):
         m(torch.randn(B, I), (torch.zeros(B, H), torch.zeros(2, H)))
-    with pytest.raises(RuntimeError, match=r"hx\[0\] has inconsistent size: got 5, expected 4"):
+    with pytest.raises(RuntimeError,
+                       match=r"^hidden0 has inconsistent hidden_size: got 5, expected 4$"):
         m(torch.randn(B, I), (torch.zeros(B, 5), torch.zeros(B, H)))
+    with pytest.raises(ValueError, match=r"^LSTMCell: Expected hx\[1\] to be 1D or 2D, got 3D"):
+        m(torch.randn(B, I), (torch.zeros(B, H), torch.zeros(1, B, H)))
     with pytest.raises(ValueError, match=r"Expected hx\[0\] to be 1D like the input"):
         m(torch.randn(I), (torch.zeros(B, H), torch.zeros(B, H)))
-    with pytest.raises(ValueError, match=r"input dtype \(float64\)"):
+    with pytest.raises(ValueError, match=r"^LSTMCell input dtype \(torch.float64\)"):
         m(torch.randn(B, I, dtype=torch.float64))
 
 
@@ -477,8 +486,9 @@ OP_CASES = {  # op -> (argument types, attributes); unlisted elementwise ops use
     "broadcast": ([TensorType((ONE,), Batch.STEP)], {"size": Dim.of("H")}),
     "split": ([TensorType((_H2,), Batch.STEP)], {"parts": 2}),
     "concat": ([_vec("H"), _vec("I"), _vec("H")], {}),
+    "where": ([_vec("H"), _vec("H"), _par("H")], {}),
 }
-POSITIVE = {"log", "sqrt", "pow"}
+POSITIVE = {"log", "sqrt", "pow", "power"}
 
 
 UNEQUAL_SPLIT = ([TensorType((_H2 + Dim.of("I"),), Batch.STEP)],
