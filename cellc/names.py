@@ -46,7 +46,7 @@ GENERATED_NAMES = frozenset({
     "SYMBOLIC_BACKWARD", "N_RESULTS", "SPEC", "Layer", "Cell", "make_layer", "compiler_disabled",
     "run_direction", "stack_steps", "differentiable_backward", "run_direction_eager",
     "OP_NAME", "result_shapes", "op_results", "define_ops", "sequence_op", "run_traced",
-    "masked_result_shapes", "masked_sequence_op", "kernels",
+    "masked_result_shapes", "masked_sequence_op", "kernels", "input_row",
     # the layers' constructors: parameters besides the sizes, and the instance itself
     "self", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "device", "dtype",
 })

@@ -518,7 +518,9 @@ def test_gelu_matches_torch(dtype):
     x = np.concatenate([np.linspace(-10.0, 10.0, 200_001), [0.0, -0.0, 1e30, -1e30]])
     x = x.astype(dtype)
     got = llvm_math_tests.compile_unary(lm.gelu, dtype)(x)
-    want = F.gelu(torch.from_numpy(x)).numpy()
+    # torch's float32 gelu is the oracle only in float64: its AVX-512 float32 kernel is off by
+    # 1e-3 relative near x = -3.5 (gelu(-3.4976) = -0.00082100, torch gives -0.00082097).
+    want = F.gelu(torch.from_numpy(x.astype(np.float64))).numpy().astype(dtype)
     if dtype == np.float64:
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-15)
     else:

@@ -567,12 +567,12 @@ def _fraction_text(size, sizes):
 # Parts are cellc.inputs.InputPart objects or the runtime spec's dicts of the same fields.
 
 
-def is_plain(parts) -> bool:
+def _is_plain(parts) -> bool:
     """A cell that reads only its input: its row is x itself."""
     return len(parts) <= 1
 
 
-def check_rate(p: float, what: str) -> float:
+def _check_rate(p: float, what: str) -> float:
     p = float(p)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{what} must be in [0, 1), got {p}")
@@ -581,7 +581,7 @@ def check_rate(p: float, what: str) -> float:
 
 def _part_rate(part, rates) -> float:
     r = part["rate"] if isinstance(part, dict) else part.rate
-    return check_rate(rates[r] if isinstance(r, str) else r, f"the rate of {_part_name(part)}")
+    return _check_rate(rates[r] if isinstance(r, str) else r, f"the rate of {_part_name(part)}")
 
 
 def _part_name(part) -> str:
@@ -592,16 +592,16 @@ def _part_field(part, key):
     return part[key] if isinstance(part, dict) else getattr(part, key)
 
 
-def eval_mask_value(part, rates) -> float:
+def _eval_mask_value(part, rates) -> float:
     """The mask a part takes with no noise (eval): dropout 1, zoneout p (the expectation)."""
     return _part_rate(part, rates) if _part_field(part, "kind") == "zoneout" else 1.0
 
 
-def row_numpy(parts, xs: np.ndarray, sizes: list[int], rates=None, noise=None) -> np.ndarray:
+def _row_numpy(parts, xs: np.ndarray, sizes: list[int], rates=None, noise=None) -> np.ndarray:
     """The row (T, B, sum of sizes) from xs (T, B, I): sizes gives each part's feature size;
     rates maps hyper-parameter names to values; noise maps a mask's name to an explicit array
     ((T, B, F), or (B, F) for a per=sequence dropout); a mask not given takes its eval value."""
-    if is_plain(parts):
+    if _is_plain(parts):
         return xs
     rates, noise = dict(rates or {}), dict(noise or {})
     T, B = xs.shape[:2]
@@ -615,7 +615,7 @@ def row_numpy(parts, xs: np.ndarray, sizes: list[int], rates=None, noise=None) -
         else:
             m = noise.pop(_part_name(part), None)
             if m is None:
-                m = np.full((T, B, n), eval_mask_value(part, rates), xs.dtype)
+                m = np.full((T, B, n), _eval_mask_value(part, rates), xs.dtype)
             m = np.asarray(m, xs.dtype)
             if m.ndim == 2:
                 m = np.broadcast_to(m[None], (T, B, n))
@@ -624,14 +624,14 @@ def row_numpy(parts, xs: np.ndarray, sizes: list[int], rates=None, noise=None) -
                                  f" {m.shape}")
             cols.append(m)
     if noise:
-        raise ValueError(f"unknown noise {sorted(noise)}; the cell's masks are"
-                         f" {[_part_name(p) for p in parts if _part_field(p, 'kind') in ('dropout', 'zoneout')]}")
+        masks = [_part_name(p) for p in parts if _part_field(p, "kind") in ("dropout", "zoneout")]
+        raise ValueError(f"unknown noise {sorted(noise)}; the cell's masks are {masks}")
     return np.concatenate(cols, axis=2)
 
 
-def row_grad_numpy(parts, d_row: np.ndarray, sizes: list[int]) -> np.ndarray:
+def _row_grad_numpy(parts, d_row: np.ndarray, sizes: list[int]) -> np.ndarray:
     """x's cotangent from the row's: d x = d part0 + shift_back(d x_prev); masks get none."""
-    if is_plain(parts):
+    if _is_plain(parts):
         return d_row
     offsets = np.cumsum([0, *sizes])
     dx = d_row[:, :, offsets[0]:offsets[1]].copy()
