@@ -51,11 +51,14 @@ class SizeArg:
 
 @dataclass(frozen=True)
 class HyperArg:
-    """A float hyper-parameter of the header, `forget_bias=1.0`: a constructor keyword."""
+    """A float hyper-parameter of the header, `forget_bias=1.0`: a constructor keyword. Or a
+    choice among functions, `nonlinearity in (tanh, relu)`: a string keyword (default the
+    first), called in the body as the function it names."""
 
     name: Name
     default: Expr | None  # None: written without a default (an error lowering reports)
     span: Span
+    choices: tuple[Name, ...] = ()  # the functions of a choice; () for a number
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ def _position(span: Span) -> tuple[int, int]:
 def _header_arg(a: SizeArg | HyperArg) -> str:
     if isinstance(a, SizeArg):
         return f"{a.arg.id} {a.symbol.id}"
+    if a.choices:
+        return f"{a.name.id} in ({', '.join(c.id for c in a.choices)})"
     return a.name.id + ("" if a.default is None else f"={format_expr(a.default)}")
 
 

@@ -20,7 +20,13 @@ import numpy as np
 from . import ast_nodes as A
 from . import initializers
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
-from .names import LAYER_ATTRIBUTES, MAX_NAME_LENGTH, MODULE_ATTRIBUTES, why_unusable
+from .names import (
+    LAYER_ATTRIBUTES,
+    LAYER_HYPER_ARGUMENTS,
+    MAX_NAME_LENGTH,
+    MODULE_ATTRIBUTES,
+    why_unusable,
+)
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
 from .shapes import Batch, Dim, ShapeMismatch, TensorType
 from .source import (
@@ -89,6 +95,9 @@ class ParamSpec:
     type: TensorType
     init: Init
     span: Span
+    # A choice hyper-parameter (`nonlinearity in (tanh, relu)`): the functions it selects
+    # among; its value is the index of the chosen one (0, the first, by default).
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,6 +383,7 @@ class _Lowerer:
         self.env: dict[str, _Binding] = {}
         self.sizes: dict[str, A.Name] = {}
         self.defs: dict[str, A.Def] = {}
+        self.choices: dict[str, A.HyperArg] = {}  # the header's choice hyper-parameters
         self.used: set[str] = set()
         self.warnings: list[CellWarning] = []
         # Inside an expanded def: its parameters' values, and the call site in the statement
@@ -405,6 +415,10 @@ class _Lowerer:
     def lookup(self, name: A.Name) -> Value:
         if self.scope is not None and name.id in self.scope:
             return self.scope[name.id]
+        if name.id in self.choices:
+            raise CellNameError(f"'{name.id}' is a choice of function; call it, as in"
+                                f" {name.id}(...)", name.span).note("declared",
+                                                                    self.choices[name.id].span)
         if name.id in self.env and (self.scope is None or self.env[name.id].kind == "hyper"):
             self.used.add(name.id)
             return self.env[name.id].value
@@ -564,7 +578,7 @@ class _Lowerer:
     def check_call(self, e: A.Call):
         """The function exists and takes this many arguments (a def's count: `expand`)."""
         fn = e.fn.id
-        if fn in self.defs:
+        if fn in self.defs or fn in self.choices:
             return
         if fn == "split":
             raise CellShapeError(
@@ -590,6 +604,8 @@ class _Lowerer:
         self.check_call(e)
         if fn in self.defs:
             return self.expand(self.defs[fn], e)
+        if fn in self.choices:
+            return self.chosen(self.choices[fn], e)
         args = [self.expr(a) for a in e.args]
         if fn == "clamp":  # min(max(x, lo), hi)
             low = self.emit("max", args[:2], e, operands=e.args[:2])
@@ -702,7 +718,7 @@ class _Lowerer:
 
     def check_name(self, name: A.Name, what: str):
         """Cell and size names are written into generated code as they are (see names.py)."""
-        why = why_unusable(name.id, "size argument" if what == "hyper-parameter" else what)
+        why = why_unusable(name.id, what)
         if why is None:
             return
         shown = name.id if len(name.id) <= MAX_NAME_LENGTH else name.id[:12] + "..."
@@ -733,6 +749,9 @@ class _Lowerer:
                 raise CellNameError(f"argument '{name.id}' appears twice", name.span).note(
                     "first", args[name.id])
             args[name.id] = name.span
+            if h.choices:
+                hypers.append(self.choice(h))
+                continue
             if h.default is None:
                 raise CellNameError(f"hyper-parameter '{name.id}' needs a default value, as in"
                                     f" {name.id}=1.0", name.span)
@@ -744,6 +763,41 @@ class _Lowerer:
             hypers.append((v, (d, "hyper", Init("constant", (A.Num(default, h.default.span),),
                                                  h.span))))
         return hypers
+
+    def choice(self, h: A.HyperArg) -> tuple[Value, tuple]:
+        """`nonlinearity in (tanh, relu)`: a [1] hyper-parameter holding the chosen function's
+        index, 0 (the first) by default. Each choice is a built-in function of one value."""
+        seen: dict[str, A.Name] = {}
+        for c in h.choices:
+            if c.id in seen:
+                raise CellNameError(f"'{c.id}' is a choice of '{h.name.id}' twice",
+                                    c.span).note("first", seen[c.id].span)
+            if FUNCTION_ARITY.get(c.id) != 1 or c.id in REDUCTIONS:
+                unary = ", ".join(f for f in UNARY_FUNCTIONS if f != "stop_gradient")
+                raise CellNameError(f"the choices of '{h.name.id}' are functions of one value"
+                                    f" ({unary}); '{c.id}' is not one", c.span)
+            seen[c.id] = c
+        v = Value(self.b.fresh(h.name.id), TensorType((Dim.of(1),), Batch.NONE))
+        self.define(h.name, _Binding(v, h.span, "hyper"))
+        self.choices[h.name.id] = h
+        d = A.Declared(h.name, None, h.span)
+        return v, (d, "hyper", Init("constant", (A.Num(0.0, h.span),), h.span),
+                   tuple(c.id for c in h.choices))
+
+    def chosen(self, h: A.HyperArg, e: A.Call) -> Value:
+        """A call of a choice, `nonlinearity(z)`: every choice applied to z, the chosen one
+        kept by selects on the index (where(k < 0.5, tanh(z), relu(z))). Each target computes
+        them all; the index is a run-time value, so a layer changes it without a recompile."""
+        if len(e.args) != 1:
+            raise CellShapeError(f"{h.name.id} takes 1 argument, not {len(e.args)}", e.span)
+        self.used.add(h.name.id)
+        index = self.env[h.name.id].value
+        z = self.expr(e.args[0])
+        result = self.emit(h.choices[-1].id, [z], e)
+        for k in range(len(h.choices) - 2, -1, -1):
+            pick = self.emit("lt", [index, self.b.const(k + 0.5)], e)
+            result = self.emit("where", [pick, self.emit(h.choices[k].id, [z], e), result], e)
+        return result
 
     def lower(self) -> CellIR:
         cell = self.cell
@@ -781,8 +835,8 @@ class _Lowerer:
         results = tuple(next_values[v.name] for v in state_vals) + (self.env[output.id].value,)
         step_params = state_vals + (inputs[0][0],) + tuple(v for v, _ in params)
         step = verify(Func(cell.name.id, step_params, tuple(self.b.body), results))
-        specs = tuple(ParamSpec(v.name, kind, v.type, init, d.span)
-                      for v, (d, kind, init) in params)
+        specs = tuple(ParamSpec(v.name, kind, v.type, init, d.span, *choices)
+                      for v, (d, kind, init, *choices) in params)
         return CellIR(
             cell.name.id, tuple(SizeSpec(s.arg.id, s.symbol.id) for s in cell.sizes),
             inputs[0][0], state_vals, specs, output.id, step, cell.span.source,
@@ -1009,6 +1063,8 @@ def check_parameter_names(cell: CellIR) -> None:
             raise CellNameError(
                 f"parameter '{p.name}': names starting with '_' are kept for the layer classes'"
                 " own state; rename the parameter", p.span)
+        if p.kind == "hyper" and p.name in LAYER_HYPER_ARGUMENTS:
+            continue  # the layer keeps it as the attribute torch.nn's does
         if p.name in MODULE_ATTRIBUTES or p.name in LAYER_ATTRIBUTES or p.name in sizes:
             raise CellNameError(
                 f"parameter '{p.name}' would hide the layer's attribute of that name"

@@ -86,6 +86,8 @@ LAYER_ATTRIBUTES = frozenset({
 
 # Size arguments the layer classes set as attributes on purpose (torch.nn.LSTM has them too).
 LAYER_SIZE_ARGUMENTS = frozenset({"input_size", "hidden_size", "proj_size"})
+# And the hyper-parameters (torch.nn.RNN's nonlinearity, a choice of function).
+LAYER_HYPER_ARGUMENTS = frozenset({"nonlinearity"})
 
 
 def why_unusable(name: str, what: str) -> str | None:
@@ -103,7 +105,10 @@ def why_unusable(name: str, what: str) -> str | None:
         return "names starting with '_' are kept for the generated code"
     if name in GENERATED_NAMES:
         return "the generated code uses that name"
-    if what == "size argument" and name not in LAYER_SIZE_ARGUMENTS and (
+    on_purpose = LAYER_SIZE_ARGUMENTS
+    if what == "hyper-parameter":
+        on_purpose = on_purpose | LAYER_HYPER_ARGUMENTS
+    if what in ("size argument", "hyper-parameter") and name not in on_purpose and (
             name in MODULE_ATTRIBUTES or name in LAYER_ATTRIBUTES):
         return "the layer classes keep an attribute of that name (torch.nn.Module's or their own)"
     if what != "cell":

@@ -363,6 +363,10 @@ class _ToAst(Transformer_NonRecursive):
     def hyper_arg(self, meta, children):
         return A.HyperArg(self._tok(children[0]), children[1], self._span(meta))
 
+    def choice_arg(self, meta, children):
+        name, *choices = (self._tok(c) for c in children)
+        return A.HyperArg(name, None, self._span(meta), tuple(choices))
+
     def decl(self, meta, children):
         kind, *rest = children
         kind = kind.children[0]

@@ -105,8 +105,10 @@ RNN = next(p for p in CELL_FILES if p.name == "rnn.cell")
 def test_show_ast(capsys):
     assert cli.main(["show", str(RNN), "--emit", "ast"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Cell RNN(input_size I, hidden_size H)\n  Decl input x[I]    # line ")
-    assert "  Assign h' = tanh(((((weight_ih @ x) + bias_ih) + (weight_hh @ h)) + bias_hh))" in out
+    assert out.startswith("Cell RNN(input_size I, hidden_size H, nonlinearity in (tanh, relu))\n"
+                          "  Decl input x[I]    # line ")
+    assert ("  Assign h' = nonlinearity(((((weight_ih @ x) + bias_ih) + (weight_hh @ h)) +"
+            " bias_hh))") in out
     assert out.rstrip().splitlines()[-1].startswith("  Output h'")
 
 
@@ -116,7 +118,8 @@ def test_show_ir_is_the_default(capsys):
     assert cli.main(["show", str(RNN)]) == 0
     assert capsys.readouterr().out == out
     lines = out.splitlines()
-    assert lines[0].startswith("func RNN(%h : [B,H], %x : [B,I], %weight_ih : [H,I]")
+    assert lines[0].startswith(
+        "func RNN(%h : [B,H], %x : [B,I], %nonlinearity : [1], %weight_ih : [H,I]")
     assert lines[-2:] == ["  return %h', %h'", "}"]
     assert sum(" = matmul " in line for line in lines) == 2
     assert all(line.endswith("rnn.cell:9") for line in lines[1:-2])  # every instruction located

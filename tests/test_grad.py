@@ -21,7 +21,7 @@ import pytest
 import cellc
 from cellc import grad, ir, pipeline
 from cellc.backends import numpy_ref
-from cellc.backends.numpy_ref import Context, backward, forward, init_params
+from cellc.backends.numpy_ref import Context, backward, forward, frozen_params, init_params
 from cellc.ops import OPS
 from cellc.shapes import Batch, Dim, TensorType
 
@@ -68,12 +68,15 @@ class Problem:
         self.r_states = {k: rng.normal(size=v.shape) for k, v in final.items()}
 
     def inputs(self) -> dict[str, np.ndarray]:
-        """Everything the gradient is taken with respect to, under backward()'s names."""
-        return {"xs": self.xs, **self.states, **self.params}
+        """Everything the gradient is taken with respect to, under backward()'s names (not
+        the constants and hyper-parameters: they get none)."""
+        frozen = {q.name for q in frozen_params(self.cell)}
+        return {"xs": self.xs, **self.states,
+                **{k: v for k, v in self.params.items() if k not in frozen}}
 
     def loss(self, inputs: dict[str, np.ndarray]) -> float:
         states = {k: inputs[k] for k in self.states}
-        params = {k: inputs[k] for k in self.params}
+        params = {k: inputs.get(k, v) for k, v in self.params.items()}
         ys, final = forward(self.cell, self.sizes, inputs["xs"], params, states)
         return float(
             np.sum(ys * self.r_ys) + sum(np.sum(final[k] * self.r_states[k]) for k in final)
@@ -264,6 +267,8 @@ def test_unbatched_step_values_read_by_the_backward(line, optimize):
 # rnn / lstm / gru vs torch.autograd through torch.nn
 
 TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # cell file stem -> torch.nn module
+# rnn.cell's nonlinearity: a hyper-parameter ([1], its choice's index), no entry of state_dict
+HYPERS = {"nonlinearity"}
 TORCH_SHAPES = [(4, 2, 3, 4), (1, 1, 1, 1), (6, 3, 5, 7)]  # (T, B, I, H)
 
 
@@ -271,7 +276,7 @@ def torch_module(name: str, params: dict[str, np.ndarray], n_in: int, n_hidden: 
     torch = pytest.importorskip("torch")
     module = getattr(torch.nn, TORCH_MODULES[name])(n_in, n_hidden).double()
     keys = module.state_dict().keys()
-    assert {k.removesuffix("_l0") for k in keys} == set(params)
+    assert {k.removesuffix("_l0") for k in keys} == set(params) - HYPERS
     module.load_state_dict({k: torch.from_numpy(params[k.removesuffix("_l0")]) for k in keys})
     return module
 

@@ -36,7 +36,7 @@ from cellc.pipeline import compile_program
 from cellc.shapes import Batch, Dim, TensorType
 
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
-EQUATION = "    h' = tanh(weight_ih @ x + bias_ih + weight_hh @ h + bias_hh)\n"
+EQUATION = "    h' = nonlinearity(weight_ih @ x + bias_ih + weight_hh @ h + bias_hh)\n"
 
 PWN = 'import os;os.system("touch pwned")'
 # The issue's text: decoded, the injected line also breaks the indentation (the module fails).
@@ -106,7 +106,7 @@ def cell_text(comment: str, prefix: str = "", name: str = "RNN") -> str:
     rnn = (CELLS_DIR / "rnn.cell").read_text()
     assert EQUATION in rnn
     split = (f"    a = weight_ih @ x + bias_ih  # {comment}\n"
-             "    h' = tanh(a + weight_hh @ h + bias_hh)\n")
+             "    h' = nonlinearity(a + weight_hh @ h + bias_hh)\n")
     return prefix + rnn.replace(EQUATION, split).replace("cell RNN(", f"cell {name}(")
 
 

@@ -298,7 +298,8 @@ def test_every_cell_matches_numpy_reference(cell_path):
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(T, B, I))
     states = {s.name: rng.normal(size=s.type.concrete(sizes, 1, B)) for s in cell.states}
-    params = {p.name: getattr(m, f"{p.name}_l0").detach().numpy() for p in cell.params}
+    params = {p.name: getattr(m, f"{p.name}_l0").detach().numpy() for p in cell.params
+              if p.kind != "hyper"}  # hyper-parameters: forward takes their defaults
     ys, final = numpy_ref.forward(cell, sizes, xs, params, states)
     hx = [torch.from_numpy(states[s.name])[None] for s in cell.states]
     out, h_n = m(torch.from_numpy(xs), hx[0] if len(hx) == 1 else tuple(hx))
@@ -308,7 +309,7 @@ def test_every_cell_matches_numpy_reference(cell_path):
         np.testing.assert_allclose(h[0].detach().numpy(), final[s.name], atol=1e-10, rtol=1e-10)
     # The cell class is one step of the same thing.
     c = Cell(**size_args, dtype=torch.float64)
-    c.load_state_dict({p.name: torch.from_numpy(v) for p, v in zip(cell.params, params.values())})
+    c.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
     _, final1 = numpy_ref.forward(cell, sizes, xs[:1], params, states)
     step = c(torch.from_numpy(xs[0]), hx[0][0] if len(hx) == 1 else tuple(h[0] for h in hx))
     step = [step] if isinstance(step, torch.Tensor) else list(step)
@@ -463,7 +464,9 @@ def test_eager_names_a_missing_rule():
     cell = cellc.load_cell(CELLS_DIR / "rnn.cell")
     prog = sequence_program(cell)
     ctx = torch_eager.Context({"I": 1, "H": 1}, 1, 1, torch.float64, torch.device("cpu"))
-    args = [torch.zeros(1, 1)] * 4 + [torch.zeros(1)] * 2
+    # xs, h, then the parameters: nonlinearity (a [1] hyper-parameter), two weights, two biases
+    args = [torch.zeros(1, 1)] * 2 + [torch.zeros(1)] + [torch.zeros(1, 1)] * 2
+    args += [torch.zeros(1)] * 2
     with pytest.raises(InternalError, match="no rule for op 'scan'"):
         torch_eager.run(prog, args, ctx)
 

@@ -60,7 +60,6 @@ DTYPE = torch.float32  # the samples' dtype, as torch's module tests run by defa
 # Constructor keywords of torch.nn that the zoo's classes do not take yet (issue 12's later
 # phases): a sample passing one of them is a strict xfail (refused: TypeError at construction).
 NOT_BUILT = {
-    "nonlinearity": "nonlinearity= needs a choice-valued hyper-parameter (tanh, relu)",
     "proj_size": "proj_size= needs a size that may be 0 and a parameter only when it is not",
 }
 

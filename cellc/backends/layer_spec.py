@@ -41,6 +41,8 @@ class LayerParam:
     # expression of the value, which may also call arange and broadcasts to `shape`.
     init_args: tuple[A.Expr, ...]
     init_span: Span | None = None  # where the initializer is written (errors of "values")
+    choices: tuple[str, ...] = ()  # a choice hyper-parameter's function names
+
 
     @property
     def default(self) -> float:
@@ -88,7 +90,9 @@ class LayerSpec:
 def _runtime_param(p: LayerParam) -> dict:
     out = {"name": p.name, "kind": p.kind, "shape": _dims(p.shape), "init": p.init,
            "init_args": p.init_values}
-    if p.kind == "hyper":
+    if p.choices:
+        out["default"], out["choices"] = p.choices[0], list(p.choices)
+    elif p.kind == "hyper":
         out["default"] = p.default
     return out
 
@@ -106,7 +110,7 @@ def layer_spec(cell: CellIR) -> LayerSpec:
         state_init=tuple(cell.state_init) or (None,) * n,
         output_size=cell.step.results[n].type.shape[0],
         params=tuple(LayerParam(p.name, p.kind, p.type.shape, p.init.fn, tuple(p.init.args),
-                                p.init.span) for p in cell.params),
+                                p.init.span, p.choices) for p in cell.params),
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import masking
+from ..choices import choice_params, specialize
 from ..lower import CellIR
 from ..runtime.torch_layers import make_layer
 from ..source import Source
@@ -58,10 +59,16 @@ class Direction:
 
 
 def run_direction_for(cell: CellIR):
+    choices = choice_params(cell)
+
     def for_sizes(sizes):
         sizes = dict(sizes)
+        # A choice hyper-parameter's index comes with the sizes: compile the chosen function
+        # alone (cellc/choices.py) rather than select among all at run time.
+        chosen = {name: int(sizes.pop(name)) for name in choices if name in sizes}
+        cell_k = specialize(cell, chosen)
         cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
-        plain, masked_run = native_run(Direction(cell, sizes)), None
+        plain, masked_run = native_run(Direction(cell_k, sizes)), None
 
         def run_direction(xs, states, params, batch_sizes, masked=False):
             """The cell's loop, or its masked form's (cellc/masking.py), compiled on first use."""
@@ -69,7 +76,7 @@ def run_direction_for(cell: CellIR):
             if not masked:
                 return plain(xs, states, params, batch_sizes)
             if masked_run is None:
-                masked_run = native_run(Direction(masking.masked(cell), sizes))
+                masked_run = native_run(Direction(masking.masked(cell_k), sizes))
             return masked_run(xs, states, params, batch_sizes)
 
         run_direction.direction = plain.direction

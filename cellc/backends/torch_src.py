@@ -456,6 +456,8 @@ def spec_source(spec: LayerSpec) -> str:
     ]
     for p in spec.params:
         default = f" \"default\": {_float(p.default)}," if p.kind == "hyper" else ""
+        if p.choices:  # built-in function names, checked by lowering
+            default = f" \"default\": {p.choices[0]!r}, \"choices\": {list(p.choices)!r},"
         lines.append(
             f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r},{default}"
             f" \"shape\": lambda S: {dims(p.shape)}, \"init\": {p.init!r},"

@@ -43,8 +43,10 @@ is the value itself, an array or tensor that broadcasts to the shape. Two kinds 
 gradient: "const", a persistent buffer named as a parameter would be (`P_l0`), drawn from its
 initializer once when the module is built (reset_parameters leaves it), and "hyper", a float
 with a "default" entry, taken as a keyword-only constructor argument of its name (after the
-others), kept as that attribute and passed to run_direction as a [1] tensor. "state_init"
-(optional, zeros) gives the states' values when forward gets no hx, per layer sizes.
+others), kept as that attribute and passed to run_direction as a [1] tensor; a hyper with
+"choices" (a list of function names, "default" the first) takes one of those names, and passes
+the chosen one's index, which also joins the sizes `run_direction_for` gets, under its name.
+"state_init" (optional, zeros) gives the states' values when forward gets no hx, per layer sizes.
 
 Constructor arguments: the input-size argument, then the first other size argument (normally
 hidden_size), then torch's (num_layers, bias, batch_first, dropout, bidirectional, device, dtype;
@@ -284,7 +286,13 @@ class _Spec:
         if not isinstance(name, str) or not name.isidentifier() or name in _TORCH_ARGUMENTS:
             raise TypeError(f"spec {self.name}: hyper-parameter {name!r} cannot name a"
                             " constructor argument")
-        default = p.get("default")
+        default, choices = p.get("default"), p.get("choices")
+        if choices is not None:  # a choice among functions: the default is the first
+            if (not isinstance(choices, (list, tuple)) or not choices
+                    or not all(isinstance(c, str) for c in choices) or default != choices[0]):
+                raise TypeError(f"spec {self.name}: choice hyper-parameter {name!r} needs a"
+                                f" list of names with the first as its default, not {choices!r}")
+            return
         if isinstance(default, bool) or not isinstance(default, numbers.Real):
             raise TypeError(f"spec {self.name}: hyper-parameter {name!r} needs a real number as"
                             f" its default, not {default!r}")
@@ -407,16 +415,41 @@ def _bind_hypers(module, a) -> None:
     so changing the attribute later changes the next forward and compiles nothing."""
     for h in module._spec.hypers:
         v = a[h["name"]]
+        if h.get("choices") is not None:
+            _check_choice(module, h, v)
+            setattr(module, h["name"], v)
+            continue
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"{type(module).__name__}(): {h['name']} should be a real number,"
                             f" got: {type(v).__name__}")
         setattr(module, h["name"], float(v))
 
 
+def _check_choice(module, h, v):
+    """A choice hyper-parameter (`nonlinearity in (tanh, relu)`) is one of its names; the
+    message is torch.nn.RNN's for its nonlinearity."""
+    choices = h["choices"]
+    if v not in choices:
+        names = " or ".join(f"'{c}'" for c in choices) if len(choices) == 2 else ", ".join(
+            f"'{c}'" for c in choices)
+        raise ValueError(f"Unknown {h['name']} '{v}'. Select from {names}.")
+
+
+def _choice_index(module, h) -> int:
+    """The index of a choice hyper-parameter's value, read now: setting the attribute later
+    changes the next forward, as a float hyper-parameter's does."""
+    v = getattr(module, h["name"])
+    _check_choice(module, h, v)
+    return h["choices"].index(v)
+
+
 def _frozen_tensor(module, p, name, like, shape):
     """The loop's argument for a parameter of kind const (its buffer, detached: a constant
-    gets no gradient even if someone set requires_grad on it) or hyper (a [1] tensor)."""
+    gets no gradient even if someone set requires_grad on it) or hyper (a [1] tensor; a
+    choice's holds the chosen function's index)."""
     if p["kind"] == "hyper":
+        if p.get("choices") is not None:
+            return like.new_full((1,), float(_choice_index(module, p)))
         return like.new_full((1,), getattr(module, p["name"]))
     return getattr(module, name).detach()
 
@@ -446,6 +479,10 @@ _RUNS_KEPT = 32  # run_directions a layer class keeps: a sweep over many sizes s
 def _run_for(module, sizes):
     """The (cached) run_direction for one set of layer sizes; the class keeps the most recently
     used few (what a run_direction holds, e.g. compiled native code, is freed with it)."""
+    # A choice hyper-parameter's index joins the sizes: a backend may compile the chosen
+    # function alone (the llvm target does; the others select among all at run time).
+    sizes = {**sizes, **{h["name"]: _choice_index(module, h) for h in module._spec.hypers
+                         if h.get("choices") is not None}}
     key = tuple(sorted(sizes.items()))
     cache = type(module)._runs
     run = cache.pop(key, None)
