@@ -38,15 +38,46 @@ class Call:
     fn: Name
     args: tuple[Expr, ...]
     span: Span
+    keywords: tuple[tuple[Name, Expr], ...] = ()  # per=sequence
 
 
-Expr = Num | Name | BinOp | Neg | Call
+@dataclass(frozen=True)
+class Shifted:
+    """An indexed name, `x[t-1]`: the input at the previous step (lowering accepts only
+    that index)."""
+
+    name: Name
+    index: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Either:
+    """`P or H` in a size: P, or H where the optional size P is 0."""
+
+    lhs: Expr
+    rhs: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Cond:
+    """`A if P else B`: A, or B where the optional size P is 0 (only that branch is lowered)."""
+
+    then: Expr
+    test: Expr
+    orelse: Expr
+    span: Span
+
+
+Expr = Num | Name | BinOp | Neg | Call | Shifted | Either | Cond
 
 
 @dataclass(frozen=True)
 class SizeArg:
     arg: Name  # constructor argument name, e.g. hidden_size
     symbol: Name  # the size symbol used in shapes, e.g. H
+    default: Num | None = None  # `proj_size P = 0`: an optional size, 0 (absent) by default
 
 
 @dataclass(frozen=True)
@@ -128,7 +159,16 @@ def format_expr(e: Expr) -> str:
         # A BinOp prints its own parentheses; only a nested negation needs more.
         return f"-({inner})" if isinstance(e.operand, Neg) else f"-{inner}"
     if isinstance(e, Call):
-        return f"{e.fn.id}({', '.join(format_expr(a) for a in e.args)})"
+        args = [format_expr(a) for a in e.args]
+        args += [f"{k.id}={format_expr(v)}" for k, v in e.keywords]
+        return f"{e.fn.id}({', '.join(args)})"
+    if isinstance(e, Either):
+        return f"({format_expr(e.lhs)} or {format_expr(e.rhs)})"
+    if isinstance(e, Cond):
+        return f"({format_expr(e.then)} if {format_expr(e.test)} else {format_expr(e.orelse)})"
+    if isinstance(e, Shifted):
+        index = format_expr(e.index)
+        return f"{e.name.id}[{index[1:-1] if index.startswith('(') else index}]"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^",
            **COMPARISONS}[e.op]
     return f"({format_expr(e.lhs)} {sym} {format_expr(e.rhs)})"
@@ -140,7 +180,7 @@ def _position(span: Span) -> tuple[int, int]:
 
 def _header_arg(a: SizeArg | HyperArg) -> str:
     if isinstance(a, SizeArg):
-        return f"{a.arg.id} {a.symbol.id}"
+        return f"{a.arg.id} {a.symbol.id}" + ("" if a.default is None else " = 0")
     if a.choices:
         return f"{a.name.id} in ({', '.join(c.id for c in a.choices)})"
     return a.name.id + ("" if a.default is None else f"={format_expr(a.default)}")

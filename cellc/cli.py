@@ -40,7 +40,8 @@ def _summary(path: str) -> str:
     from .frontend import load_file
 
     cell = load_file(path)
-    sizes = ", ".join(f"{s.arg} {s.symbol}" for s in cell.sizes)
+    # An optional size shows its default; the states and the count are of that form.
+    sizes = ", ".join(f"{s.arg} {s.symbol}" + (" = 0" if s.optional else "") for s in cell.sizes)
     states = ", ".join(f"{s.name}{s.type}".replace("[B,", "[") for s in cell.states)
     for w in cell.warnings:
         print(w, file=sys.stderr)

@@ -57,3 +57,22 @@ class InputPart:
         the size is a function of a layer's sizes, as the spec's other sizes are."""
         return {"kind": self.kind, "name": self.name, "rate": self.rate, "per": self.per,
                 "size": lambda s, d=self.size: int(d.evaluate(s))}
+
+
+def refuse_parts(cell, what: str) -> None:
+    """Raise a located error if `what` (an API that takes the input itself, not the row) is
+    given a cell whose step reads x[t-1] or noise masks: those run through the layers, which
+    build the row (and draw the masks) for them."""
+    if not is_plain(getattr(cell, "input_parts", ())):
+        from .source import CellShapeError
+
+        uses = sorted({_USES[p.kind] for p in cell.input_parts[1:]})
+        raise CellShapeError(
+            f"{what} runs cells whose step reads only its input; this one reads"
+            f" {' and '.join(uses)}: run it through its layers (cellc.load(..., target=...))",
+            cell.input_span, cell.source.name)
+
+
+_USES = {"previous": "the previous input", "dropout": "dropout masks",
+         "zoneout": "zoneout masks"}
+

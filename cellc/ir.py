@@ -201,6 +201,9 @@ class Builder:
                 self._taken.add(name)
                 return name
 
+    def taken(self, name: str) -> bool:
+        return name in self._taken
+
     def emit(self, op: str, args, attrs=None, name: str | None = None) -> list[Value]:
         attrs = dict(attrs or {})
         types = OPS[op].shape([a.type for a in args], attrs)  # may raise ShapeMismatch

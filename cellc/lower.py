@@ -19,6 +19,7 @@ import numpy as np
 
 from . import ast_nodes as A
 from . import initializers
+from .inputs import PER, InputPart
 from .ir import Builder, Func, Instr, Value, scan_out_types, verify
 from .names import (
     LAYER_ATTRIBUTES,
@@ -49,7 +50,11 @@ MAX_ARANGE = 1 << 24  # elements of one arange: far more than any parameter, far
 # clamp and var are written out in other ops: min(max(x, lo), hi), mean((v - mean(v))^2).
 FUNCTION_ARITY = {**{f: 1 for f in UNARY_FUNCTIONS + REDUCTIONS},
                   **{f: 2 for f in BINARY_FUNCTIONS}, "where": 3, "clamp": 3, "var": 1}
-BUILTIN_FUNCTIONS = frozenset(FUNCTION_ARITY) | {"split", "concat", "arange"}
+# The noise functions: each use is one more mask in the step's input row (cellc/inputs.py).
+NOISE_ARITY = {"dropout": 2, "zoneout": 3}
+NOISE_USAGE = {"dropout": "dropout(v, p) or dropout(v, p, per=sequence)",
+               "zoneout": "zoneout(new, old, p)"}
+BUILTIN_FUNCTIONS = frozenset(FUNCTION_ARITY) | {"split", "concat", "arange", *NOISE_ARITY}
 # Inline expansion of defs: a bound on the expanded statements' depth (the parser bounds what
 # is written, MAX_DEPTH in syntax.py; lowering recurses about three frames a level) and on the
 # instructions a cell may expand to (each def may call earlier ones twice: 2^n).
@@ -104,6 +109,7 @@ class ParamSpec:
 class SizeSpec:
     arg: str  # constructor argument, e.g. hidden_size
     symbol: str  # size symbol, e.g. H
+    optional: bool = False  # `proj_size P = 0`: may be 0, its default (see `CellIR.zero`)
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,25 @@ class CellIR:
     input_span: Span | None = field(default=None, compare=False)  # where the input is declared
     # One per state: its initial value's expression (`state m[H] = -1e30`), None for zero.
     state_init: tuple[A.Expr | None, ...] = ()
+    # The parts of the step's input row when it reads x[t-1] or noise masks (cellc/inputs.py):
+    # the input first, then those; () for a cell whose step reads its input alone. `input`
+    # is then the row.
+    input_parts: tuple = ()
+    # The optional sizes this CellIR is lowered with at 0: declarations sized by them are
+    # absent and `A if P else B` took B. A cell with an optional size has two forms, this one
+    # and the other (cellc/variants.py); loading gives the one with every optional size 0.
+    zero: frozenset = frozenset()
+
+    @property
+    def symbols(self) -> list[str]:
+        """The size symbols the kernels take: not an optional size this form has at 0."""
+        return [s.symbol for s in self.sizes if s.symbol not in self.zero]
+
+    @property
+    def input_size(self) -> Dim:
+        """The size of the input x[I] itself: the row's first part when the step reads more
+        (x[t-1], noise masks; cellc/inputs.py)."""
+        return self.input_parts[0].size if self.input_parts else self.input.type.shape[0]
 
     def initial_value(self, k: int, sizes: dict[str, int]) -> float:
         """State k's value before the first step when no initial state is given."""
@@ -146,7 +171,8 @@ class CellIR:
 
     def bind(self, **args: int) -> dict[str, int]:
         """Map constructor arguments (input_size=..., hidden_size=...) to size symbols, checking
-        that every declared shape comes out a positive whole number."""
+        that every declared shape comes out a positive whole number. An optional size may be
+        left out (0); the form that has it at 0 leaves it out of the result."""
         known = {s.arg for s in self.sizes}
         for k in args:
             if k not in known:
@@ -154,15 +180,24 @@ class CellIR:
                     f"{self.name}: unexpected size argument {k!r}; expects {sorted(known)}")
         sizes = {}
         for s in self.sizes:
-            if s.arg not in args:
+            if s.arg not in args and not s.optional:
                 raise TypeError(f"{self.name}: missing size argument {s.arg!r}")
-            v = args[s.arg]
+            v = args.get(s.arg, 0)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(
                     f"{self.name}: {s.arg} must be an int, got {type(v).__name__} {v!r}")
-            if v <= 0:
+            if s.optional:
+                if v < 0:
+                    raise ValueError(f"{self.name}: {s.arg} must be 0 (none) or positive, got"
+                                     f" {v}")
+                if (v == 0) != (s.symbol in self.zero):
+                    form = "0" if s.symbol in self.zero else "positive"
+                    raise ValueError(f"{self.name}: this form of the cell has {s.arg} {form};"
+                                     " cellc.variants.variant(cell, sizes) gives the other")
+            elif v <= 0:
                 raise ValueError(f"{self.name}: {s.arg} must be positive, got {v}")
-            sizes[s.symbol] = v
+            if s.symbol not in self.zero:  # a form's 0 optional size appears in no shape
+                sizes[s.symbol] = v
         for v in (*self.step.params, *(i for ins in self.step.body for i in ins.outs)):
             for d in v.type.shape:
                 n = d.evaluate(sizes)
@@ -364,6 +399,28 @@ def _finite_array(value, e: A.Expr):
     return value
 
 
+def _size_names(e: A.Expr) -> set[str]:
+    """The names a size expression reads (P and H in `4*P`, `P or H`)."""
+    if isinstance(e, A.Name):
+        return {e.id}
+    if isinstance(e, A.Neg):
+        return _size_names(e.operand)
+    if isinstance(e, (A.BinOp, A.Either)):
+        return _size_names(e.lhs) | _size_names(e.rhs)
+    return set()
+
+
+def _written_names(cell: A.Cell) -> set[str]:
+    """Every name the file declares or assigns (the header's too)."""
+    names = {s.symbol.id for s in cell.sizes} | {h.name.id for h in cell.hypers}
+    for st in cell.body:
+        if isinstance(st, A.Decl):
+            names |= {d.name.id for d in st.names}
+        elif isinstance(st, A.Assign):
+            names |= {t.id for t in st.targets}
+    return names
+
+
 @dataclass
 class _Binding:
     value: Value
@@ -377,13 +434,23 @@ _KIND_WORDS = {"size": "size symbol", "value": "name", "hyper": "hyper-parameter
 
 
 class _Lowerer:
-    def __init__(self, cell: A.Cell):
+    def __init__(self, cell: A.Cell, zero: frozenset | None = None):
         self.cell = cell
+        # Optional sizes lowered as 0 (None: every one, the form a file loads as).
+        optional = {s.symbol.id for s in cell.sizes if s.default is not None}
+        self.zero = frozenset(optional if zero is None else zero & optional)
+        self.optional: dict[str, A.SizeArg] = {}
         self.b = Builder()
+        # The values lowering adds (x_prev, noise masks) never take a name the file writes.
+        self.written = _written_names(cell)
         self.env: dict[str, _Binding] = {}
         self.sizes: dict[str, A.Name] = {}
         self.defs: dict[str, A.Def] = {}
         self.choices: dict[str, A.HyperArg] = {}  # the header's choice hyper-parameters
+        # What the step reads besides its input (cellc/inputs.py): x[t-1] and noise masks,
+        # each (InputPart, the value the step's split gives it), in order of first use.
+        self.parts: list[tuple[InputPart, Value]] = []
+        self.input: tuple[Value, A.Declared] | None = None
         self.used: set[str] = set()
         self.warnings: list[CellWarning] = []
         # Inside an expanded def: its parameters' values, and the call site in the statement
@@ -419,6 +486,14 @@ class _Lowerer:
             raise CellNameError(f"'{name.id}' is a choice of function; call it, as in"
                                 f" {name.id}(...)", name.span).note("declared",
                                                                     self.choices[name.id].span)
+        if name.id in self.env and self.env[name.id].kind == "absent":
+            b = self.env[name.id]
+            size = b.value  # the optional size that is 0
+            arg = self.optional[size].arg.id
+            raise CellNameError(f"'{name.id}' is absent when {arg} is 0 (it is sized by {size}):"
+                                f" read it only where {size} is not 0, as in"
+                                f" (... {name.id} ...) if {size} else ...",
+                                name.span).note("declared", b.span)
         if name.id in self.env and (self.scope is None or self.env[name.id].kind == "hyper"):
             self.used.add(name.id)
             return self.env[name.id].value
@@ -445,6 +520,11 @@ class _Lowerer:
     # -- shapes -------------------------------------------------------------------------------
 
     def dim(self, e: A.Expr) -> Dim:
+        if isinstance(e, A.Either):  # P or H: P, or H where the optional size P is 0
+            test = self.optional_size(e.lhs, "or")
+            return self.dim(e.rhs) if test in self.zero else self.dim(e.lhs)
+        if isinstance(e, A.Name) and e.id in self.zero:
+            return Dim.of(0)
         if isinstance(e, A.Num):
             if e.value != int(e.value):
                 raise CellShapeError(f"a size must be a whole number, not {e.value:g}", e.span)
@@ -536,6 +616,13 @@ class _Lowerer:
             return self.emit("neg", [x], e)
         if isinstance(e, A.BinOp):
             return self.binop(e)
+        if isinstance(e, A.Shifted):
+            return self.previous_input(e)
+        if isinstance(e, A.Cond):
+            return self.conditional(e)
+        if isinstance(e, A.Either):
+            raise CellShapeError("'or' picks between sizes (P or H); between values, write"
+                                 " A if P else B", e.span)
         return self.call(e)
 
     def emit(self, op: str, args: list[Value], e: A.Expr, operands=(), **attrs) -> Value:
@@ -578,6 +665,16 @@ class _Lowerer:
     def check_call(self, e: A.Call):
         """The function exists and takes this many arguments (a def's count: `expand`)."""
         fn = e.fn.id
+        for k, _ in e.keywords:
+            if fn != "dropout" or k.id != "per":
+                raise CellNameError(f"{fn} takes no keyword argument '{k.id}'" + (
+                    "; dropout takes per=step or per=sequence" if fn == "dropout" else ""),
+                    k.span)
+        if fn in NOISE_ARITY:
+            if len(e.args) != NOISE_ARITY[fn]:
+                raise CellShapeError(f"{fn} takes {NOISE_ARITY[fn]} arguments, not"
+                                     f" {len(e.args)}: {NOISE_USAGE[fn]}", e.span)
+            return
         if fn in self.defs or fn in self.choices:
             return
         if fn == "split":
@@ -606,6 +703,8 @@ class _Lowerer:
             return self.expand(self.defs[fn], e)
         if fn in self.choices:
             return self.chosen(self.choices[fn], e)
+        if fn in NOISE_ARITY:
+            return self.noise(e)
         args = [self.expr(a) for a in e.args]
         if fn == "clamp":  # min(max(x, lo), hi)
             low = self.emit("max", args[:2], e, operands=e.args[:2])
@@ -741,6 +840,15 @@ class _Lowerer:
                 raise CellNameError(f"argument '{s.arg.id}' appears twice", s.arg.span)
             args[s.arg.id] = s.arg.span
             self.sizes[s.symbol.id] = s.symbol
+            if s.default is not None:
+                if s.default.value != 0:
+                    raise CellShapeError(f"an optional size defaults to 0 (none): write"
+                                         f" {s.arg.id} {s.symbol.id} = 0", s.default.span)
+                if self.optional:
+                    first = next(iter(self.optional.values()))
+                    raise CellShapeError("a cell has at most one optional size",
+                                         s.arg.span).note("the first", first.arg.span)
+                self.optional[s.symbol.id] = s
         hypers = []
         for h in cell.hypers:
             name = h.name
@@ -763,6 +871,122 @@ class _Lowerer:
             hypers.append((v, (d, "hyper", Init("constant", (A.Num(default, h.default.span),),
                                                  h.span))))
         return hypers
+
+    # -- the step's input row: x[t-1], dropout and zoneout (cellc/inputs.py) -----------------
+
+    def previous_input(self, e: A.Shifted) -> Value:
+        """`x[t-1]`: the input one step earlier (zero at the first step), one more part of the
+        step's input row, so it costs no state and `W @ x[t-1]` is hoisted as `W @ x` is."""
+        if self.input is not None and e.name.id != self.input[1].name.id and not (
+                isinstance(e.index, A.BinOp) and e.index.op == "sub"):
+            raise CellShapeError(f"'{e.name.id}' cannot be indexed: values are vectors (split"
+                                 " or sum them); the one index is the input's previous step,"
+                                 f" {self.input[1].name.id}[t-1]", e.span)
+        if self.input is None or e.name.id != self.input[1].name.id:
+            what = "the input" if self.input is None else f"the input '{self.input[1].name.id}'"
+            raise CellNameError(f"only the input has earlier steps: '{e.name.id}[t-1]' needs"
+                                f" {what}", e.name.span)
+        i = e.index
+        if not (isinstance(i, A.BinOp) and i.op == "sub" and isinstance(i.lhs, A.Name)
+                and i.lhs.id == "t" and isinstance(i.rhs, A.Num) and i.rhs.value == 1.0):
+            raise CellShapeError(f"the only index is the previous step, {e.name.id}[t-1]"
+                                 " (values are vectors: split or sum them instead)", i.span)
+        if self.scope is not None:
+            raise CellNameError(f"the body of a def cannot read {e.name.id}[t-1]; pass it as an"
+                                " argument", e.span)
+        for part, v in self.parts:
+            if part.kind == "previous":
+                return v
+        x = self.input[0]
+        v = Value(self.internal_name(f"{x.name}_prev"), x.type)
+        self.parts.append((InputPart("previous", v.name, x.type.shape[0]), v))
+        return v
+
+    def noise(self, e: A.Call) -> Value:
+        """dropout(v, p[, per=sequence]) = v * m and zoneout(new, old, p) = new + m*(old - new),
+        with m a noise mask: one more part of the step's input row, which the caller draws
+        (cellc/inputs.py). p is a number in [0, 1) or a hyper-parameter's name."""
+        fn = e.fn.id
+        values = [self.expr(a) for a in e.args[:-1]]
+        rate = self.rate(e.args[-1], fn)
+        per = "step"
+        for _, value in e.keywords:
+            if not isinstance(value, A.Name) or value.id not in PER:
+                raise CellNameError("per is step (a fresh mask each step, the default) or"
+                                    " sequence (one mask per sequence, Gal & Ghahramani)",
+                                    value.span)
+            per = value.id
+        v = values[0]
+        if v.type.batch != Batch.STEP or len(v.type.shape) != 1:
+            err = CellShapeError(f"{fn} masks a per-example vector, not {v.type}", e.args[0].span)
+            for text, span in self.describe(e.args[0], v):
+                err.note(text, span)
+            raise err
+        if fn == "zoneout" and values[1].type != v.type:
+            raise self.shape_error("zoneout", values, e, e.args[:2],
+                                   f"the new value {v.type} and the old {values[1].type}"
+                                   " must have the same shape")
+        m = Value(self.internal_name(f"{fn}_mask"), v.type)
+        self.parts.append((InputPart(fn, m.name, v.type.shape[0], rate, per), m))
+        m = self.emit("stop_gradient", [m], e)  # a mask is a constant: no backward work on it
+        if fn == "dropout":
+            return self.emit("mul", [v, m], e)
+        change = self.emit("sub", [values[1], v], e)
+        return self.emit("add", [v, self.emit("mul", [m, change], e)], e)
+
+    def rate(self, e: A.Expr, fn: str) -> float | str:
+        """A noise rate: a number in [0, 1) or a (float) hyper-parameter's name."""
+        if isinstance(e, A.Name) and e.id in self.env and self.env[e.id].kind == "hyper" \
+                and e.id not in self.choices:
+            self.used.add(e.id)
+            return e.id
+        if isinstance(e, A.Num):
+            if not 0.0 <= e.value < 1.0:
+                raise CellValueError(f"the rate of {fn} must be in [0, 1), not {e.value:g}",
+                                     e.span)
+            return e.value
+        raise CellNameError(f"the rate of {fn} is a number or a hyper-parameter of the header"
+                            f" (as p=0.1 in cell C(..., p=0.1)); it is a {fn} mask's"
+                            " probability, drawn before the loop", e.span)
+
+    def internal_name(self, hint: str) -> str:
+        name, k = hint, 0
+        while name in self.written or self.b.taken(name):
+            name, k = f"{hint}{k}", k + 1
+        return self.b.fresh(name)
+
+    def input_row(self, step_params, body):
+        """With parts besides the input: the step reads one row xin and splits it first,
+        x, x_prev, masks... = split(xin, [I, I, F...]). Returns (step_params, body, xin,
+        parts)."""
+        if not self.parts:
+            return step_params, body, None, ()
+        x, decl = self.input
+        parts = [(InputPart("input", x.name, x.type.shape[0]), x), *self.parts]
+        width = parts[0][0].size
+        for part, _ in parts[1:]:
+            width = width + part.size
+        xin = Value(self.internal_name(f"{x.name}_row"), x.type.with_shape((width,)))
+        split = Instr("split", (xin,), tuple(v for _, v in parts),
+                      {"sizes": tuple(p.size for p, _ in parts)}, decl.span)
+        params = tuple(xin if v is x else v for v in step_params)
+        return params, (split, *body), xin, tuple(p for p, _ in parts)
+
+    # -- optional sizes: `proj_size P = 0`, `P or H`, `A if P else B` ------------------------
+
+    def optional_size(self, e: A.Expr, what: str) -> str:
+        """The optional size that `e` (the left of `or`, the test of `if`) names."""
+        if isinstance(e, A.Name) and e.id in self.optional:
+            return e.id
+        example = "P or H" if what == "or" else "(W @ h) if P else h"
+        raise CellShapeError(f"'{what}' tests an optional size of the header (as P in"
+                             f" proj_size P = 0): write {example}", e.span)
+
+    def conditional(self, e: A.Cond) -> Value:
+        """`A if P else B`: only the branch this form takes is lowered (the other may read
+        parameters that are absent here)."""
+        test = self.optional_size(e.test, "if")
+        return self.expr(e.orelse if test in self.zero else e.then)
 
     def choice(self, h: A.HyperArg) -> tuple[Value, tuple]:
         """`nonlinearity in (tanh, relu)`: a [1] hyper-parameter holding the chosen function's
@@ -834,13 +1058,16 @@ class _Lowerer:
         state_vals = tuple(v for v, _, _ in states)
         results = tuple(next_values[v.name] for v in state_vals) + (self.env[output.id].value,)
         step_params = state_vals + (inputs[0][0],) + tuple(v for v, _ in params)
-        step = verify(Func(cell.name.id, step_params, tuple(self.b.body), results))
+        step_params, body, row, parts = self.input_row(step_params, tuple(self.b.body))
+        step = verify(Func(cell.name.id, step_params, body, results))
         specs = tuple(ParamSpec(v.name, kind, v.type, init, d.span, *choices)
                       for v, (d, kind, init, *choices) in params)
         return CellIR(
-            cell.name.id, tuple(SizeSpec(s.arg.id, s.symbol.id) for s in cell.sizes),
-            inputs[0][0], state_vals, specs, output.id, step, cell.span.source,
-            tuple(self.warnings), inputs[0][1].span, tuple(init for _, _, init in states),
+            cell.name.id,
+            tuple(SizeSpec(s.arg.id, s.symbol.id, s.default is not None) for s in cell.sizes),
+            inputs[0][0] if row is None else row, state_vals, specs, output.id, step,
+            cell.span.source, tuple(self.warnings), inputs[0][1].span,
+            tuple(init for _, _, init in states), parts, self.zero,
         )
 
     def statement(self, st: A.Statement, inputs, states, params, next_values, output):
@@ -914,10 +1141,21 @@ class _Lowerer:
                 raise CellNameError("a primed name is a state's next value; declare it unprimed",
                                     d.name.span)
             dims = (Dim.of(1),) if d.dims is None else tuple(self.dim(x) for x in d.dims)
+            absent = None  # the optional size, 0 here, that makes this declaration empty
             for x, dim in zip(d.dims or (), dims):
                 c = dim.constant
-                if c is not None and c <= 0:
+                zero = self.zero & _size_names(x)
+                if c == 0 and zero:
+                    absent = next(iter(zero))
+                    if st.kind in ("input", "state"):
+                        raise CellShapeError(
+                            f"{st.kind} '{d.name.id}' would have no features when {absent} is"
+                            f" 0; size it as in {d.name.id}[{absent} or H]", x.span)
+                elif c is not None and c <= 0:
                     raise CellShapeError(f"a size must be positive, not {dim}", x.span)
+            if absent is not None:  # a parameter that exists only where its size is not 0
+                self.define(d.name, _Binding(absent, d.span, "absent"))
+                continue
             if st.kind in ("input", "state") and len(dims) != 1:
                 raise CellShapeError(
                     f"an {st.kind} is a vector: give one size, as in {d.name.id}[H]", d.span)
@@ -930,6 +1168,7 @@ class _Lowerer:
             self.define(d.name, _Binding(v, d.span, st.kind))
             if st.kind == "input":
                 inputs.append((v, d))
+                self.input = self.input or (v, d)
             elif st.kind == "state":
                 states.append((v, d, start))
             elif init.fn == "values":
@@ -1024,10 +1263,11 @@ class _Lowerer:
         return new
 
 
-def lower(cell: A.Cell) -> CellIR:
+def lower(cell: A.Cell, zero: frozenset | None = None) -> CellIR:
+    """The CellIR of a parsed cell; `zero`: the optional sizes lowered as 0 (None: all)."""
     # Parameter names become attributes of the torch layer classes (both targets make them), so
     # the names those classes need are refused here, once for every target.
-    ir = _Lowerer(cell).lower()
+    ir = _Lowerer(cell, zero).lower()
     check_parameter_names(ir)
     return ir
 

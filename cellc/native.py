@@ -28,8 +28,10 @@ import numpy as np
 
 from .backends import numpy_ref
 from .backends.llvm_jit import Arrays
+from .inputs import refuse_parts
 from .lower import CellIR
 from .runtime import native_calls as calls
+from .variants import variant_for_args
 
 
 @dataclass
@@ -61,7 +63,8 @@ class NativeCell:
         from .backends import cache
 
         self.reverse = calls._check_reverse(reverse)
-        self.cell = _cell(cell)
+        self.cell = variant_for_args(_cell(cell), size_args)  # cellc/variants.py
+        refuse_parts(self.cell, "NativeCell")
         self.dtype = calls._float_dtype(dtype)
         self.sizes = self.cell.bind(**size_args)
         self._program = cache.native_program(self.cell, self.sizes, self.dtype.name)

@@ -127,6 +127,20 @@ def _with_comment(line: str, comments: dict[str, str]) -> str:
     return f"{line}    # d({comments[name]})" if name in comments else line
 
 
+def _row_lines(cell: CellIR) -> list[str]:
+    """The header line that names what the step reads from its input row besides x
+    (cellc/inputs.py), for a cell that uses x[t-1], dropout or zoneout."""
+    if len(cell.input_parts) <= 1:
+        return []
+    x = cell.input_parts[0].name
+    what = {"previous": f"{x}[t-1]", "dropout": "a dropout mask", "zoneout": "a zoneout mask"}
+    parts = ", ".join(f"{p.name} ({what[p.kind]})" for p in cell.input_parts[1:])
+    return [f"# The step's input row also holds: {parts}; masks are constants (no cotangent).",
+            f"# d{cell.input.name} is the row's cotangent: d{x} = its first part, plus the"
+            f" x[t-1] part shifted back a step."][: 2 if any(
+                p.kind == "previous" for p in cell.input_parts) else 1]
+
+
 def grad_equations(cell: CellIR) -> str:
     """`cellc grad`: the backward pass as simplified equations, then the residual list.
 
@@ -194,6 +208,7 @@ def grad_equations(cell: CellIR) -> str:
         + (" arrives" if nc == 1 else " arrive") + " from step t+1 (zero at t = T-1",
         f"# unless the final states have cotangents); {dy} is the cotangent of this step's output;",
         "# `v += e` adds this step's share.",
+        *_row_lines(cell),
         *step_lines,
         "#",
         "# After the loop, over all T*B rows at once (outer and sum_rows sum over time and batch):",

@@ -358,7 +358,16 @@ class _ToAst(Transformer_NonRecursive):
         return A.Cell(self._tok(name), sizes, body, self._span(meta), hypers)
 
     def size_arg(self, meta, children):
-        return A.SizeArg(self._tok(children[0]), self._tok(children[1]))
+        default = None
+        if children[3] is not None:
+            default = A.Num(float(children[3]), self._tok(children[3]).span)
+        return A.SizeArg(self._tok(children[0]), self._tok(children[1]), default)
+
+    def either(self, meta, children):
+        return A.Either(children[0], children[1], self._span(meta))
+
+    def cond(self, meta, children):
+        return A.Cond(children[0], children[1], children[2], self._span(meta))
 
     def hyper_arg(self, meta, children):
         return A.HyperArg(self._tok(children[0]), children[1], self._span(meta))
@@ -414,7 +423,17 @@ class _ToAst(Transformer_NonRecursive):
 
     def call(self, meta, children):
         fn, *args = children
-        return A.Call(self._tok(fn), tuple(a for a in args if a is not None), self._span(meta))
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, tuple))
+        keywords = tuple(a for a in args if isinstance(a, tuple))
+        return A.Call(self._tok(fn), positional, self._span(meta), keywords)
+
+    def keyword(self, meta, children):
+        return (self._tok(children[0]), children[1])
+
+    def shifted(self, meta, children):
+        name, _, index, _ = children
+        return A.Shifted(self._tok(name), index, self._span(meta))
 
     def neg(self, meta, children):
         return A.Neg(children[0], self._span(meta))

@@ -44,7 +44,7 @@ def test_check_summary_line(capsys):
     lstm = next(p for p in CELL_FILES if p.name == "lstm.cell")
     assert cli.main(["check", str(lstm)]) == 0
     assert capsys.readouterr().out == (
-        f"{lstm}: ok: LSTM(input_size I, hidden_size H) states h[H], c[H];"
+        f"{lstm}: ok: LSTM(input_size I, hidden_size H, proj_size P = 0) states h[H], c[H];"
         " 4*H^2 + 4*H*I + 8*H parameters\n"
     )
 

@@ -59,9 +59,11 @@ def layer_function(layer, n_states, lengths=None):
     def f(x, *rest):
         hx, params = rest[:n_states], rest[n_states:]
         inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, h_n = torch.func.functional_call(
-            layer, dict(zip(names, params)), (inp, hx[0] if n_states == 1 else tuple(hx))
-        )
+        with torch.random.fork_rng():  # a cell's dropout/zoneout masks: the same every call
+            torch.manual_seed(0)
+            out, h_n = torch.func.functional_call(
+                layer, dict(zip(names, params)), (inp, hx[0] if n_states == 1 else tuple(hx))
+            )
         out = out.data if lengths is not None else out
         return (out, *((h_n,) if n_states == 1 else h_n))
 

@@ -95,3 +95,12 @@ def test_adding_problem(tmp_path):
     assert set(m) == {"lstm", "gru", "rnn", "baseline"}
     assert m["baseline"] == pytest.approx(1 / 6, abs=1e-3)
     assert all(0 <= m[k] < 2 for k in ("lstm", "gru", "rnn"))
+
+
+def test_zoneout_regularization(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, m = run_example("zoneout_regularization.py", tmp_path)
+    check_png(tmp_path / "zoneout_regularization.png")
+    assert set(m) == {"none", "zoneout", "variational"}
+    assert all(0 < v < 6 for v in m.values())  # nats/char: a short run stays near uniform
+    assert "zoneout      step" in out and "variational  step" in out

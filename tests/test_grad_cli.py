@@ -162,6 +162,7 @@ _TOKEN = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|([A-Za-z_]\w*'?)(\s*\()?")
 _EQUATION = re.compile(r"(.+?) (\+?=) (.+)")
 _GIVEN = re.compile(r"# Each step, t = T-1 down to 0: (.+) arrives? from step t\+1")
 _DY = re.compile(r"; (\S+) is the cotangent of this step's output")
+_ROW = re.compile(r"^# The step's input row also holds: (.+); masks are constants")
 
 
 def identifiers(text: str) -> list[str]:
@@ -188,6 +189,8 @@ def undefined_names(out: str, cell_names: set[str]) -> list[str]:
             given |= set(m[1].split(", "))
         if m := _DY.search(line):
             given.add(m[1])
+        if m := _ROW.search(line):  # x[t-1] and noise masks (cellc/inputs.py)
+            given |= {part.split(" (")[0] for part in m[1].split("), ")}
     assert given, "the header names the carried cotangents and dy"
     defined, problems = set(given), []
     for line in lines:

@@ -294,7 +294,8 @@ def test_an_error_inside_an_expanded_body_points_at_the_body_with_a_note_at_the_
         "note: in 'f', called at x.cell:6:19\n"
         "note: in 'g', called at x.cell:7:10"
     )
-    assert "unexpected '['" in error_text(text, kind=CellSyntaxError)
+    assert "x.cell:7:12: error: 'h' cannot be indexed: values are vectors" in error_text(
+        text, kind=CellShapeError)
 
 
 def test_exponential_expansion_is_refused():

@@ -105,7 +105,8 @@ def all_cells():
 
 
 def bound_sizes(cell) -> dict[str, int]:
-    return cell.bind(**{s.arg: {"input_size": 3}.get(s.arg, 4) for s in cell.sizes})
+    return cell.bind(**{s.arg: {"input_size": 3}.get(s.arg, 4) for s in cell.sizes
+                         if not s.optional})
 
 
 def build(params: dict[str, TensorType], body) -> ir.Func:

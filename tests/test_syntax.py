@@ -248,7 +248,7 @@ def test_missing_close_bracket_in_declaration():
 
 def test_end_of_file_in_header():
     assert syntax_error("cell C(input_size I") == (
-        "x.cell:1:20: error: unexpected end of file; expected ')' or ','\n"
+        "x.cell:1:20: error: unexpected end of file; expected ')', ',' or '='\n"
         "    cell C(input_size I\n"
         "                       ^\n"
         "note: unclosed '(' at x.cell:1:7"

@@ -191,9 +191,15 @@ def op_inputs(mod, dtype=torch.float64, steps=T, rows=B):
     """A layer's sizes and leaf inputs (xs, states and parameters) for the op, requiring grad."""
     layer = mod.Layer(I, H).to(dtype)
     S = dict(layer._layer_sizes[0])
-    xs = torch.randn(steps, rows, I, dtype=dtype)
+    # the step's input row: x, then x[t-1] and noise masks for a cell that reads them
+    width = sum(p["size"](S) for p in mod.SPEC.get("input_parts", ())) or I
+    xs = torch.randn(steps, rows, width, dtype=dtype)
     states = [torch.randn(rows, n, dtype=dtype) for n in layer._state_sizes]
-    params = [p.detach().clone() for p in layer.parameters()]
+    # every parameter the loop takes: trained ones, constants (buffers), hyper-parameters ([1],
+    # a choice's index)
+    params = [torch.full((1,), 0.0 if "choices" in p else p["default"], dtype=dtype)
+              if p["kind"] == "hyper" else getattr(layer, p["name"] + "_l0").detach().clone()
+              for p in layer._params]  # not weight_hr of an LSTM with proj_size 0
     return S, [t.requires_grad_() for t in (xs, *states, *params)]
 
 

@@ -164,7 +164,10 @@ def test_cell_matches_torch(name, bias, dtype):
     ({"hidden_size": 0}, ValueError, "hidden_size must be greater than zero"),
     ({"hidden_size": 4.0}, TypeError, "hidden_size should be of type int"),
     ({"input_size": -1}, ValueError, "input_size must be greater than zero"),
-    ({"proj_size": 2}, TypeError, "unexpected keyword argument 'proj_size'"),
+    ({"proj_size": -1}, ValueError, "proj_size should be a positive integer or zero to disable"
+                                    " projections"),
+    ({"proj_size": H}, ValueError, "proj_size has to be smaller than hidden_size"),
+    ({"proj_size": 1.0}, TypeError, "proj_size should be of type int"),
 ])
 def test_constructor_errors(kwargs, error, match):
     Layer, _ = eager("lstm")
@@ -178,7 +181,8 @@ def test_constructor_missing_and_extra_args():
     with pytest.raises(TypeError, match=r"LSTM\(\): missing a required argument: 'hidden_size'"):
         Layer(I)
     with pytest.raises(TypeError, match="too many positional arguments"):
-        Layer(I, H, 1, True, False, 0.0, False, None, None, 7)
+        Layer(I, H, 1, True, False, 0.0, False, 0, None, None, 7)  # 0: proj_size, as torch's
+    assert Layer(I, H, 1, True, False, 0.0, False, 2).proj_size == 2
     # No num_layers on a cell: 0 lands on bias, whose truth torch.nn's cells take, unchecked.
     assert Cell(I, H, 0).bias_ih is None and torch.nn.LSTMCell(I, H, 0).bias_ih is None
     with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
@@ -259,8 +263,8 @@ def test_cell_forward_errors():
 
 
 def _size_args(cell, layer_input=I, other=H):
-    return {s.arg: layer_input if s.symbol == cell.input.type.shape[0].symbols.pop() else other
-            for s in cell.sizes}
+    return {s.arg: layer_input if s.symbol == cell.input_size.symbols.pop() else other
+            for s in cell.sizes if not s.optional}
 
 
 def test_every_cell_runs_forward_and_backward(cell_path):  # cell_path: each cells/*.cell
@@ -280,7 +284,11 @@ def test_every_cell_runs_forward_and_backward(cell_path):  # cell_path: each cel
     assert torch.isfinite(x.grad).all()
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    # The cell class runs one step.
+    # The cell class runs one step (a cell that reads x[t-1] has none: one step cannot see it).
+    if any(p.kind == "previous" for p in cell.input_parts):
+        with pytest.raises(TypeError, match=r"reads the previous input x\[t-1\]"):
+            Cell(**_size_args(cell))
+        return
     c = Cell(**_size_args(cell), dtype=torch.float64)
     step = c(torch.randn(B, I, dtype=torch.float64))
     step = [step] if isinstance(step, torch.Tensor) else list(step)
@@ -294,7 +302,7 @@ def test_every_cell_matches_numpy_reference(cell_path):
     size_args = _size_args(cell)
     sizes = cell.bind(**size_args)
     torch.manual_seed(0)
-    m = Layer(**size_args, dtype=torch.float64)
+    m = Layer(**size_args, dtype=torch.float64).eval()  # noise masks at their expectation
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(T, B, I))
     states = {s.name: rng.normal(size=s.type.concrete(sizes, 1, B)) for s in cell.states}
@@ -307,8 +315,10 @@ def test_every_cell_matches_numpy_reference(cell_path):
     np.testing.assert_allclose(out.detach().numpy(), ys, atol=1e-10, rtol=1e-10)
     for s, h in zip(cell.states, h_n):
         np.testing.assert_allclose(h[0].detach().numpy(), final[s.name], atol=1e-10, rtol=1e-10)
-    # The cell class is one step of the same thing.
-    c = Cell(**size_args, dtype=torch.float64)
+    # The cell class is one step of the same thing (none for a cell that reads x[t-1]).
+    if any(p.kind == "previous" for p in cell.input_parts):
+        return
+    c = Cell(**size_args, dtype=torch.float64).eval()
     c.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
     _, final1 = numpy_ref.forward(cell, sizes, xs[:1], params, states)
     step = c(torch.from_numpy(xs[0]), hx[0][0] if len(hx) == 1 else tuple(h[0] for h in hx))

@@ -73,6 +73,12 @@ class LinkError(Exception):
     pass
 
 
+def _kernel_sizes(cell: CellIR) -> list:
+    """The sizes a build takes: not an optional size its form has at 0 (cellc/variants.py;
+    `compile --sizes ...,proj_size=2` builds the other form, which takes it)."""
+    return [s for s in cell.sizes if s.symbol in cell.symbols]
+
+
 def file_prefix(name: str) -> str:
     """The stem of the three files and the prefix of every C symbol and macro in them.
 
@@ -123,6 +129,9 @@ def build(cell: CellIR, sizes: dict | None, out_dir: Path, prog=None) -> list[Pa
     every size); a dict (symbol -> int) builds kernels specialized to those sizes. prog is the
     cell's compiled program (`pipeline.compile_program(cell)`); given None, it is compiled here,
     for callers that hold only the cell."""
+    from ..inputs import refuse_parts
+
+    refuse_parts(cell, "the native library")
     llvm = _llvm()
     prefix = file_prefix(cell.name)
     if prog is None:
@@ -145,7 +154,7 @@ def build(cell: CellIR, sizes: dict | None, out_dir: Path, prog=None) -> list[Pa
             module, layouts = llvm_ir.build_module(funcs, sizes, dtype,
                                                    {"gemm": f"{blas.prefix()}cblas_{g}gemm"},
                                                    features=kernel_features(),
-                                                   symbols=[s.symbol for s in cell.sizes])
+                                                   symbols=cell.symbols)
             mod = llvm.parse_assembly(str(module))
             mod.verify()
             optimize(mod, tm)
@@ -271,7 +280,7 @@ def summary(cell: CellIR, sizes: dict | None, header: Path) -> list[str]:
     """What `cellc compile` prints after its `wrote` lines: the kernels' C prototypes, in brief
     (the header has each one with its arguments' shapes)."""
     prefix = file_prefix(cell.name)
-    symbols = ", ".join(s.symbol for s in cell.sizes)
+    symbols = ", ".join(s.symbol for s in _kernel_sizes(cell))
     fixed = ", ".join(f"{k}={v}" for k, v in (sizes or {}).items())
     order = (f"sizes[] = {{{_plain(symbols)}}}" if sizes is None
              else f"compiled for {_plain(fixed)}, sizes[] not read")
@@ -330,9 +339,9 @@ def _header(cell, sizes, docs, prefix) -> str:
         "#endif",
         "",
         f"#define {P}_SOURCE_FILE {_c_string(cell.source.name)}",
-        f"#define {P}_N_SIZES {len(cell.sizes)}",
+        f"#define {P}_N_SIZES {len(_kernel_sizes(cell))}",
     ]
-    for k, s in enumerate(cell.sizes):
+    for k, s in enumerate(_kernel_sizes(cell)):
         # the front end allows only plain identifiers as size symbols (cellc/names.py)
         assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", s.symbol), s.symbol
         value = "" if generic else f" = {sizes[s.symbol]}"
@@ -447,7 +456,7 @@ def _loader(cell, sizes, kernels, prefix) -> str:
     params = [(p.name, [dim(d) for d in p.type.shape]) for p in cell.params]
     input_size = dim(cell.input.type.shape[0])
     output_size = dim(cell.step.results[len(states)].type.shape[0])
-    size_args = [(s.arg, s.symbol) for s in cell.sizes]
+    size_args = [(s.arg, s.symbol) for s in _kernel_sizes(cell)]
     at = "every size (the sizes are given when a cell is made)" if sizes is None else (
         f"its compiled sizes {_plain(str(sizes))}")
     # User text enters below only as repr() (and _plain() in docstrings); every name the code
@@ -492,7 +501,7 @@ class _Cell(_LoadedCell):
     alias = class_alias(cell.name, body)
     usage = alias or "_Cell"
     if sizes is None:
-        make = ", ".join(f"{s.arg}=..." for s in cell.sizes)
+        make = ", ".join(f"{s.arg}=..." for s in _kernel_sizes(cell))
         make = f'{prefix}.{usage}({make}{", " if make else ""}dtype="float32")'
         fixed = "Size-generic: one build serves every size, given when a cell is made."
     else:

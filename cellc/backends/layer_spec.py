@@ -19,14 +19,33 @@ initializer expressions (`~ log(arange(1, H + 1))`, the "values" initializer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from .. import ast_nodes as A
 from ..lower import CellIR, broadcast_values, eval_number, eval_values, fold_number
 from ..shapes import Dim
 from ..source import Span
+from ..variants import form, optional_sizes
 from .torch_names import check_layer_cell
+
+
+@dataclass(frozen=True)
+class SizeIf:
+    """A size that depends on the form of a cell with an optional size (cellc/variants.py):
+    `nonzero` where the optional size `symbol` is not 0, else `zero` (`P or H` is
+    SizeIf("P", P, H))."""
+
+    symbol: str
+    nonzero: Dim
+    zero: Dim
+
+    def evaluate(self, sizes) -> Fraction:
+        return (self.nonzero if sizes.get(self.symbol, 0) else self.zero).evaluate(sizes)
+
+
+def _size_if(symbol: str, nonzero: Dim, zero: Dim):
+    return nonzero if nonzero == zero else SizeIf(symbol, nonzero, zero)
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,9 @@ class LayerParam:
     init_args: tuple[A.Expr, ...]
     init_span: Span | None = None  # where the initializer is written (errors of "values")
     choices: tuple[str, ...] = ()  # a choice hyper-parameter's function names
+    # An optional size's symbol (P) if the parameter exists only where that size is not 0
+    # (`param weight_hr[P, H]`): a layer built with proj_size=0 has no such parameter.
+    absent_when_zero: str | None = None
 
 
     @property
@@ -69,6 +91,9 @@ class LayerSpec:
     state_init: tuple[A.Expr | None, ...]  # each state's initial value; None: zero
     output_size: Dim
     params: tuple[LayerParam, ...]  # in the order the time loop takes them
+    # The step's input row (cellc/inputs.py): x, x[t-1], noise masks; () for a plain cell.
+    input_parts: tuple = ()
+    optional_sizes: tuple[str, ...] = ()  # constructor arguments of optional sizes (proj_size)
 
     def runtime(self) -> dict:
         """The spec dict of cellc.runtime.torch_layers: each size a function of a layer's sizes
@@ -84,12 +109,16 @@ class LayerSpec:
                 0.0 if e is None else eval_number(e, s) for e in inits),
             "output_size": lambda s, d=self.output_size: _whole(d.evaluate(s)),
             "params": [_runtime_param(p) for p in self.params],
+            "input_parts": [p.runtime() for p in self.input_parts],
+            "optional_sizes": list(self.optional_sizes),
         }
 
 
 def _runtime_param(p: LayerParam) -> dict:
     out = {"name": p.name, "kind": p.kind, "shape": _dims(p.shape), "init": p.init,
            "init_args": p.init_values}
+    if p.absent_when_zero is not None:
+        out["absent_when_zero"] = p.absent_when_zero
     if p.choices:
         out["default"], out["choices"] = p.choices[0], list(p.choices)
     elif p.kind == "hyper":
@@ -98,7 +127,33 @@ def _runtime_param(p: LayerParam) -> dict:
 
 
 def layer_spec(cell: CellIR) -> LayerSpec:
-    """The spec of a cell, or a located CellError if the cell cannot make a layer."""
+    """The spec of a cell, or a located CellError if the cell cannot make a layer. A cell with
+    an optional size gets one spec for both its forms: sizes that differ are SizeIf, and the
+    parameters the 0 form lacks are marked absent_when_zero."""
+    optional = optional_sizes(cell)
+    if not optional:
+        return _layer_spec(cell)
+    (sym,) = optional
+    zero, nonzero = (_layer_spec(form(cell, z)) for z in (frozenset(optional), frozenset()))
+    present = {p.name for p in zero.params}
+    params = []
+    for p in nonzero.params:
+        if p.name not in present:
+            params.append(replace(p, absent_when_zero=sym))
+            continue
+        q = next(q for q in zero.params if q.name == p.name)
+        params.append(replace(p, shape=tuple(_size_if(sym, a, b)
+                                             for a, b in zip(p.shape, q.shape))))
+    return replace(
+        nonzero,
+        state_sizes=tuple(_size_if(sym, a, b)
+                          for a, b in zip(nonzero.state_sizes, zero.state_sizes)),
+        output_size=_size_if(sym, nonzero.output_size, zero.output_size),
+        params=tuple(params),
+    )
+
+
+def _layer_spec(cell: CellIR) -> LayerSpec:
     symbol = check_layer_cell(cell)
     n = len(cell.states)
     return LayerSpec(
@@ -111,6 +166,8 @@ def layer_spec(cell: CellIR) -> LayerSpec:
         output_size=cell.step.results[n].type.shape[0],
         params=tuple(LayerParam(p.name, p.kind, p.type.shape, p.init.fn, tuple(p.init.args),
                                 p.init.span, p.choices) for p in cell.params),
+        input_parts=tuple(cell.input_parts),
+        optional_sizes=tuple(s.arg for s in cell.sizes if s.optional),
     )
 
 

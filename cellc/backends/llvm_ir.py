@@ -530,7 +530,7 @@ def _dim_value(b: ir.IRBuilder, d: Dim, symbol) -> ir.Value:
     """A Dim's value as i64 code at `b`: the integer polynomial den*d, divided by den last
     (cell.bind refuses sizes that make a dim not whole, so the division is exact)."""
     den = _denominator(d)
-    total = ir.Constant(I64, 0)
+    total = None  # the first term starts the sum (a polynomial with two or more terms adds)
     for monomial, c in d.terms:
         factors = [symbol(name) for name in monomial]
         coef = int(c * den)
@@ -539,7 +539,9 @@ def _dim_value(b: ir.IRBuilder, d: Dim, symbol) -> ir.Value:
         term = factors[0]
         for f in factors[1:]:
             term = b.mul(term, f)
-        total = term if total.constant == 0 else b.add(total, term)
+        total = term if total is None else b.add(total, term)
+    if total is None:
+        total = ir.Constant(I64, 0)
     return b.sdiv(total, ir.Constant(I64, den)) if den != 1 else total
 
 

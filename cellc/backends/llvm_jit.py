@@ -116,7 +116,7 @@ def render(cell: CellIR, sizes: dict[str, int], dtype: str, prog: Program | None
     module, layouts = llvm_ir.build_module(
         [(getattr(prog, KERNELS[k][0]), KERNELS[k][1]) for k in kinds], sizes, dtype,
         gemm_names(dtype, blas_kind), features=kernel_features(),
-        symbols=[s.symbol for s in cell.sizes])
+        symbols=cell.symbols)
     return module, layouts, prog
 
 
@@ -405,7 +405,7 @@ class NativeProgram:
             if sizes != self.sizes:
                 raise ValueError(f"this program is specialized to {self.sizes}, not {sizes}")
             return self
-        known = {s.symbol: s.arg for s in self.cell.sizes}
+        known = {s.symbol: s.arg for s in self.cell.sizes if s.symbol in self.cell.symbols}
         if set(sizes) != set(known):
             raise ValueError(f"sizes must give exactly {sorted(known)}, got {sorted(sizes)}")
         sizes = self.cell.bind(**{known[k]: v for k, v in sizes.items()})

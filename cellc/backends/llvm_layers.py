@@ -22,6 +22,7 @@ from ..choices import choice_params, specialize
 from ..lower import CellIR
 from ..runtime.torch_layers import make_layer
 from ..source import Source
+from ..variants import variant
 from . import cache, torch_ops
 from .layer_spec import layer_spec
 from .torch_eager import run_direction_eager
@@ -66,8 +67,10 @@ def run_direction_for(cell: CellIR):
         # A choice hyper-parameter's index comes with the sizes: compile the chosen function
         # alone (cellc/choices.py) rather than select among all at run time.
         chosen = {name: int(sizes.pop(name)) for name in choices if name in sizes}
-        cell_k = specialize(cell, chosen)
-        cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for bad sizes
+        cell_v = variant(cell, sizes)  # the form an optional size of 0 or not asks for
+        cell_k = specialize(cell_v, chosen)
+        cell_v.bind(**{s.arg: sizes.get(s.symbol, 0) for s in cell.sizes})  # ValueError if bad
+        sizes = {k: v for k, v in sizes.items() if k not in cell_v.zero}  # the kernels' own
         plain, masked_run = native_run(Direction(cell_k, sizes)), None
 
         def run_direction(xs, states, params, batch_sizes, masked=False):

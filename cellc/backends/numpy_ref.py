@@ -19,6 +19,7 @@ from ..ir import Func
 from ..lower import CellIR, sequence_program
 from ..runtime import native_calls
 from ..source import InternalError
+from ..variants import variant
 from . import interpret
 from .interpret import Context  # re-exported: tests and callers build contexts
 
@@ -91,7 +92,7 @@ def init_params(cell: CellIR, sizes: Mapping[str, int],
     default (a [1] array), so the dict is complete for `forward`."""
     rng = np.random.default_rng(rng)
     out = {}
-    for p in cell.params:
+    for p in variant(cell, sizes).params:
         init = INITIALIZERS.get(p.init.fn)
         if init is None:
             raise InternalError(f"no initializer '{p.init.fn}'")
@@ -122,6 +123,7 @@ def forward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray,
     `noise` maps a mask's name to its array ((T, B, F)), a mask not given takes its eval value
     (dropout 1, zoneout p).
     """
+    cell = variant(cell, sizes)  # the form of a cell with an optional size (cellc/variants.py)
     dtype = check_dtype(dtype if dtype is not None else xs.dtype)
     T, B = _sequence_dims(xs)
     xs = _input_row(cell, sizes, xs, params, noise, dtype)
@@ -155,6 +157,7 @@ def backward(cell: CellIR, sizes: Mapping[str, int], xs: np.ndarray,
     """
     from ..pipeline import compile_program
 
+    cell = variant(cell, sizes)
     dtype = check_dtype(dtype if dtype is not None else xs.dtype)
     T, B = _sequence_dims(xs)
     xs = _input_row(cell, sizes, xs, params, noise, dtype)

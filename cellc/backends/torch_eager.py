@@ -85,7 +85,10 @@ def run_direction_eager(cell: CellIR, sizes: Mapping[str, int]):
     """The run_direction of `cellc.runtime.torch_layers` for one set of sizes (symbol -> int):
     a Python loop over time that calls the step function, masking finished rows; masked=True
     runs the cell's masked form (cellc/masking.py), made on first use."""
-    cell.bind(**{s.arg: sizes[s.symbol] for s in cell.sizes})  # ValueError for impossible sizes
+    from ..variants import variant
+
+    cell = variant(cell, sizes)  # the form of a cell with an optional size (cellc/variants.py)
+    cell.bind(**{s.arg: sizes.get(s.symbol, 0) for s in cell.sizes})  # ValueError if impossible
     sizes = dict(sizes)
     step, n = cell.step, len(cell.states)
     out_size = int(step.results[n].type.shape[0].evaluate(sizes))

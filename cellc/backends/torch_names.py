@@ -16,10 +16,10 @@ from ..source import CellShapeError
 def check_layer_cell(cell: CellIR) -> str:
     """Raise a located CellError if the cell cannot make a layer; return the size symbol of its
     input (e.g. "I"), which a stacked layer binds to the previous layer's output size."""
-    (dim,) = cell.input.type.shape
+    dim = cell.input_size
     symbol = next((s.symbol for s in cell.sizes if dim == Dim.of(s.symbol)), None)
     if symbol is None:
         raise CellShapeError(
-            f"the input's size must be one size symbol, as in {cell.input.name}[I], for layers to"
+            f"the input's size must be one size symbol, as in x[I], for layers to"
             f" stack; it is {dim}", cell.input_span, cell.source.name)
     return symbol

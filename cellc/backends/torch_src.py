@@ -83,7 +83,11 @@ class Names:
 
 def size_expr(d: Dim, exact: bool = False) -> str:
     """Python for a symbolic size, reading symbols from the dict S. Sizes are checked to be
-    whole when a layer is built; `exact` keeps true division so that check can see a fraction."""
+    whole when a layer is built; `exact` keeps true division so that check can see a fraction.
+    A size of a cell's two forms (layer_spec.SizeIf) is a conditional expression."""
+    if hasattr(d, "nonzero"):
+        return (f"({size_expr(d.nonzero, exact)} if S[{d.symbol!r}] else"
+                f" {size_expr(d.zero, exact)})")
     terms = []
     for m, c in d.terms:
         factors = [f"S[{s!r}]" for s in m]
@@ -458,11 +462,25 @@ def spec_source(spec: LayerSpec) -> str:
         default = f" \"default\": {_float(p.default)}," if p.kind == "hyper" else ""
         if p.choices:  # built-in function names, checked by lowering
             default = f" \"default\": {p.choices[0]!r}, \"choices\": {list(p.choices)!r},"
+        if p.absent_when_zero is not None:  # a size symbol: a checked identifier
+            default += f" \"absent_when_zero\": {p.absent_when_zero!r},"
         lines.append(
             f"        {{\"name\": {p.name!r}, \"kind\": {p.kind!r},{default}"
             f" \"shape\": lambda S: {dims(p.shape)}, \"init\": {p.init!r},"
             f" \"init_args\": lambda S: {values(p.init_args) if p.init_args else '()'}}},")
-    lines += ["    ],", "}"]
+    lines.append("    ],")
+    if spec.optional_sizes:  # size arguments: checked identifiers
+        lines.append(f"    \"optional_sizes\": {list(spec.optional_sizes)!r},")
+    if spec.input_parts:  # the step's input row (cellc/inputs.py): names are checked values'
+        lines.append("    \"input_parts\": [")
+        for part in spec.input_parts:
+            rate = repr(part.rate) if isinstance(part.rate, str) or part.rate is None else (
+                _float(part.rate))
+            lines.append(f"        {{\"kind\": {part.kind!r}, \"name\": {part.name!r},"
+                         f" \"rate\": {rate}, \"per\": {part.per!r},"
+                         f" \"size\": lambda S: {size_expr(part.size, exact=True)}}},")
+        lines.append("    ],")
+    lines.append("}")
     return "\n".join(lines)
 
 
@@ -493,6 +511,48 @@ def _masked_program(cell):
     return compile_program(masked(cell))
 
 
+def _other_form(cell, lines, lower) -> tuple[str, str]:
+    """For a cell with an optional size (cellc/variants.py): the kernels of its form with that
+    size not 0 (named `{lower}_{argument}_forward`, ...), and the lines of `kernels` that pick
+    them; ("", "") for any other cell. The module's default kernels are the 0 form's."""
+    from ..pipeline import compile_program
+    from ..variants import form, optional_sizes
+
+    if not optional_sizes(cell):
+        return "", ""
+    (sym,) = optional_sizes(cell)
+    arg = next(s.arg for s in cell.sizes if s.symbol == sym)  # checked identifiers
+    other = form(cell, frozenset())
+    oprog, omprog = compile_program(other), _masked_program(other)
+    name = f"{lower}_{arg}"
+    plain = emit_functions(oprog.fwd, oprog.bwd, lines, name)
+    masked = emit_functions(omprog.fwd, omprog.bwd, lines, name + "_masked")
+    strip = HELPERS.strip()
+    text = f"""
+
+# The cell's form with {arg} not 0 (its {sym}-sized declarations present, `A if {sym} else B`
+# taking A): kernels(masked, S) picks it when S[{sym!r}] is not 0.
+
+{plain.removeprefix(strip).lstrip()}
+
+
+{masked.removeprefix(strip).lstrip()}
+
+
+{shapes_source(oprog.fwd, oprog.bwd, f"result_shapes_{arg}")}
+
+
+{shapes_source(omprog.fwd, omprog.bwd, f"masked_result_shapes_{arg}")}
+"""
+    pick = f"""
+    if S is not None and S.get({sym!r}):  # {arg} not 0: the other form's kernels
+        if masked:
+            return ({name}_masked_forward, {name}_masked_backward, {omprog.n_results},
+                    masked_result_shapes_{arg})
+        return {name}_forward, {name}_backward, {oprog.n_results}, result_shapes_{arg}"""
+    return text, pick
+
+
 def module_text(cell, prog, source_name: str, version: str) -> str:
     """The generated file, with _OP_MARK where the ops' name literal goes (see emit_module)."""
     name = cell.name
@@ -503,6 +563,7 @@ def module_text(cell, prog, source_name: str, version: str) -> str:
     mprog = _masked_program(cell)
     masked_kernels = emit_functions(mprog.fwd, mprog.bwd, lines, lower + "_masked")
     masked_kernels = masked_kernels.removeprefix(HELPERS.strip()).lstrip()  # stack_steps: once
+    other_form, pick = _other_form(cell, lines, lower)
     state_names = [identifier(s.name) for s in cell.states]  # in the docstring
     states = ", ".join(state_names)
     hx_doc = "h_n" if len(state_names) == 1 else f"({', '.join(s + '_n' for s in state_names)})"
@@ -564,11 +625,11 @@ N_RESULTS = {n_results}  # {lower}_forward returns the final states and the outp
 
 
 {shapes_source(mprog.fwd, mprog.bwd, "masked_result_shapes")}
+{other_form}
 
-
-def kernels(masked):
+def kernels(masked, S=None):
     """(forward, backward, number of results before the residuals, result shapes) of the cell,
-    or of its masked form; looked up when called, so a test may replace a kernel."""
+    or of its masked form; looked up when called, so a test may replace a kernel."""{pick}
     if masked:
         return ({lower}_masked_forward, {lower}_masked_backward, {mprog.n_results},
                 masked_result_shapes)
@@ -577,7 +638,7 @@ def kernels(masked):
 
 def {lower}_sequence(S, batch_sizes, xs, *states_and_params, masked=False):
     """One direction over a whole sequence as plain differentiable torch: (ys, *final states)."""
-    forward, _, n_results, _ = kernels(masked)
+    forward, _, n_results, _ = kernels(masked, S)
     T, B = xs.shape[0], xs.shape[1]
     outs = forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
     *final, ys = outs[:n_results]
@@ -591,7 +652,7 @@ class {name}Sequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, S, batch_sizes, masked, xs, *states_and_params):
-        forward, _, n_results, _ = kernels(masked)
+        forward, _, n_results, _ = kernels(masked, S)
         T, B = xs.shape[0], xs.shape[1]
         outs = forward(S, T, B, batch_sizes, xs.reshape(T * B, xs.shape[2]), *states_and_params)
         results, residuals = outs[:n_results], outs[n_results:]
@@ -615,7 +676,7 @@ class {name}Sequence(torch.autograd.Function):
         residuals = [next(saved) if t else next(others) for t in ctx.is_tensor]
         T, B = ctx.T, ctx.B
         d_ys = d_ys.reshape(T * B, d_ys.shape[2])
-        backward = kernels(ctx.masked)[1]
+        backward = kernels(ctx.masked, ctx.S)[1]
         d_xs, *rest = backward(ctx.S, T, B, ctx.batch_sizes, *residuals, *d_final, d_ys)
         # None where no gradient is wanted: a constant's or hyper-parameter's slot is zeros.
         rest = [g if need else None for g, need in zip(rest, ctx.needs_input_grad[4:])]
@@ -667,7 +728,7 @@ def define_ops(qualname, masked=False):
     n_results = kernels(masked)[2]
 
     def shapes_of(S, T, B):
-        return kernels(masked)[3](S, T, B)
+        return kernels(masked, S)[3](S, T, B)
 
     def sizes_dict(sizes):
         return {{sym: n for (_, sym), n in zip(SPEC["sizes"], sizes)}}
@@ -678,8 +739,9 @@ def define_ops(qualname, masked=False):
     def forward(sizes, batch_sizes, xs, args):
         T, B = xs.shape[0], xs.shape[1]
         flat = xs.reshape(T * B, xs.shape[2])
-        kernel_forward = kernels(masked)[0]
-        outs = kernel_forward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), flat, *args)
+        S = sizes_dict(sizes)
+        kernel_forward = kernels(masked, S)[0]
+        outs = kernel_forward(S, T, B, rows(batch_sizes, T, B), flat, *args)
         return op_results(outs, [xs, *args], xs)
 
     def forward_fake(sizes, batch_sizes, xs, args):
@@ -687,8 +749,9 @@ def define_ops(qualname, masked=False):
         return [xs.new_empty(s) for s in shapes]
 
     def backward(sizes, batch_sizes, T, B, args):
-        kernel_backward = kernels(masked)[1]
-        grads = kernel_backward(sizes_dict(sizes), T, B, rows(batch_sizes, T, B), *args)
+        S = sizes_dict(sizes)
+        kernel_backward = kernels(masked, S)[1]
+        grads = kernel_backward(S, T, B, rows(batch_sizes, T, B), *args)
         return op_results(grads, args, args[-1])
 
     def backward_fake(sizes, batch_sizes, T, B, args):

@@ -208,7 +208,7 @@ def make_layer(spec, run_direction_for, rebuild=None):
     layer_init.__signature__ = layer_sig.replace(parameters=[_SELF, *layer_sig.parameters.values()])
     cell_init.__signature__ = cell_sig.replace(parameters=[_SELF, *cell_sig.parameters.values()])
     shared = {"_spec": s, "_run_direction_for": staticmethod(run_direction_for), "_runs": {},
-              "_rebuild": rebuild}
+              "_rebuild": rebuild, "_params": property(_present_params)}
     layer = type(s.name, (_RNNLayer,), {
         **shared, "__init__": layer_init, "_ctor_signature": layer_sig,
         "__doc__": f"The {s.name} cell as a layer, with the interface of torch.nn.LSTM.",
@@ -250,7 +250,13 @@ class _Spec:
         if self.input_arg not in args:
             raise TypeError(f"spec {self.name}: input_size {self.input_arg!r} is not one of {args}")
         self.input_symbol = dict(self.sizes)[self.input_arg]
-        others = [a for a in args if a != self.input_arg]
+        # Optional sizes (`proj_size P = 0`): may be 0 (their default); parameters marked
+        # "absent_when_zero" with their symbol exist only where they are not.
+        self.optional = [str(a) for a in spec.get("optional_sizes", ())]
+        if not set(self.optional) <= set(args) - {self.input_arg}:
+            raise TypeError(f"spec {self.name}: optional_sizes {self.optional} must be size"
+                            " arguments other than the input's")
+        others = [a for a in args if a != self.input_arg and a not in self.optional]
         self.positional = [self.input_arg] + others[:1]
         self.keyword = others[1:]
         self.states = [str(x) for x in get("states")]
@@ -331,6 +337,12 @@ class _Spec:
                              " real number")
         return got
 
+    def present(self, sizes) -> list:
+        """The parameters a layer with these sizes has: not those sized by an optional size
+        that is 0 (`weight_hr` of an LSTM built with proj_size=0)."""
+        return [p for p in self.params
+                if not (p.get("absent_when_zero") and sizes.get(p["absent_when_zero"]) == 0)]
+
     def param_shape(self, p, sizes) -> tuple[int, ...]:
         what = f"a dimension of {p['name']!r}"
         return tuple(self._whole(v, what, sizes) for v in p["shape"](sizes))
@@ -367,6 +379,11 @@ class _Spec:
         fill(weight, args)
 
 
+def _present_params(module) -> list:
+    """The spec's parameters that the module has (see `_Spec.present`)."""
+    return [p for p in module._spec.params if p["name"] in module._present]
+
+
 def _signature(spec: _Spec, cell: bool) -> inspect.Signature:
     P = inspect.Parameter
     params = [P(a, P.POSITIONAL_OR_KEYWORD) for a in spec.positional]
@@ -377,9 +394,12 @@ def _signature(spec: _Spec, cell: bool) -> inspect.Signature:
         params += [P("batch_first", P.POSITIONAL_OR_KEYWORD, default=False),
                    P("dropout", P.POSITIONAL_OR_KEYWORD, default=0.0),
                    P("bidirectional", P.POSITIONAL_OR_KEYWORD, default=False)]
+        params += [P(a, P.POSITIONAL_OR_KEYWORD, default=0) for a in spec.optional]  # proj_size
     params += [P("device", P.POSITIONAL_OR_KEYWORD, default=None),
                P("dtype", P.POSITIONAL_OR_KEYWORD, default=None)]
     params += [P(a, P.KEYWORD_ONLY) for a in spec.keyword]
+    if cell:
+        params += [P(a, P.KEYWORD_ONLY, default=0) for a in spec.optional]
     if not cell:
         params += [P("reverse", P.KEYWORD_ONLY, default=False)]
     params += [P(h["name"], P.KEYWORD_ONLY, default=h["default"]) for h in spec.hypers]
@@ -402,10 +422,17 @@ def _bind_sizes(module, a) -> dict:
         v = a[arg]
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{arg} should be of type int, got: {type(v).__name__}")
-        if v <= 0:
+        if arg in module._spec.optional:
+            if v < 0:  # torch.nn.LSTM's message for proj_size
+                raise ValueError(f"{arg} should be a positive integer or zero to disable"
+                                 f" {'projections' if arg == 'proj_size' else 'it'}")
+        elif v <= 0:
             raise ValueError(f"{arg} must be greater than zero")
         setattr(module, arg, v)
         sizes[sym] = v
+    if "proj_size" in module._spec.optional and "hidden_size" in a and (
+            a["proj_size"] > 0 and a["proj_size"] >= a["hidden_size"]):
+        raise ValueError("proj_size has to be smaller than hidden_size")  # torch.nn's rule
     return sizes
 
 
@@ -576,7 +603,10 @@ class _RNNLayer(_Picklable, torch.nn.Module):
                                  " cannot be stacked (num_layers must be 1)")
         self._output_sizes = [spec.output_size(ls) for ls in self._layer_sizes]
         self._state_inits = [spec.state_init(ls) for ls in self._layer_sizes]
-        self._param_shapes = [[spec.param_shape(p, ls) for p in spec.params]
+        # The parameters it has (not those an optional size of 0 leaves out), by name: the
+        # spec's dicts hold functions, and a module's attributes must pickle.
+        self._present = [p["name"] for p in spec.present(sizes)]
+        self._param_shapes = [[spec.param_shape(p, ls) for p in self._params]
                               for ls in self._layer_sizes]
         for ls in self._layer_sizes:
             _run_for(self, ls)  # let the backend reject sizes now, not at the first forward
@@ -587,7 +617,7 @@ class _RNNLayer(_Picklable, torch.nn.Module):
         for layer in range(num_layers):
             for direction in range(directions):
                 names = []
-                for p, shape in zip(spec.params, self._param_shapes[layer]):
+                for p, shape in zip(self._params, self._param_shapes[layer]):
                     pname = f"{p['name']}_l{layer}{'_reverse' if direction else ''}"
                     if p["kind"] == "const":  # in state_dict, moved by .to(), never trained
                         self.register_buffer(pname, torch.empty(shape, **factory))
@@ -606,7 +636,7 @@ class _RNNLayer(_Picklable, torch.nn.Module):
         direction, of the given kinds (a bias=False layer has no bias tensors)."""
         for layer, sizes in enumerate(self._layer_sizes):
             for suffix in ("", "_reverse") if self.bidirectional else ("",):
-                for p in self._spec.params:
+                for p in self._params:
                     w = getattr(self, f"{p['name']}_l{layer}{suffix}", None)
                     if p["kind"] in kinds and w is not None:
                         yield p, w, sizes
@@ -635,6 +665,8 @@ class _RNNLayer(_Picklable, torch.nn.Module):
     def extra_repr(self) -> str:
         s = ", ".join(str(getattr(self, a)) for a in self._spec.positional)
         s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
+        s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.optional
+                     if getattr(self, a) != 0)  # as torch.nn.LSTM prints proj_size
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         if self.bias is not True:
@@ -743,7 +775,7 @@ class _RNNLayer(_Picklable, torch.nn.Module):
         (buffers) and hyper-parameters ([1] tensors of like's dtype and device)."""
         suffix = "_reverse" if direction else ""
         out = []
-        for p, shape in zip(self._spec.params, self._param_shapes[layer]):
+        for p, shape in zip(self._params, self._param_shapes[layer]):
             name = f"{p['name']}_l{layer}{suffix}"
             if p["kind"] not in _TRAINED:
                 out.append(_frozen_tensor(self, p, name, like, shape))
@@ -925,13 +957,18 @@ class _RNNCell(_Picklable, torch.nn.Module):
         if all(p["name"] != "bias" for p in spec.params):
             self.bias = self._bias
         _bind_hypers(self, a)
+        if any(p["kind"] == "previous" for p in spec.input_parts):
+            raise TypeError(f"{type(self).__name__}: the cell reads the previous input x[t-1],"
+                            " which a single step does not see; run whole sequences with the"
+                            " layer class")
         self._sizes = sizes
         self._state_sizes = spec.state_sizes(sizes)
         self._state_init = spec.state_init(sizes)
-        self._param_shapes = [spec.param_shape(p, sizes) for p in spec.params]
+        self._present = [p["name"] for p in spec.present(sizes)]
+        self._param_shapes = [spec.param_shape(p, sizes) for p in self._params]
         _run_for(self, sizes)
         factory = {"device": a["device"], "dtype": a["dtype"]}
-        for p, shape in zip(spec.params, self._param_shapes):
+        for p, shape in zip(self._params, self._param_shapes):
             if p["kind"] == "const":  # in state_dict, moved by .to(), never trained
                 self.register_buffer(p["name"], torch.empty(shape, **factory))
             elif p["kind"] == "bias" and not self._bias:
@@ -941,21 +978,22 @@ class _RNNCell(_Picklable, torch.nn.Module):
                 self.register_parameter(p["name"], weight)
         self.reset_parameters()
         with torch.no_grad():  # constants: drawn once, after the parameters (as in the layer)
-            for p in spec.params:
+            for p in self._params:
                 if p["kind"] == "const":
                     spec.init(p, getattr(self, p["name"]), sizes)
 
     def reset_parameters(self) -> None:
         """Draw every trained parameter again; constants are kept (see the layer's)."""
         with torch.no_grad():
-            for p in self._spec.params:
+            for p in self._params:
                 w = getattr(self, p["name"]) if p["kind"] in _TRAINED else None
                 if w is not None:
                     self._spec.init(p, w, self._sizes)
 
     def extra_repr(self) -> str:
         s = ", ".join(str(getattr(self, a)) for a in self._spec.positional)
-        s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
+        s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.optional
+                     if getattr(self, a) != 0)
         if self._bias is not True:
             s += f", bias={self._bias}"
         return s + _hyper_repr(self)
@@ -1004,9 +1042,11 @@ class _RNNCell(_Picklable, torch.nn.Module):
             states = tuple(states)
         params = [_frozen_tensor(self, p, p["name"], x, shape) if p["kind"] not in _TRAINED
                   else getattr(self, p["name"])
-                  for p, shape in zip(spec.params, self._param_shapes)]
+                  for p, shape in zip(self._params, self._param_shapes)]
         params = [w if w is not None else x.new_zeros(shape)
                   for w, shape in zip(params, self._param_shapes)]
-        _, final = _run_for(self, self._sizes)(x.unsqueeze(0), states, params, None)
+        xs, row = x.unsqueeze(0), _row_builder(self, self._sizes)
+        xs = xs if row is None else row(xs)  # one step's noise masks (cellc/inputs.py)
+        _, final = _run_for(self, self._sizes)(xs, states, params, None)
         final = [h if is_batched else h.squeeze(0) for h in final]
         return final[0] if len(final) == 1 else tuple(final)

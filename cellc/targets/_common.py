@@ -14,6 +14,8 @@ import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..variants import variant_for_args
+
 
 class UsageError(Exception):
     """A bad command-line argument: reported as `cellc: error: ...` with exit status 2."""
@@ -45,14 +47,15 @@ def parse_sizes(text: str | None, cell, required: bool) -> dict[str, int]:
         given[name] = int(value)
     if not required:
         for s in cell.sizes:
-            given.setdefault(s.arg, 16)
-    args = {s.arg for s in cell.sizes}
+            given.setdefault(s.arg, 0 if s.optional else 16)
+    args = {s.arg for s in cell.sizes if not s.optional}  # an optional size may be left out: 0
     missing = [a for a in args if a not in given]
     if missing:
-        example = ",".join(f"{s.arg}=16" for s in cell.sizes)
+        example = ",".join(f"{s.arg}=16" for s in cell.sizes if not s.optional)
         raise UsageError(f"--sizes: missing {', '.join(sorted(missing))} (e.g. --sizes {example})")
     try:
-        return cell.bind(**given)
+        # the form these sizes ask for (cellc/variants.py); callers take it with variant()
+        return variant_for_args(cell, given).bind(**given)
     except (TypeError, ValueError) as e:
         raise UsageError(f"--sizes: {e}") from None
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import frontend  # frontend.load_file looked up per call, so a patch of it applies
+from ..variants import variant
 from ._common import UsageError, make_dirs, parse_sizes, remove_dirs, writing
 from ._spec import Stage, Table, Target
 
@@ -67,9 +68,10 @@ def show_llvm(args) -> str:
 
     cell = frontend.load_file(args.file)
     sizes = _sizes_or_generic(args, cell)
+    cell = cell if sizes is None else variant(cell, sizes)  # proj_size=2: the other form
     module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
     if sizes is None:
-        symbols = ", ".join(s.symbol for s in cell.sizes)
+        symbols = ", ".join(cell.symbols)
         return f"; generic (sizes {symbols} at run time), {args.dtype}\n{module}"
     return f"; sizes {sizes}, {args.dtype}\n{module}"
 
@@ -86,10 +88,11 @@ def show_plan(args) -> str:
     for w in cell.warnings:
         print(w, file=sys.stderr)
     sizes = _sizes_or_generic(args, cell)
+    cell = cell if sizes is None else variant(cell, sizes)
     prog = pipeline.compile_program(cell)
     funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
     caps = Caps(inline_products=bool(kernel_features()))
-    symbols = [s.symbol for s in cell.sizes]
+    symbols = cell.symbols
     return format_plan(verify_plan(plan(funcs, sizes, caps, symbols)))
 
 
@@ -101,6 +104,7 @@ def compile_to_disk(args) -> int:
 
     cell = frontend.load_file(args.file)
     sizes = None if args.sizes is None else parse_sizes(args.sizes, cell, required=True)
+    cell = cell if sizes is None else variant(cell, sizes)
     # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
     out = Path(args.output or (Path(args.file).stem + "_llvm"))
     with writing(out):
