@@ -168,7 +168,8 @@ def format_expr(e: Expr) -> str:
         return f"({format_expr(e.then)} if {format_expr(e.test)} else {format_expr(e.orelse)})"
     if isinstance(e, Shifted):
         index = format_expr(e.index)
-        return f"{e.name.id}[{index[1:-1] if index.startswith('(') else index}]"
+        index = index[1:-1] if index.startswith("(") else index
+        return f"{e.name.id}[{index.replace(' ', '')}]"  # as written: x[t-1]
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "pow": "^",
            **COMPARISONS}[e.op]
     return f"({format_expr(e.lhs)} {sym} {format_expr(e.rhs)})"

@@ -577,9 +577,16 @@ class _Lowerer:
                 also = ", log or arange" if arange else " or log"
                 raise CellNameError(
                     f"'{fn}' cannot be used in {what} (use sqrt, exp{also})", e.fn.span)
+            if e.keywords:
+                raise CellNameError(f"{fn} takes no keyword argument"
+                                    f" '{e.keywords[0][0].id}'", e.keywords[0][0].span)
             for a in e.args:
                 self.check_numeric(a, what, arange, sizes)
             return
+        if not isinstance(e, A.BinOp):  # x[t-1], P or H, A if P else B
+            shown = A.format_expr(e)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise CellShapeError(f"'{shown}' cannot be used in {what}", e.span)
         if e.op not in ("add", "sub", "mul", "div", "pow"):
             sym = {"matmul": "@", **A.COMPARISONS}.get(e.op, e.op)
             raise CellShapeError(f"'{sym}' cannot be used in {what}", e.span)
@@ -665,7 +672,11 @@ class _Lowerer:
     def check_call(self, e: A.Call):
         """The function exists and takes this many arguments (a def's count: `expand`)."""
         fn = e.fn.id
+        seen_keywords = set()
         for k, _ in e.keywords:
+            if k.id in seen_keywords:
+                raise CellNameError(f"keyword argument '{k.id}' is given twice", k.span)
+            seen_keywords.add(k.id)
             if fn != "dropout" or k.id != "per":
                 raise CellNameError(f"{fn} takes no keyword argument '{k.id}'" + (
                     "; dropout takes per=step or per=sequence" if fn == "dropout" else ""),
@@ -996,11 +1007,14 @@ class _Lowerer:
             if c.id in seen:
                 raise CellNameError(f"'{c.id}' is a choice of '{h.name.id}' twice",
                                     c.span).note("first", seen[c.id].span)
-            if FUNCTION_ARITY.get(c.id) != 1 or c.id in REDUCTIONS:
+            if c.id not in UNARY_FUNCTIONS or c.id == "stop_gradient":
                 unary = ", ".join(f for f in UNARY_FUNCTIONS if f != "stop_gradient")
                 raise CellNameError(f"the choices of '{h.name.id}' are functions of one value"
                                     f" ({unary}); '{c.id}' is not one", c.span)
             seen[c.id] = c
+        if h.name.id in BUILTIN_FUNCTIONS:
+            raise CellNameError(f"the choice '{h.name.id}' would hide the built-in function"
+                                f" '{h.name.id}'; rename it", h.name.span)
         v = Value(self.b.fresh(h.name.id), TensorType((Dim.of(1),), Batch.NONE))
         self.define(h.name, _Binding(v, h.span, "hyper"))
         self.choices[h.name.id] = h
@@ -1017,10 +1031,22 @@ class _Lowerer:
         self.used.add(h.name.id)
         index = self.env[h.name.id].value
         z = self.expr(e.args[0])
-        result = self.emit(h.choices[-1].id, [z], e)
-        for k in range(len(h.choices) - 2, -1, -1):
-            pick = self.emit("lt", [index, self.b.const(k + 0.5)], e)
-            result = self.emit("where", [pick, self.emit(h.choices[k].id, [z], e), result], e)
+        if len(h.choices) == 1:
+            return self.emit(h.choices[0].id, [z], e)
+        # Each function reads z where it is chosen and 1.0 elsewhere, a point where every one
+        # is finite with a finite derivative: a function not chosen (log, sqrt of a negative z)
+        # then puts no nan into the gradient through the zero its select gives it.
+        one, picks = self.b.const(1.0), []
+        last = len(h.choices) - 1
+        for k in range(last + 1):  # k < 0.5, 0.5 < k < 1.5, ..., k > last - 0.5
+            bounds = ([self.emit("gt", [index, self.b.const(k - 0.5)], e)] if k else [])
+            bounds += [self.emit("lt", [index, self.b.const(k + 0.5)], e)] if k < last else []
+            picks.append(bounds[0] if len(bounds) == 1 else self.emit("mul", bounds, e))
+        outs = [self.emit(c.id, [self.emit("where", [pick, z, one], e)], e)
+                for c, pick in zip(h.choices, picks)]
+        result = outs[-1]
+        for pick, out in zip(picks[-2::-1], outs[-2::-1]):
+            result = self.emit("where", [pick, out, result], e)
         return result
 
     def lower(self) -> CellIR:
@@ -1197,6 +1223,9 @@ class _Lowerer:
         start = len(self.b.body)
         is_split = isinstance(value, A.Call) and value.fn.id == "split"
         if is_split:
+            if value.keywords:
+                raise CellNameError(f"split takes no keyword argument"
+                                    f" '{value.keywords[0][0].id}'", value.keywords[0][0].span)
             if (len(value.args) != 2 or not isinstance(value.args[1], A.Num)
                     or value.args[1].value != int(value.args[1].value)
                     or value.args[1].value < 1):

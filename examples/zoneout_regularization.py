@@ -14,9 +14,13 @@ is there, else the help topics that ship with Python (pydoc_data.topics). Only t
 overfits); validation is the last 10% of the text, in nats per character. The plot shows the
 three validation curves.
 
-Full run (`python examples/zoneout_regularization.py`, 1500 steps of 32 x 100 characters from
-200,000 training characters, hidden 256, llvm target, one thread) on Tiny Shakespeare: see the
-numbers this script prints last; README's example table has those of one run.
+Full run (`python examples/zoneout_regularization.py`: 1500 steps of 32 x 100 characters from
+50,000 training characters, hidden 256, llvm target, 2 threads; 2 shared cores, torch 2.13 CPU,
+about 11 minutes) on Tiny Shakespeare, validation nats/char, best over the run and final:
+none 2.156 and 2.646 (it overfits from step 300 on), zoneout 2.131 and 2.138, variational
+dropout 2.131 and 2.140. With 200,000 training characters (--train-chars 200000) the
+unregularized LSTM has not overfitted by step 1500 and stays best (final 1.926, zoneout 1.938,
+variational 1.965): the regularizers pay off only once a model starts to overfit.
 """
 
 import argparse
@@ -113,9 +117,9 @@ def main():
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--seq", type=int, default=100)
-    p.add_argument("--train-chars", type=int, default=200_000)
+    p.add_argument("--train-chars", type=int, default=50_000)
     p.add_argument("--text", choices=["auto", "shakespeare", "pydoc"], default="auto")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

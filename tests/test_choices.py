@@ -161,7 +161,8 @@ def test_llvm_compiles_the_chosen_function_alone(path):
 
 def test_equations_show_the_selects(path):
     text = cellc.grad_equations(path)
-    assert "where((act < 0.5)" in text and "where((act < 1.5)" in text
+    assert "where((act < 0.5)" in text and "where((act > 0.5) * (act < 1.5)" in text
+    assert "where((act > 1.5)" in text
 
 
 def test_generated_module_carries_the_choices(path):
@@ -179,6 +180,8 @@ ERRORS = {
                                             " be used"),
     "clash": ("H in (tanh, relu)", "1:37: error: 'H' is already defined"),
     "empty": ("act in ()", "1:45: error: unexpected ')'; expected a name"),
+    "var": ("act in (var, relu)", "1:45: error: the choices of 'act' are functions of"),
+    "hides": ("tanh in (tanh, relu)", "1:37: error: the choice 'tanh' would hide the built-in"),
 }
 
 
@@ -227,3 +230,17 @@ def test_native_cell_takes_the_index(path, act):
     assert grads.keys() == want.keys() and "act" not in grads
     for k in want:
         np.testing.assert_allclose(grads[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_choice_not_taken_puts_no_nan_in_the_gradient(tmp_path, target):
+    """log and sqrt of negative values are never chosen here: their gradient stays out."""
+    p = tmp_path / "c.cell"
+    p.write_text(THREE.replace("act in (tanh, relu, sigmoid)", "act in (relu, log, sqrt)")
+                 .replace("cell Act", "cell Act3"))
+    m = cellc.load(p, target=target).Act3(I, H, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    y, _ = m(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert torch.isfinite(m.W_l0.grad).all()

@@ -143,7 +143,7 @@ def test_dropout_masks(tmp_path, per):
         m.p = 0.0
         torch.testing.assert_close(m(x)[0], x, rtol=0, atol=0)
         m.p = 1.0
-        with pytest.raises(ValueError, match=r"the rate of dropout_mask must be in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"Drop: p must be in \[0, 1\), got 1.0"):
             m(x)
     torch.testing.assert_close(outs["torch"], outs["llvm"], rtol=0, atol=0)
 
@@ -277,9 +277,37 @@ BODY = "    input x[I]\n    state h[H]\n    param W[H, I] ~ uniform(-0.5, 0.5)\n
     ("h' = h + dropout(W, p) @ x", "5:22: error: dropout masks a per-example vector, not"
                                    " [H,I]"),
     ("h' = tanh(h, per=step) + W @ x", "5:18: error: tanh takes no keyword argument 'per'"),
+    ("h' = dropout(h, p, per=step, per=step) + W @ x", "5:34: error: keyword argument 'per' is"
+                                                       " given twice"),
+    ("a, b = split(W @ x, 2, per=step)\n    h' = h", "5:28: error: split takes no keyword"
+                                                    " argument 'per'"),
 ])
 def test_mistakes_are_located(tmp_path, line, want):
     path = write(tmp_path, HEADER + BODY + f"    {line}\n    output h'\n", "x.cell")
     with pytest.raises(CellError) as info:
         cellc.load_cell(path)
     assert f"x.cell:{want}" in str(info.value), str(info.value)
+
+
+def test_initializers_cannot_read_the_previous_input(tmp_path):
+    path = write(tmp_path, HEADER + "    input x[I]\n    state h[H]\n"
+                 "    param W[H, I] ~ constant(x[t-1])\n    h' = h + W @ x\n    output h'\n",
+                 "x.cell")
+    with pytest.raises(CellError, match=r"x.cell:4:30: error: 'x\[t-1\]' cannot be used in"
+                                        r" initializer arguments"):
+        cellc.load_cell(path)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_bad_rate_is_refused_when_the_layer_is_built(target):
+    mod = cellc.load(ZOO / "zoneout_lstm.cell", target=target)
+    with pytest.raises(ValueError, match=r"ZoneoutLSTM: zoneout_c must be in \[0, 1\), got 1.5"):
+        mod.ZoneoutLSTM(I, H, zoneout_c=1.5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_torch_compile_fullgraph_builds_the_row(target):
+    m = cellc.load(ZOO / "qrnn.cell", target=target).QRNN(I, H, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x)[0], m(x)[0], rtol=0, atol=1e-12)

@@ -168,3 +168,17 @@ def test_header_mistakes_are_located(tmp_path, header, want):
     with pytest.raises(CellError) as info:
         cellc.load_cell(p)
     assert f"x.cell:{want}" in str(info.value), str(info.value)
+
+
+def test_a_file_that_ends_with_the_forms_mark_keeps_the_forms_apart(tmp_path):
+    """The kernel caches key on the step's IR too, not only on the file's text."""
+    p = tmp_path / "lstm_marked.cell"
+    p.write_text(LSTM.read_text() + "\n# the form with P not 0 (cellc.variants)\n")
+    m = cellc.load(p, target="llvm")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(I, H, proj_size=P, dtype=torch.float64)
+    ours = m.LSTM(I, H, proj_size=P, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(m.LSTM(I, H, dtype=torch.float64)(x)[0].shape, (T, B, H))

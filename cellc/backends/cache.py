@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from ..ir import print_func
 from ..lower import CellIR
 
 _MAGIC = b"cellc object cache 1\n"
@@ -106,9 +107,11 @@ def cache_key(cell: CellIR, sizes: dict, dtype: str, kind: str) -> str:
     cpu, features = host_cpu()
     llvm_version = f"llvmlite {llvmlite.__version__}, LLVM {llvm.llvm_version_info}"
     shape = repr(None if sizes is None else sorted(sizes.items()))  # None: generic kernels
+    # The step's IR as well as the file's text: a cell's forms (masked, a choice fixed, an
+    # optional size 0 or not) share most of the text, and their marks could be written in it.
     parts = [compiler_hash(), llvm_version, kind, blas_choice(),
              os.environ.get("CELLC_LOOP_GEMM", ""), dtype, shape, cpu, features,
-             cell.source.text]
+             cell.source.text, print_func(cell.step), repr(sorted(cell.zero))]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

@@ -602,6 +602,8 @@ class _RNNLayer(_Picklable, torch.nn.Module):
                 raise ValueError(f"{name}: state sizes depend on {spec.input_arg}, so layers"
                                  " cannot be stacked (num_layers must be 1)")
         self._output_sizes = [spec.output_size(ls) for ls in self._layer_sizes]
+        self._row_widths = [_part_widths(spec, ls) for ls in self._layer_sizes]
+        _check_rates(self)  # a dropout or zoneout rate out of [0, 1): refused now
         self._state_inits = [spec.state_init(ls) for ls in self._layer_sizes]
         # The parameters it has (not those an optional size of 0 leaves out), by name: the
         # spec's dicts hold functions, and a module's attributes must pickle.
@@ -749,7 +751,7 @@ class _RNNLayer(_Picklable, torch.nn.Module):
                 ys, fin = _run_time(run, layer_input, states, params, batch_sizes,
                                     rev if backwards else None, backwards, mask,
                                     self._output_sizes[layer],
-                                    _row_builder(self, self._layer_sizes[layer]))
+                                    _row_builder(self, self._row_widths[layer]))
                 outs.append(ys)
                 for f, h in zip(finals, fin):
                     f.append(h)
@@ -858,20 +860,33 @@ def _run_time(run, xs, states, params, batch_sizes, rev, backwards, mask, out_si
     return (_flip(ys, rev) if backwards else ys), fin
 
 
-def _row_builder(module, sizes):
+def _part_widths(spec, sizes) -> list[int]:
+    """The feature size of each part of the step's input row at these sizes (made when a
+    module is built: forward reads plain ints, which torch.compile traces)."""
+    return [int(p["size"](sizes)) for p in spec.input_parts]
+
+
+def _check_rates(module) -> list[float]:
+    """Each part's rate: a number, or the hyper-parameter attribute it names, in [0, 1)."""
+    rates = []
+    for p in module._spec.input_parts:
+        rate = p.get("rate")
+        r = float(getattr(module, rate)) if isinstance(rate, str) else float(rate or 0.0)
+        if p["kind"] in ("dropout", "zoneout") and not 0.0 <= r < 1.0:
+            what = rate if isinstance(rate, str) else f"the rate of {p['kind']}"
+            raise ValueError(f"{type(module).__name__}: {what} must be in [0, 1), got {r}")
+        rates.append(r)
+    return rates
+
+
+def _row_builder(module, widths):
     """For a cell that reads x[t-1] or noise masks: xs (T, B, I) -> the step's row (x, x_prev,
     masks; cellc/inputs.py), masks drawn from torch's default generator while the module is
     training, rates read from its hyper-parameter attributes. None for a plain cell."""
     parts = module._spec.input_parts
     if len(parts) <= 1:
         return None
-    widths = [int(p["size"](sizes)) for p in parts]
-    rates = [float(getattr(module, p["rate"])) if isinstance(p.get("rate"), str)
-             else float(p.get("rate") or 0.0) for p in parts]
-    for p, r in zip(parts, rates):
-        if p["kind"] in ("dropout", "zoneout") and not 0.0 <= r < 1.0:
-            raise ValueError(f"{type(module).__name__}: the rate of {p['name']} must be in"
-                             f" [0, 1), got {r}")
+    rates = _check_rates(module)
     return lambda xs: input_row(parts, xs, widths, rates, module.training)
 
 
@@ -964,6 +979,8 @@ class _RNNCell(_Picklable, torch.nn.Module):
         self._sizes = sizes
         self._state_sizes = spec.state_sizes(sizes)
         self._state_init = spec.state_init(sizes)
+        self._row_widths = _part_widths(spec, sizes)
+        _check_rates(self)
         self._present = [p["name"] for p in spec.present(sizes)]
         self._param_shapes = [spec.param_shape(p, sizes) for p in self._params]
         _run_for(self, sizes)
@@ -992,6 +1009,7 @@ class _RNNCell(_Picklable, torch.nn.Module):
 
     def extra_repr(self) -> str:
         s = ", ".join(str(getattr(self, a)) for a in self._spec.positional)
+        s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.keyword)
         s += "".join(f", {a}={getattr(self, a)}" for a in self._spec.optional
                      if getattr(self, a) != 0)
         if self._bias is not True:
@@ -1045,7 +1063,7 @@ class _RNNCell(_Picklable, torch.nn.Module):
                   for p, shape in zip(self._params, self._param_shapes)]
         params = [w if w is not None else x.new_zeros(shape)
                   for w, shape in zip(params, self._param_shapes)]
-        xs, row = x.unsqueeze(0), _row_builder(self, self._sizes)
+        xs, row = x.unsqueeze(0), _row_builder(self, self._row_widths)
         xs = xs if row is None else row(xs)  # one step's noise masks (cellc/inputs.py)
         _, final = _run_for(self, self._sizes)(xs, states, params, None)
         final = [h if is_batched else h.squeeze(0) for h in final]
