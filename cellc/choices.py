@@ -8,20 +8,19 @@ and dead-code elimination drops the functions not chosen, so the RNN's relu vari
 tanh and saves no residual for it. The parameter stays in the signature (its [1] argument is
 passed and ignored), so the calling convention does not change.
 
-The specialized cell's source text is the cell's with a comment appended (as masking.py's
-is), so the kernel caches, which key on the text, keep the variants apart.
+The specialized cell keeps the file's text; the kernel caches key on the step's IR as well
+(backends/cache.py), which holds the fixed index, so they keep the variants apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from .backends.cache import LRU
 from .ir import Builder, Instr, all_instrs, substitute, verify
 from .lower import CellIR
-from .source import Source
 
-_KEPT = 64
-_SPECIALIZED: dict[tuple, tuple[CellIR, CellIR]] = {}  # (id(cell), choices) -> (cell, result)
+_SPECIALIZED = LRU(64)  # (id(cell), choices) -> (cell, result)
 
 
 def choice_params(cell: CellIR) -> dict[str, tuple[str, ...]]:
@@ -43,8 +42,6 @@ def specialize(cell: CellIR, chosen: dict[str, int]) -> CellIR:
         return hit[1]
     out = _specialize(cell, chosen)
     _SPECIALIZED[key] = (cell, out)
-    while len(_SPECIALIZED) > _KEPT:  # dicts keep insertion order: the oldest entry comes first
-        del _SPECIALIZED[next(iter(_SPECIALIZED))]
     return out
 
 
@@ -57,8 +54,4 @@ def _specialize(cell: CellIR, chosen: dict[str, int]) -> CellIR:
     mapping = {id(by_name[name]): b.const(float(k), by_name[name].type)
                for name, k in sorted(chosen.items())}
     body: list[Instr] = [*b.body, *step.body]
-    new_step = verify(substitute(step, mapping, body))
-    mark = "".join(f"\n# {name} = {choice_params(cell)[name][k]} (fixed by cellc.choices)"
-                   for name, k in sorted(chosen.items()))
-    return replace(cell, step=new_step, source=Source(cell.source.name,
-                                                      cell.source.text + mark + "\n"))
+    return replace(cell, step=verify(substitute(step, mapping, body)))

@@ -8,9 +8,10 @@ noise mask per `dropout`/`zoneout` use (its value's feature size). The cell's st
 
 so every backend's kernels stay unchanged (they see one input sequence) and the hoisting pass
 still moves `W @ x` and `W @ x_prev` out of the time loop, behind the split. Whoever calls the
-kernels builds that row from x (T, B, I): `row_numpy` (the NumPy reference and the native API)
-and `row_torch` (the layers, where autograd maps the row's gradient back to x); `row_grad_numpy`
-maps a row's cotangent back to x's, d x = d part0 + shift_back(d part1).
+kernels builds that row from x (T, B, I): `row_numpy` (the NumPy reference) and
+`cellc.runtime.torch_layers.input_row` (the layers, where autograd maps the row's gradient back
+to x); `row_grad_numpy` maps a row's cotangent back to x's, d x = d part0 + shift_back(d part1).
+NativeCell and the native library refuse such cells (`refuse_parts`).
 
 x[t-1] is x shifted one step within each sequence, zero at t = 0. A reverse-direction caller
 builds the row after reversing each sequence, so x_prev is the previous input in processing order.
@@ -63,7 +64,7 @@ def refuse_parts(cell, what: str) -> None:
     """Raise a located error if `what` (an API that takes the input itself, not the row) is
     given a cell whose step reads x[t-1] or noise masks: those run through the layers, which
     build the row (and draw the masks) for them."""
-    if not is_plain(getattr(cell, "input_parts", ())):
+    if not is_plain(cell.input_parts):
         from .source import CellShapeError
 
         uses = sorted({_USES[p.kind] for p in cell.input_parts[1:]})

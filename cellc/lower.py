@@ -577,9 +577,7 @@ class _Lowerer:
                 also = ", log or arange" if arange else " or log"
                 raise CellNameError(
                     f"'{fn}' cannot be used in {what} (use sqrt, exp{also})", e.fn.span)
-            if e.keywords:
-                raise CellNameError(f"{fn} takes no keyword argument"
-                                    f" '{e.keywords[0][0].id}'", e.keywords[0][0].span)
+            self.check_keywords(e)
             for a in e.args:
                 self.check_numeric(a, what, arange, sizes)
             return
@@ -669,18 +667,22 @@ class _Lowerer:
         lhs, rhs = self.expr(e.lhs), self.expr(e.rhs)
         return self.emit(e.op, [lhs, rhs], e, operands=(e.lhs, e.rhs))
 
+    def check_keywords(self, e: A.Call):
+        """Keyword arguments: only dropout's per=, at most once."""
+        seen = set()
+        for k, _ in e.keywords:
+            if k.id in seen:
+                raise CellNameError(f"keyword argument '{k.id}' is given twice", k.span)
+            seen.add(k.id)
+            if e.fn.id != "dropout" or k.id != "per":
+                raise CellNameError(f"{e.fn.id} takes no keyword argument '{k.id}'" + (
+                    "; dropout takes per=step or per=sequence" if e.fn.id == "dropout" else ""),
+                    k.span)
+
     def check_call(self, e: A.Call):
         """The function exists and takes this many arguments (a def's count: `expand`)."""
         fn = e.fn.id
-        seen_keywords = set()
-        for k, _ in e.keywords:
-            if k.id in seen_keywords:
-                raise CellNameError(f"keyword argument '{k.id}' is given twice", k.span)
-            seen_keywords.add(k.id)
-            if fn != "dropout" or k.id != "per":
-                raise CellNameError(f"{fn} takes no keyword argument '{k.id}'" + (
-                    "; dropout takes per=step or per=sequence" if fn == "dropout" else ""),
-                    k.span)
+        self.check_keywords(e)
         if fn in NOISE_ARITY:
             if len(e.args) != NOISE_ARITY[fn]:
                 raise CellShapeError(f"{fn} takes {NOISE_ARITY[fn]} arguments, not"
@@ -888,19 +890,19 @@ class _Lowerer:
     def previous_input(self, e: A.Shifted) -> Value:
         """`x[t-1]`: the input one step earlier (zero at the first step), one more part of the
         step's input row, so it costs no state and `W @ x[t-1]` is hoisted as `W @ x` is."""
-        if self.input is not None and e.name.id != self.input[1].name.id and not (
-                isinstance(e.index, A.BinOp) and e.index.op == "sub"):
-            raise CellShapeError(f"'{e.name.id}' cannot be indexed: values are vectors (split"
-                                 " or sum them); the one index is the input's previous step,"
-                                 f" {self.input[1].name.id}[t-1]", e.span)
-        if self.input is None or e.name.id != self.input[1].name.id:
-            what = "the input" if self.input is None else f"the input '{self.input[1].name.id}'"
+        i, x = e.index, (self.input[1].name.id if self.input is not None else None)
+        previous = (isinstance(i, A.BinOp) and i.op == "sub" and isinstance(i.lhs, A.Name)
+                    and i.lhs.id == "t" and isinstance(i.rhs, A.Num) and i.rhs.value == 1.0)
+        if e.name.id != x and (previous or x is None):
+            what = "the input" if x is None else f"the input '{x}'"
             raise CellNameError(f"only the input has earlier steps: '{e.name.id}[t-1]' needs"
                                 f" {what}", e.name.span)
-        i = e.index
-        if not (isinstance(i, A.BinOp) and i.op == "sub" and isinstance(i.lhs, A.Name)
-                and i.lhs.id == "t" and isinstance(i.rhs, A.Num) and i.rhs.value == 1.0):
-            raise CellShapeError(f"the only index is the previous step, {e.name.id}[t-1]"
+        if e.name.id != x:
+            raise CellShapeError(f"'{e.name.id}' cannot be indexed: values are vectors (split"
+                                 f" or sum them); the one index is the input's previous step,"
+                                 f" {x}[t-1]", e.span)
+        if not previous:
+            raise CellShapeError(f"the only index is the previous step, {x}[t-1]"
                                  " (values are vectors: split or sum them instead)", i.span)
         if self.scope is not None:
             raise CellNameError(f"the body of a def cannot read {e.name.id}[t-1]; pass it as an"
@@ -1223,9 +1225,7 @@ class _Lowerer:
         start = len(self.b.body)
         is_split = isinstance(value, A.Call) and value.fn.id == "split"
         if is_split:
-            if value.keywords:
-                raise CellNameError(f"split takes no keyword argument"
-                                    f" '{value.keywords[0][0].id}'", value.keywords[0][0].span)
+            self.check_keywords(value)
             if (len(value.args) != 2 or not isinstance(value.args[1], A.Num)
                     or value.args[1].value != int(value.args[1].value)
                     or value.args[1].value < 1):

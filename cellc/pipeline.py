@@ -135,10 +135,11 @@ def _row_lines(cell: CellIR) -> list[str]:
     x = cell.input_parts[0].name
     what = {"previous": f"{x}[t-1]", "dropout": "a dropout mask", "zoneout": "a zoneout mask"}
     parts = ", ".join(f"{p.name} ({what[p.kind]})" for p in cell.input_parts[1:])
-    return [f"# The step's input row also holds: {parts}; masks are constants (no cotangent).",
-            f"# d{cell.input.name} is the row's cotangent: d{x} = its first part, plus the"
-            f" x[t-1] part shifted back a step."][: 2 if any(
-                p.kind == "previous" for p in cell.input_parts) else 1]
+    lines = [f"# The step's input row also holds: {parts}; masks are constants (no cotangent)."]
+    if any(p.kind == "previous" for p in cell.input_parts):
+        lines.append(f"# d{cell.input.name} is the row's cotangent: d{x} = its first part, plus"
+                     " the x[t-1] part shifted back a step.")
+    return lines
 
 
 def grad_equations(cell: CellIR) -> str:

@@ -7,35 +7,24 @@ size at 0 (torch.nn.LSTM's default), and `variant` the one the given sizes need,
 from the same text (and cached). Every consumer that knows the sizes (the layers, the NumPy
 reference, NativeCell) picks its form here; a layer class's spec merges both (layer_spec.py).
 
-The other form's source text is the file's with a comment appended (as masking.py does), so the
-kernel caches, which key on the text, keep the forms apart; spans still point into the file.
+Both forms keep the file's text; the kernel caches key on the step's IR and `CellIR.zero` too
+(backends/cache.py), so they keep the forms apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .backends.cache import LRU
 from .lower import CellIR, lower
 from .source import Source
 
-_MARK = "\n# the form with {} not 0 (cellc.variants)\n"
-_KEPT = 64
-_FORMS: dict[tuple, CellIR] = {}  # (source name, file text, zero) -> that form
+_FORMS = LRU(64)  # (source name, file text, zero) -> that form
 
 
 def optional_sizes(cell: CellIR) -> list[str]:
     """The symbols of the cell's optional sizes (at most one today)."""
     return [s.symbol for s in cell.sizes if s.optional]
-
-
-def file_text(cell: CellIR) -> str:
-    """The .cell file's text, without the mark a non-default form adds."""
-    text = cell.source.text
-    for sym in optional_sizes(cell):
-        mark = _MARK.format(sym)
-        if text.endswith(mark):
-            return text[: -len(mark)]
-    return text
 
 
 def variant(cell: CellIR, sizes: Mapping[str, int]) -> CellIR:
@@ -55,13 +44,8 @@ def form(cell: CellIR, zero: frozenset) -> CellIR:
         return cell
     from .syntax import parse
 
-    text = file_text(cell)
-    key = (cell.source.name, text, zero)
+    key = (cell.source.name, cell.source.text, zero)
     out = _FORMS.get(key)
     if out is None:
-        nonzero = sorted(set(optional_sizes(cell)) - zero)
-        marked = text + "".join(_MARK.format(s) for s in nonzero)
-        out = _FORMS[key] = lower(parse(Source(cell.source.name, marked)), zero)
-        while len(_FORMS) > _KEPT:  # dicts keep insertion order: the oldest entry comes first
-            del _FORMS[next(iter(_FORMS))]
+        out = _FORMS[key] = lower(parse(Source(cell.source.name, cell.source.text)), zero)
     return out

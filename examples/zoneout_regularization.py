@@ -33,11 +33,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from char_lm import load_text  # examples/char_lm.py, beside this file: the same text
 
 import cellc
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # name -> (cell file, class, keyword arguments): the regularizers' rates are the cells' defaults
 MODELS = {
@@ -45,15 +45,6 @@ MODELS = {
     "zoneout": ("zoneout_lstm.cell", "ZoneoutLSTM", {}),
     "variational": ("variational_lstm.cell", "VariationalLSTM", {}),
 }
-
-
-def load_text(which):
-    if which == "shakespeare" or (which == "auto" and SHAKESPEARE.exists()):
-        return "Tiny Shakespeare", SHAKESPEARE.read_text(encoding="utf-8")
-    import pydoc_data.topics
-
-    topics = pydoc_data.topics.topics
-    return "Python's pydoc topics", "\n\n".join(topics[k] for k in sorted(topics))
 
 
 class CharLM(torch.nn.Module):

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 import cellc
 from cellc import variants
-from cellc.backends import numpy_ref
+from cellc.backends import cache, numpy_ref
 from cellc.native import NativeCell
 from cellc.source import CellError
 
@@ -39,7 +39,9 @@ def test_the_two_forms():
     assert other.bind(input_size=I, hidden_size=H, proj_size=P)["P"] == P
     assert variants.variant(other, {"P": 0}).zero == {"P"}
     assert variants.variant(cell, {"P": 3}) is other  # cached
-    assert other.source.text != cell.source.text  # the kernel caches keep the forms apart
+    # the kernel caches keep the forms apart (the generic kernels too, keyed without sizes)
+    assert cache.cache_key(other, None, "float32", "fwd") != cache.cache_key(
+        cell, None, "float32", "fwd")
     with pytest.raises(ValueError, match="this form of the cell has proj_size 0"):
         cell.bind(input_size=I, hidden_size=H, proj_size=P)
     with pytest.raises(ValueError, match="proj_size must be 0 \\(none\\) or positive, got -1"):
@@ -170,15 +172,15 @@ def test_header_mistakes_are_located(tmp_path, header, want):
     assert f"x.cell:{want}" in str(info.value), str(info.value)
 
 
-def test_a_file_that_ends_with_the_forms_mark_keeps_the_forms_apart(tmp_path):
-    """The kernel caches key on the step's IR too, not only on the file's text."""
-    p = tmp_path / "lstm_marked.cell"
-    p.write_text(LSTM.read_text() + "\n# the form with P not 0 (cellc.variants)\n")
-    m = cellc.load(p, target="llvm")
+def test_both_forms_of_one_module_run_on_generic_kernels(monkeypatch):
+    """The size-generic kernels (what a layer runs first by default): their cache key has no
+    sizes, so only the step's IR tells the two forms apart."""
+    monkeypatch.setenv("CELLC_SPECIALIZE", "never")
+    m = cellc.load(LSTM, target="llvm")
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H, proj_size=P, dtype=torch.float64)
-    ours = m.LSTM(I, H, proj_size=P, dtype=torch.float64)
-    ours.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, I, dtype=torch.float64)
-    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(m.LSTM(I, H, dtype=torch.float64)(x)[0].shape, (T, B, H))
+    for proj in (0, P):
+        ref = torch.nn.LSTM(I, H, proj_size=proj, dtype=torch.float64)
+        ours = m.LSTM(I, H, proj_size=proj, dtype=torch.float64)
+        ours.load_state_dict(ref.state_dict())
+        torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)

@@ -65,7 +65,6 @@ class LayerParam:
     # (`param weight_hr[P, H]`): a layer built with proj_size=0 has no such parameter.
     absent_when_zero: str | None = None
 
-
     @property
     def default(self) -> float:
         """A hyper-parameter's default (lowering folds it: it reads no size)."""

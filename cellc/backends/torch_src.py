@@ -31,7 +31,7 @@ from ..ir import Func, Instr, Value, scan_parts
 from ..runtime import pasteable_source
 from ..shapes import Batch, Dim, TensorType
 from ..source import InternalError
-from .layer_spec import LayerSpec, layer_spec
+from .layer_spec import LayerSpec, SizeIf, layer_spec
 
 # Names the emitted code uses itself; a .cell name equal to one of these is renamed.
 RESERVED = {"torch", "math", "F", "S", "T", "B", "t", "n", "r", "dtype", "device", "batch_sizes",
@@ -85,7 +85,7 @@ def size_expr(d: Dim, exact: bool = False) -> str:
     """Python for a symbolic size, reading symbols from the dict S. Sizes are checked to be
     whole when a layer is built; `exact` keeps true division so that check can see a fraction.
     A size of a cell's two forms (layer_spec.SizeIf) is a conditional expression."""
-    if hasattr(d, "nonzero"):
+    if isinstance(d, SizeIf):
         return (f"({size_expr(d.nonzero, exact)} if S[{d.symbol!r}] else"
                 f" {size_expr(d.zero, exact)})")
     terms = []
@@ -513,8 +513,9 @@ def _masked_program(cell):
 
 def _other_form(cell, lines, lower) -> tuple[str, str]:
     """For a cell with an optional size (cellc/variants.py): the kernels of its form with that
-    size not 0 (named `{lower}_{argument}_forward`, ...), and the lines of `kernels` that pick
-    them; ("", "") for any other cell. The module's default kernels are the 0 form's."""
+    size not 0 (named `{lower}_{argument}_forward`, ...: prefixed by the cell's name, so the
+    class the module binds last cannot take one), and the lines of `kernels` that pick them;
+    ("", "") for any other cell. The module's default kernels are the 0 form's."""
     from ..pipeline import compile_program
     from ..variants import form, optional_sizes
 
@@ -539,17 +540,17 @@ def _other_form(cell, lines, lower) -> tuple[str, str]:
 {masked.removeprefix(strip).lstrip()}
 
 
-{shapes_source(oprog.fwd, oprog.bwd, f"result_shapes_{arg}")}
+{shapes_source(oprog.fwd, oprog.bwd, f"{name}_result_shapes")}
 
 
-{shapes_source(omprog.fwd, omprog.bwd, f"masked_result_shapes_{arg}")}
+{shapes_source(omprog.fwd, omprog.bwd, f"{name}_masked_result_shapes")}
 """
     pick = f"""
     if S is not None and S.get({sym!r}):  # {arg} not 0: the other form's kernels
         if masked:
             return ({name}_masked_forward, {name}_masked_backward, {omprog.n_results},
-                    masked_result_shapes_{arg})
-        return {name}_forward, {name}_backward, {oprog.n_results}, result_shapes_{arg}"""
+                    {name}_masked_result_shapes)
+        return {name}_forward, {name}_backward, {oprog.n_results}, {name}_result_shapes"""
     return text, pick
 
 

@@ -581,7 +581,8 @@ def _check_rate(p: float, what: str) -> float:
 
 def _part_rate(part, rates) -> float:
     r = part["rate"] if isinstance(part, dict) else part.rate
-    return _check_rate(rates[r] if isinstance(r, str) else r, f"the rate of {_part_name(part)}")
+    what = r if isinstance(r, str) else f"the rate of {_part_field(part, 'kind')}"
+    return _check_rate(rates[r] if isinstance(r, str) else r, what)  # as the layers name it
 
 
 def _part_name(part) -> str:

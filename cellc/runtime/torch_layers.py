@@ -443,7 +443,7 @@ def _bind_hypers(module, a) -> None:
     for h in module._spec.hypers:
         v = a[h["name"]]
         if h.get("choices") is not None:
-            _check_choice(module, h, v)
+            _check_choice(h, v)
             setattr(module, h["name"], v)
             continue
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
@@ -452,7 +452,7 @@ def _bind_hypers(module, a) -> None:
         setattr(module, h["name"], float(v))
 
 
-def _check_choice(module, h, v):
+def _check_choice(h, v):
     """A choice hyper-parameter (`nonlinearity in (tanh, relu)`) is one of its names; the
     message is torch.nn.RNN's for its nonlinearity."""
     choices = h["choices"]
@@ -466,7 +466,7 @@ def _choice_index(module, h) -> int:
     """The index of a choice hyper-parameter's value, read now: setting the attribute later
     changes the next forward, as a float hyper-parameter's does."""
     v = getattr(module, h["name"])
-    _check_choice(module, h, v)
+    _check_choice(h, v)
     return h["choices"].index(v)
 
 

@@ -55,10 +55,14 @@ def load(path: str | Path, key: str) -> NativeModule:
     return NativeModule(frontend.load_file(path))
 
 
-def _sizes_or_generic(args, cell) -> dict[str, int] | None:
-    """--sizes as the cell's size symbols (16 for any not given), or None without --sizes:
-    the generic kernels."""
-    return parse_sizes(args.sizes, cell, required=False) if args.sizes else None
+def _form_and_sizes(args, cell, required=False):
+    """(the cell's form, --sizes as its size symbols), with 16 for any size not given unless
+    `required`; or (cell, None) without --sizes: the generic kernels. The form is the one the
+    sizes ask for (cellc/variants.py: proj_size=2 is the other form of lstm.cell)."""
+    if args.sizes is None or (not required and not args.sizes):
+        return cell, None
+    sizes = parse_sizes(args.sizes, cell, required=required)
+    return variant(cell, sizes), sizes
 
 
 def show_llvm(args) -> str:
@@ -67,8 +71,7 @@ def show_llvm(args) -> str:
     from ..backends.llvm_jit import render
 
     cell = frontend.load_file(args.file)
-    sizes = _sizes_or_generic(args, cell)
-    cell = cell if sizes is None else variant(cell, sizes)  # proj_size=2: the other form
+    cell, sizes = _form_and_sizes(args, cell)
     module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
     if sizes is None:
         symbols = ", ".join(cell.symbols)
@@ -87,8 +90,7 @@ def show_plan(args) -> str:
     cell = frontend.load_file(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
-    sizes = _sizes_or_generic(args, cell)
-    cell = cell if sizes is None else variant(cell, sizes)
+    cell, sizes = _form_and_sizes(args, cell)
     prog = pipeline.compile_program(cell)
     funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
     caps = Caps(inline_products=bool(kernel_features()))
@@ -103,8 +105,7 @@ def compile_to_disk(args) -> int:
     from ..backends import aot
 
     cell = frontend.load_file(args.file)
-    sizes = None if args.sizes is None else parse_sizes(args.sizes, cell, required=True)
-    cell = cell if sizes is None else variant(cell, sizes)
+    cell, sizes = _form_and_sizes(args, cell, required=True)
     # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
     out = Path(args.output or (Path(args.file).stem + "_llvm"))
     with writing(out):
