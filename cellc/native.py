@@ -73,7 +73,9 @@ class NativeCell:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ValueError(f"threads must be a positive int or None, not {threads!r}")
-        # Threads of the BLAS that runs the large products (the time loop itself is one thread).
+        # Threads of the time loops (blocks of batch rows on torch's OpenMP team, once torch
+        # is imported) and of OpenBLAS when it runs the large products (torch's MKL, the
+        # default once torch is imported, follows torch.set_num_threads).
         self.threads = threads or blas.default_threads()
         self._step = None
         # Feature sizes, evaluated once: each call only checks arrays against them.
@@ -140,7 +142,7 @@ class NativeCell:
         args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
         self._threads()
         program = self.program
-        out = program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS)
+        out = program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS, threads=self.threads)
         outputs = calls._unshared(out[: program.n_results])
         residuals = calls._unshared(out[program.n_results :], tuple(outputs))  # the tape's own
         n = len(cell.states)
@@ -169,7 +171,8 @@ class NativeCell:
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
         self._threads()
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes,
-                                                 list(tape.residuals) + seeds, _ARRAYS)
+                                                 list(tape.residuals) + seeds, _ARRAYS,
+                                                 threads=self.threads)
         grads = calls._unshared(grads)
         names = ["xs"] + [s.name for s in cell.states] + [p.name for p in cell.params]
         out = dict(zip(names, grads))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 
 CBLAS_ROW_MAJOR = 101
 CBLAS_COL_MAJOR = 102
@@ -221,4 +222,29 @@ def _find_torch_mkl() -> dict[str, int] | None:
         return {name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
                 for name in ("sgemm_", "dgemm_")}
     except (OSError, AttributeError):
+        return None
+
+
+_GOMP_PARALLEL: int | None = None
+
+
+def team(threads: int, rows: int) -> tuple[int, int]:
+    """(threads, address of libgomp's GOMP_parallel or 0) for a kernel call over `rows` rows
+    (T*B): the kernels' time loops split their batch rows across the threads of the OpenMP
+    team that torch's intra-op pool and MKL use (the one libgomp team of the calling thread).
+    One thread, and no team, without torch loaded or when the call is too small to pay for a
+    fork and join (~5-10 us)."""
+    global _GOMP_PARALLEL
+    if threads <= 1 or rows < 64:
+        return 1, 0
+    if _GOMP_PARALLEL is None and "torch" in sys.modules:  # looked up once torch is there
+        _GOMP_PARALLEL = _find_gomp_parallel() or 0
+    return (threads, _GOMP_PARALLEL) if _GOMP_PARALLEL else (1, 0)
+
+
+def _find_gomp_parallel() -> int | None:
+    """GOMP_parallel's address (torch loads libgomp globally), or None."""
+    try:
+        return ctypes.cast(ctypes.CDLL(None).GOMP_parallel, ctypes.c_void_p).value
+    except AttributeError:
         return None

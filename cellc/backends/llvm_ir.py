@@ -179,7 +179,8 @@ class FunctionRenderer:
     """Renders one function's plan (cellc/lowering) into `module`: one rule per op kind."""
 
     def __init__(self, module: ir.Module, ftype: ir.Type, blas: dict[str, ir.Function],
-                 small_gemm=None, symbols: list[str] = (), generic: bool = False):
+                 small_gemm=None, symbols: list[str] = (), generic: bool = False,
+                 library_in_team: bool = False):
         self.small_gemm = small_gemm  # llvm_gemm.GemmEmitter, or None: BLAS for every product
         self.symbols = list(symbols)  # the size symbols, in the order of the `sizes` argument
         self.generic = generic  # sizes are read from `sizes` (a plan for sizes None)
@@ -189,6 +190,9 @@ class FunctionRenderer:
         self.groups = 0
         self.ptrs: dict[int, ir.Value] = {}
         self.row0 = None  # inside the time loop: the first row of step t (t*B)
+        self.row_lo = None  # inside a team loop: the first row of the thread's block
+        self.n_all = None  # inside the time loop: the step's active rows in the whole batch
+        self.library_in_team = library_in_team
         self.inline_ok = None  # inside the time loop: whether the transposed weights exist
 
     def nrows(self, kind) -> ir.Value:
@@ -272,6 +276,8 @@ class FunctionRenderer:
         ptr = b.gep(self.ws, [self.ws_off], source_etype=self.t)
         size = b.mul(self.nrows(w.rows if w.rows != "step" else "batch"), self.size(w.cols))
         self.ws_off = b.add(self.ws_off, size)
+        if self.row_lo is not None and w.rows in ("step", "batch"):  # the block's rows
+            ptr = b.gep(ptr, [b.mul(self.row_lo, self.size(w.cols))], source_etype=self.t)
         return ptr
 
     def _offset(self, p: Offset) -> ir.Value:
@@ -369,7 +375,10 @@ class FunctionRenderer:
         # transposed copy, which exists only when the loop is long enough and the batch more
         # than one row; else BLAS.
         gemv = self.small_gemm.gemv_function(W.rows, W.cols)
-        one_row = b.icmp_signed("==", self.nrows(A.rows), ir.Constant(I64, 1))
+        # One active row in the whole batch (not in a block of it: the GEMV rounds otherwise
+        # than the GEMM, and a block's result must be the whole batch's).
+        n = self.n_all if A.rows == "step" else self.nrows(A.rows)
+        one_row = b.icmp_signed("==", n, ir.Constant(I64, 1))
         if not p.gemv:
             one_row = ir.Constant(ir.IntType(1), 0)
         with b.if_else(one_row) as (one, many):
@@ -473,22 +482,133 @@ class FunctionRenderer:
         if s.transposes:
             with b.if_then(self.inline_ok):
                 self.run(s.transposes)
-        fn = self.fn
-        with (self.step_workspace(s.step_ws),
-              for_range(b, 0, self.T, name="k", head="t_loop", exit="t_exit",
-                        exit_last=False) as k):
+        with self.step_workspace(s.step_ws):
+            if s.one_thread is None:
+                self.team_loop(s)
+            else:
+                self.time_loop(s)
+
+    def time_loop(self, s: TimeLoop, first_row=None, rows=None) -> None:
+        """The loop over t, on every row, or on the `rows` rows from `first_row` on."""
+        b, fn = self.b, self.fn
+        with for_range(b, 0, self.T, name="k", head="t_loop", exit="t_exit",
+                       exit_last=False) as k:
             t_idx = b.sub(b.sub(self.T, ir.Constant(I64, 1)), k) if s.reverse else k
-            n = b.load(b.gep(self.batch_sizes, [t_idx], source_etype=I64), typ=I64)
+            n = self.n_all = b.load(b.gep(self.batch_sizes, [t_idx], source_etype=I64), typ=I64)
+            row0 = b.mul(t_idx, self.B)
+            if first_row is not None:  # this block's active rows: the first ones (sorted)
+                zero = ir.Constant(I64, 0)
+                n = _smax(b, _smin(b, b.sub(n, first_row), rows), zero)
+                row0 = b.add(row0, first_row)
             # t_body (steps with active rows) and t_latch go before t_exit; the blocks the
             # step's ops add follow it.
             body = fn.insert_basic_block(len(fn.blocks) - 1, "t_body")
             latch = fn.insert_basic_block(len(fn.blocks) - 1, "t_latch")
             b.cbranch(b.icmp_signed(">", n, ir.Constant(I64, 0)), body, latch)
             b.position_at_end(body)
-            with self.at_step(n, b.mul(t_idx, self.B)):
+            with self.at_step(n, row0):
                 self.run(s.body)
             b.branch(latch)
             b.position_at_end(latch)
+
+    # -- the time loop on a thread team -----------------------------------------------------
+
+    def team_loop(self, s: TimeLoop) -> None:
+        """The loop in a function of its own, `NAME.rows(ctx)`, that claims blocks of batch rows
+        (an atomic counter in ctx) and runs the whole loop on each: called once here, or by
+        every thread of the team the caller passes in `sizes` (threads, then the address of
+        libgomp's GOMP_parallel, or 0). The blocks: ceil(B / threads) rows, rounded up to the
+        inlined GEMM's row block; a thread that finds no block left returns. Steps never read
+        another row's values (see TimeLoop), so the blocks are independent and the result is
+        the one thread's, bit for bit."""
+        b = self.b
+        outer = _outer_ptrs(s.body)
+        values = [self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
+                  b.zext(self.inline_ok, I64), *(self.ptrs[k] for k in outer)]
+        entry = ir.IRBuilder(self.fn.entry_basic_block)
+        entry.position_at_start(self.fn.entry_basic_block)
+        ctx = entry.alloca(I64, size=_CTX_HEAD + len(values), name="team_ctx")
+
+        def slot(k):
+            return b.gep(ctx, [ir.Constant(I64, k)], source_etype=I64)
+
+        for k, v in enumerate(values):
+            v = b.ptrtoint(v, I64) if isinstance(v.type, ir.PointerType) else v
+            b.store(v, slot(_CTX_HEAD + k))
+        worker = self.team_worker(s, outer)
+        one = ir.Constant(I64, 1)
+        n_sym = len(self.symbols)
+        threads = b.load(b.gep(self.sizes_p, [ir.Constant(I64, n_sym)], source_etype=I64),
+                         typ=I64, name="threads")
+        team = b.load(b.gep(self.sizes_p, [ir.Constant(I64, n_sym + 1)], source_etype=I64),
+                      typ=I64, name="team")
+        threads = _smax(b, threads, one)
+        rows = b.sdiv(b.sub(b.add(self.B, threads), one), threads)
+        rb = ir.Constant(I64, self.small_gemm.rb if self.small_gemm else 1)
+        rounded = b.mul(b.sdiv(b.sub(b.add(rows, rb), one), rb), rb)
+        rows = _smax(b, b.select(b.icmp_signed(">", rows, rb), rounded, rows), one)  # B = 0
+        blocks = b.sdiv(b.sub(b.add(self.B, rows), one), rows)
+        use = b.and_(b.icmp_signed(">", blocks, one), b.icmp_signed("!=", team,
+                                                                     ir.Constant(I64, 0)))
+        if not self.library_in_team and any(isinstance(n, Product) and n.strategy == "choose"
+                                            for n in s.body):
+            # Without the transposed weights a product goes to the library, on its own threads.
+            use = b.and_(use, self.inline_ok)
+        b.store(ir.Constant(I64, 0), slot(0))
+        b.store(b.select(use, blocks, one), slot(1))
+        b.store(b.select(use, rows, self.B), slot(2))
+        with b.if_else(use) as (parallel, alone):
+            with parallel:
+                fp = b.inttoptr(team, _GOMP_PARALLEL.as_pointer())
+                b.call(fp, [worker, ctx, b.trunc(_smin(b, threads, blocks), I32),
+                            ir.Constant(I32, 0)])
+            with alone:
+                b.call(worker, [ctx])
+
+    def team_worker(self, s: TimeLoop, outer: list[int]) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]),
+                         f"{self.fn.name}.rows{self.groups}")
+        self.groups += 1
+        fn.linkage = "internal"
+        saved = (self.fn, self.b, self.ptrs, self.T, self.B, self.batch_sizes, self.ws,
+                 self.ws_off, self.inline_ok, self.row_lo)
+        self.fn, self.b = fn, b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx = fn.args[0]
+
+        def load(k, ty=I64):
+            v = b.load(b.gep(ctx, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
+            return b.inttoptr(v, PTR) if ty is PTR else v
+
+        blocks, rows = load(1), load(2)
+        self.T, self.B = load(_CTX_HEAD), load(_CTX_HEAD + 1)
+        self.batch_sizes, self.ws = load(_CTX_HEAD + 2, PTR), load(_CTX_HEAD + 3, PTR)
+        self.ws_off = load(_CTX_HEAD + 4)
+        self.inline_ok = b.icmp_signed("!=", load(_CTX_HEAD + 5), ir.Constant(I64, 0))
+        bases = {k: load(_CTX_HEAD + 6 + j, PTR) for j, k in enumerate(outer)}
+        claim = fn.append_basic_block("claim")
+        done = fn.append_basic_block("done")
+        work = fn.append_basic_block("block")
+        b.branch(claim)
+        b.position_at_end(claim)
+        counter = b.gep(ctx, [ir.Constant(I64, 0)], source_etype=I64)
+        k = b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")
+        b.cbranch(b.icmp_signed("<", k, blocks), work, done)
+        b.position_at_end(work)
+        first = b.mul(k, rows)
+        rows = _smin(b, rows, b.sub(self.B, first))
+        self.ptrs = dict(bases)
+        for p, stride in s.row_ptrs:  # this block's view of the per-row buffers
+            if id(p) in bases:
+                self.ptrs[id(p)] = b.gep(bases[id(p)], [b.mul(first, self.size(stride))],
+                                         source_etype=self.t)
+        self.row_lo = first
+        self.time_loop(s, first, rows)
+        self.b.branch(claim)
+        self.b.position_at_end(done)
+        self.b.ret_void()
+        (self.fn, self.b, self.ptrs, self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
+         self.inline_ok, self.row_lo) = saved
+        return fn
 
     @contextmanager
     def step_workspace(self, step_ws: tuple[int, int]):
@@ -508,6 +628,46 @@ class FunctionRenderer:
             yield
         finally:
             self.n, self.row0 = self.B, None
+
+
+# A team loop's context: [next block, blocks, rows per block, then the captured values].
+_CTX_HEAD = 3
+# void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)
+_GOMP_PARALLEL = ir.FunctionType(ir.VoidType(), [PTR, PTR, I32, I32])
+
+
+def _smin(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _smax(b, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _outer_ptrs(body: list) -> list[int]:
+    """The ids of the pointers a loop body uses but does not define, in first-use order."""
+    defined: set[int] = set()
+    used: list[int] = []
+
+    def use(p):
+        if p is not None and id(p) not in defined and id(p) not in used:
+            used.append(id(p))
+
+    for node in body:
+        if isinstance(node, (Offset, RowBlock)):
+            use(node.base)
+        if isinstance(node, Ptr):
+            defined.add(id(node))
+        elif isinstance(node, Kernel):
+            for loc in (*node.ins, *node.outs):
+                use(loc.ptr)
+        elif isinstance(node, Product):
+            for loc in (node.out, node.a, node.b, node.bm):
+                use(None if loc is None else loc.ptr)
+        elif isinstance(node, RowSum):
+            use(node.src.ptr)
+            use(node.out.ptr)
+    return used
 
 
 def _distinct(xs: list) -> list[Dim]:
@@ -587,7 +747,7 @@ def build_module(funcs: list[tuple[Func, str]], sizes: dict | None, dtype: str,
     every product calls BLAS. With sizes None the module is generic: the functions take the
     values of `symbols` (the cell's size symbols, in order) in their `sizes` argument, and
     every product calls BLAS (the inlined kernel is specialized on its K and N)."""
-    caps = Caps(inline_products=bool(features))
+    caps = Caps(inline_products=bool(features), library_in_team=bool(blas_names.get("in_team")))
     return render(plan(funcs, sizes, caps, symbols), dtype, blas_names, features)
 
 
@@ -603,7 +763,9 @@ def render(p: Plan, dtype: str, blas_names: dict[str, str], features: str = ""):
     else:
         blas = {"gemm": ir.Function(module, gemm_ty, blas_names["gemm"])}
     layouts = [FunctionRenderer(module, ftype, blas, small_gemm, p.symbols,
-                                generic=p.sizes is None).compile(fp) for fp in p.functions]
+                                generic=p.sizes is None,
+                                library_in_team=p.caps.library_in_team).compile(fp)
+               for fp in p.functions]
     return module, layouts
 
 

@@ -87,18 +87,19 @@ def optimize(module_ref, tm, unroll: bool = True) -> None:
 
 
 def blas_choice() -> str:
-    """The BLAS for the products outside time loops: "openblas" (scipy-openblas32), or with
-    CELLC_BLAS=mkl torch's MKL when torch is loaded. Products inside loops are inlined
-    (llvm_gemm), so BLAS only sees large products, where OpenBLAS measured faster here."""
-    if os.environ.get("CELLC_BLAS") == "mkl" and blas.torch_mkl_symbols():
+    """The BLAS for the products the kernels do not inline: torch's MKL when torch is loaded
+    (its threads are torch's OpenMP team, the one the time loops run on, so no second pool
+    competes for the cores), else "openblas" (scipy-openblas32, which keeps a pool of its
+    own). CELLC_BLAS=openblas chooses OpenBLAS whatever is loaded."""
+    if os.environ.get("CELLC_BLAS") != "openblas" and blas.torch_mkl_symbols():
         return "mkl"
     return "openblas"
 
 
 def gemm_names(dtype: str, kind: str) -> dict[str, str]:
     g = "s" if dtype == "float32" else "d"
-    if kind == "mkl":
-        return {"gemm": f"cellc_{g}gemm_", "abi": "fortran"}
+    if kind == "mkl":  # MKL's products may run inside the team (one thread each, there)
+        return {"gemm": f"cellc_{g}gemm_", "abi": "fortran", "in_team": "yes"}
     return {"gemm": f"cellc_cblas_{g}gemm"}
 
 
@@ -220,11 +221,14 @@ class Kernel:
         return ws
 
     def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: Arrays,
-            sizes: dict[str, int] | None = None) -> list:
+            sizes: dict[str, int] | None = None, threads: int = 1) -> list:
         """Call the kernel on checked arrays; return its results (arguments handed back as is).
-        A generic kernel needs `sizes` (symbol -> int); a specialized one passes its own."""
+        A generic kernel needs `sizes` (symbol -> int); a specialized one passes its own. Its
+        time loops may split the batch rows across `threads` threads of torch's OpenMP team
+        (see blas.team)."""
+        threads, team = blas.team(threads, T * B)
         return native_calls._run_kernel(self._call, self.spec, T, B, batch_sizes, args, arrays,
-                                        self.workspace, sizes or self.sizes)
+                                        self.workspace, sizes or self.sizes, threads, team)
 
     def bind(self, sizes: dict[str, int]) -> BoundKernel:
         return BoundKernel(self, dict(sizes))
@@ -242,9 +246,11 @@ class BoundKernel:
         self.spec = native_calls._bind_kernel(self.kernel.spec, self.sizes)
         self.layout, self.func, self.dtype = self.kernel.layout, self.kernel.func, self.kernel.dtype
 
-    def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: Arrays) -> list:
+    def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: Arrays,
+            threads: int = 1) -> list:
+        threads, team = blas.team(threads, T * B)
         return native_calls._run_kernel(self.kernel._call, self.spec, T, B, batch_sizes, args,
-                                        arrays, self.kernel.workspace, self.sizes)
+                                        arrays, self.kernel.workspace, self.sizes, threads, team)
 
 
 def _jit(module_ir, object_cache=None, quick: bool = False):

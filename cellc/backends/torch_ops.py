@@ -108,7 +108,8 @@ def _forward_results(direction: int, batch_sizes, xs: torch.Tensor, args: list) 
     T, B = xs.shape[0], xs.shape[1]
     kargs = [_flat(xs)] + [a.contiguous() for a in args]
     return kargs, program.forward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B),
-                                             kargs, TORCH_ARRAYS)
+                                             kargs, TORCH_ARRAYS,
+                                             threads=torch.get_num_threads())
 
 
 def forward(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
@@ -127,7 +128,7 @@ def backward(direction: int, batch_sizes, T: int, B: int, args: list) -> list:
     blas.ensure_threads(torch.get_num_threads())
     kargs = [a.contiguous() for a in args]
     out = program.backward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
-                                      TORCH_ARRAYS)
+                                      TORCH_ARRAYS, threads=torch.get_num_threads())
     return op_results(out, kargs, kargs[0])
 
 

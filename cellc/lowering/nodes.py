@@ -27,6 +27,9 @@ class Caps:
     products inside time loops (without one, every product goes to the library)."""
 
     inline_products: bool = True
+    # The library's products may run on the thread team's threads (MKL inside torch's OpenMP
+    # team runs one thread per call there); OpenBLAS has a pool of its own.
+    library_in_team: bool = False
 
 
 # -- pointers: defined once, at their place in the op list -------------------------------------
@@ -136,7 +139,8 @@ class TimeLoop:
     stacked outputs' buffers), `ys_fill` (zeroed only when a sequence ends early), `prep` (the
     accumulators zeroed, the sequences made contiguous), the regions of `transposes` (weights
     transposed for the inlined kernel, only when it will be used). `body` runs per step; the
-    step's workspace regions take step_ws = (b, c) elements, b*B + c."""
+    step's workspace regions take step_ws = (b, c) elements, b*B + c. No step reads another
+    row's values, so the loop can run on blocks of rows independently (see `one_thread`)."""
 
     instr: Instr
     reverse: bool
@@ -149,6 +153,12 @@ class TimeLoop:
     step_ws: tuple[int, int]
     carry: list[Loc] = field(default_factory=list)
     xs: list[Loc] = field(default_factory=list)
+    # The batch rows may be split across a thread team, each thread running the whole loop on
+    # its block of rows, when `one_thread` is None; otherwise it says why one thread runs it.
+    # `row_ptrs`: the per-row buffers from before the loop that the body reads or writes, with
+    # their row strides (a thread's view of them starts at its first row).
+    one_thread: str | None = None
+    row_ptrs: list[tuple[Ptr, object]] = field(default_factory=list)
 
 
 @dataclass

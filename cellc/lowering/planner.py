@@ -412,8 +412,49 @@ class _Planner:
         if self.ws_coef[0] != saved[0]:
             raise InternalError("a step allocated a whole-sequence buffer")
         step_ws = (self.ws_coef[1] - saved[1], self.ws_coef[2] - saved[2])
-        self.emit(TimeLoop(i, bool(i.attrs["reverse"]), init, ys_fill, prep, transpose_allocs,
-                       transposes, body, step_ws, carry_locs, xs_locs))
+        row_ptrs = [(loc.ptr, loc.row_stride) for loc in carry_locs + consts
+                    if loc.rows == "batch" and loc.ptr is not None and loc.row_stride != 0]
+        loop = TimeLoop(i, bool(i.attrs["reverse"]), init, ys_fill, prep, transpose_allocs,
+                        transposes, body, step_ws, carry_locs, xs_locs, row_ptrs=row_ptrs)
+        loop.one_thread = self.one_thread(loop, acc_locs)
+        self.emit(loop)
+
+    def one_thread(self, loop: TimeLoop, acc_locs: list[Loc]) -> str | None:
+        """Why the loop's batch rows cannot be split across threads, or None when they can:
+        each block of rows must touch only its own rows of every buffer it writes."""
+        if self.sizes is None:
+            return "a generic plan"
+        if acc_locs:
+            return "it accumulates over rows"
+        if loop.step_ws[1] != 0:
+            return "its step workspace is shared by all rows"
+        own = {id(p) for p, _ in loop.row_ptrs}
+        for node in loop.body:
+            if isinstance(node, Ptr):
+                own.add(id(node))
+            elif isinstance(node, Kernel) and node.what == "sum":
+                return "it sums over rows"
+            elif isinstance(node, Product) and node.instr.op == "outer":
+                return "it sums products over rows"
+            elif (isinstance(node, Product) and node.strategy == "library"
+                  and not self.caps.library_in_team):
+                return "its library products run on the library's own threads"
+        for node in loop.body:
+            locs = (node.ins + node.outs if isinstance(node, Kernel) else
+                    [node.out, node.a, node.b] if isinstance(node, Product) else
+                    [node.src, node.out] if isinstance(node, RowSum) else [])
+            if any(loc is not None and loc.rows == "batch" for loc in locs):
+                return "a step works on the whole batch"
+        for node in loop.body:
+            written = (node.outs if isinstance(node, Kernel) else
+                       [node.out] if isinstance(node, (Product, RowSum)) else [])
+            for loc in written:
+                if loc.ptr is not None and id(loc.ptr) not in own:
+                    return "it writes a buffer shared by all rows"
+        for node in loop.body:
+            if isinstance(node, RowBlock) and id(node.base) in {id(p) for p, _ in loop.row_ptrs}:
+                raise InternalError("a row block of a per-row buffer")
+        return None
 
     def transposes(self, step: Func, const_p, consts: list[Loc]) -> list[Kernel]:
         """Weights of products inside the loop, transposed once per call for the inlined

@@ -137,6 +137,9 @@ def _scan_lines(s: TimeLoop, names: _Names, indent: str) -> list[str]:
     lines.append(f"{indent}loop {order} over rows 0..n_t: carry {vals(carry)}; reads xs "
                  f"{vals(xs)}, consts {vals(consts)}; writes ys {vals(ys)}, accs {vals(accs)};"
                  f" step workspace {_coef((0, *s.step_ws))}")
+    lines.append(f"{indent}  threads: " + ("blocks of batch rows, one per thread of the team"
+                                            if s.one_thread is None
+                                            else f"one ({s.one_thread})"))
     for node in s.body:
         lines += _node_lines(node, names, indent + "  ")
     return lines

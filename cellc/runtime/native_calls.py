@@ -264,19 +264,21 @@ def _format_size(size):
     return text or "0"
 
 
-def _size_array(kernel, sizes):
+def _size_array(kernel, sizes, threads=1, team=0):
     """The kernel's `sizes` argument: the values in the order of kernel["sizes"], checked
-    positive ints (a specialized kernel called without sizes gets zeros, which it ignores)."""
+    positive ints (a specialized kernel called without sizes gets zeros, which it ignores),
+    then the threads its time loops may use and the address of the thread team's entry
+    (libgomp's GOMP_parallel, 0 for none: the loops run on the calling thread)."""
     symbols = kernel["sizes"]
     if sizes is None:
-        return np.zeros(max(1, len(symbols)), np.int64)
+        return np.array([0] * len(symbols) + [threads, team], np.int64)
     if not isinstance(sizes, dict) or set(sizes) != set(symbols):
         raise ValueError(f"sizes must give exactly {symbols}, got {sizes!r}")
     for name in symbols:
         v = sizes[name]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"size {name} must be a positive int, got {v!r}")
-    return np.array([int(sizes[name]) for name in symbols] or [0], np.int64)
+    return np.array([int(sizes[name]) for name in symbols] + [threads, team], np.int64)
 
 
 def _bind_kernel(kernel, sizes):
@@ -314,17 +316,19 @@ def _kernel_batch_sizes(batch_sizes, T, B):
     return bs
 
 
-def _run_kernel(fn, kernel, T, B, batch_sizes, args, arrays=_NUMPY, workspace=None, sizes=None):
+def _run_kernel(fn, kernel, T, B, batch_sizes, args, arrays=_NUMPY, workspace=None, sizes=None,
+                threads=1, team=0):
     """Call fn (a `_SIGNATURE` function) as `kernel` (its data) on checked arrays; return its
     results, arguments handed back as they are. `workspace(n, arrays, like)` gives a scratch
     buffer of at least n elements (a fresh one when None). `sizes` (symbol -> int) are the
-    sizes to run a generic kernel at (required for one; a specialized kernel ignores them)."""
+    sizes to run a generic kernel at (required for one; a specialized kernel ignores them).
+    `threads` and `team`: see _size_array (the kernel uses fewer threads on small batches)."""
     _check_rows(T, B)
     if kernel.get("generic"):
         if sizes is None:
             raise ValueError("a generic kernel needs the sizes to run at")
         kernel = _bind_kernel(kernel, sizes)
-    size_values = _size_array(kernel, sizes)
+    size_values = _size_array(kernel, sizes, threads, team)
     dtype = np.dtype(kernel["dtype"])
     if len(args) != len(kernel["args"]):
         raise ValueError(f"expected {len(kernel['args'])} arrays, got {len(args)}")

@@ -8,6 +8,7 @@ show --emit llvm` prints the LLVM IR. torch and llvmlite are imported on first u
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -93,7 +94,10 @@ def show_plan(args) -> str:
     cell, sizes = _form_and_sizes(args, cell)
     prog = pipeline.compile_program(cell)
     funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
-    caps = Caps(inline_products=bool(kernel_features()))
+    # The plan of the JIT's kernels inside a torch program: products it does not inline go to
+    # torch's MKL, on the loops' thread team (CELLC_BLAS=openblas: OpenBLAS, its own pool).
+    caps = Caps(inline_products=bool(kernel_features()),
+                library_in_team=os.environ.get("CELLC_BLAS") != "openblas")
     symbols = cell.symbols
     return format_plan(verify_plan(plan(funcs, sizes, caps, symbols)))
 

@@ -1,0 +1,119 @@
+"""The time loops on a thread team: blocks of batch rows, each thread running the whole loop on
+its own rows (see llvm_ir.FunctionRenderer.team_loop). A block's rows see exactly the
+operations the whole batch's rows see, so the results must equal the one-thread ones bit for
+bit, with packed (variable-length) batches, reversed loops and batches the threads do not
+divide; and in the AVX2 code too (its inlined products block rows and columns otherwise)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch  # noqa: F401  (the team is libgomp's, which torch loads)
+
+from cellc.backends import blas
+from cellc.native import NativeCell
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cell, threads, monkeypatch, *, B=13, T=11, reverse=False, dtype="float32", seed=0):
+    """Forward and backward of a NativeCell whose loops use `threads` (1: no team at all)."""
+    if threads == 1:
+        monkeypatch.setattr(blas, "team", lambda threads, rows: (1, 0))
+    else:
+        monkeypatch.undo()
+    monkeypatch.setenv("CELLC_SPECIALIZE", "now")  # the specialized kernels from the start
+    nc = NativeCell(f"cells/{cell}.cell", dtype=dtype, threads=threads, reverse=reverse,
+                    input_size=7, hidden_size=24)
+    rng = np.random.default_rng(seed)
+    params = nc.init_params(rng)
+    xs = rng.normal(size=(T, B, 7)).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[0] = T
+    ys, final, tape = nc.forward(xs, params, lengths=lengths)
+    grads = nc.backward(tape, rng.normal(size=ys.shape).astype(dtype),
+                        {k: rng.normal(size=v.shape).astype(dtype) for k, v in final.items()})
+    return {"ys": ys, **{f"final {k}": v for k, v in final.items()},
+            **{f"d {k}": v for k, v in grads.items()}}
+
+
+def test_the_team_is_torchs_libgomp():
+    threads, address = blas.team(2, 1000)
+    assert threads == 2 and address != 0  # else the tests below would test nothing
+    assert blas.team(2, 10) == (1, 0)  # too small a call to fork for
+    assert blas.team(1, 10_000) == (1, 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "layernorm_lstm", "peephole_lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_two_threads_give_the_one_thread_results_bit_for_bit(cell, reverse, monkeypatch):
+    one = run(cell, 1, monkeypatch, reverse=reverse)
+    two = run(cell, 2, monkeypatch, reverse=reverse)
+    assert one.keys() == two.keys()
+    for k in one:
+        assert np.array_equal(one[k], two[k]), k
+
+
+@pytest.mark.parametrize("B", [1, 5, 8, 9, 64])
+def test_every_batch_size_splits_exactly(B, monkeypatch):
+    one = run("lstm", 1, monkeypatch, B=B, T=70, dtype="float64")  # T*B >= 64: a team call
+    for threads in (2, 3):
+        many = run("lstm", threads, monkeypatch, B=B, T=70, dtype="float64")
+        for k in one:
+            assert np.array_equal(one[k], many[k]), (threads, k)
+
+
+def test_the_plan_says_how_the_loops_use_threads():
+    from cellc import frontend, pipeline
+    from cellc.lowering import Caps, format_plan, plan
+
+    cell = frontend.load_file("cells/lstm.cell")
+    prog = pipeline.compile_program(cell)
+    funcs = [(prog.fwd, "f"), (prog.bwd, "b")]
+    sized = format_plan(plan(funcs, {"I": 8, "H": 16}, Caps(), cell.symbols))
+    assert sized.count("threads: blocks of batch rows, one per thread of the team") == 2
+    generic = format_plan(plan(funcs, None, Caps(), cell.symbols))
+    assert generic.count("threads: one (a generic plan)") == 2
+
+
+SCRIPT = r"""
+import json
+import numpy as np
+import torch
+import cellc
+from cellc.native import NativeCell
+from cellc.backends import blas
+from cellc.backends.llvm_jit import host_cpu
+
+out = {"features": host_cpu()[1], "team": blas.team(2, 1000)[1] != 0}
+rng = np.random.default_rng(0)
+for threads in (1, 2):
+    nc = NativeCell("cells/lstm.cell", threads=threads, input_size=5, hidden_size=37)
+    p = nc.init_params(0)
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(9, 19, 5)).astype("float32")
+    lengths = rng.integers(1, 10, size=19)
+    ys, _, tape = nc.forward(xs, p, lengths=lengths)
+    g = nc.backward(tape, np.ones_like(ys))
+    out[threads] = [ys.tolist()] + [g[k].tolist() for k in sorted(g)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # compiles the kernels again for AVX2
+def test_avx2_team_loops_match_one_thread(tmp_path):
+    with open("/proc/cpuinfo") as f:
+        if " avx2 " not in f.read():
+            pytest.skip("this CPU cannot run AVX2 code")
+    env = {**os.environ, "CELLC_TARGET_CPU": "znver3", "CELLC_CACHE_DIR": str(tmp_path),
+           "CELLC_SPECIALIZE": "now"}
+    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert "+avx512f" not in out["features"] and out["team"]
+    assert out["1"] == out["2"]
