@@ -81,8 +81,15 @@ def check_golden(path: Path, actual: str, update: bool) -> None:
 
 
 def cellc_output(argv: tuple[str, ...], cell: Path, capsys, monkeypatch) -> str:
-    """Run cellc in-process from the repository root on the cell's relative path; its stdout."""
+    """Run cellc in-process from the repository root on the cell's relative path; its stdout.
+    The plans are printed for an AVX2 CPU (its panel widths) whatever this machine has, and
+    for the default BLAS choice."""
+    from cellc.backends import llvm_jit
+
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr(llvm_jit, "kernel_features", lambda: "+avx,+avx2,+fma")
+    monkeypatch.delenv("CELLC_BLAS", raising=False)
+    monkeypatch.delenv("CELLC_LOOP_GEMM", raising=False)
     capsys.readouterr()  # drop anything printed before
     status = cli.main([rel(cell) if a == "FILE" else a for a in argv])
     out, err = capsys.readouterr()

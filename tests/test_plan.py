@@ -61,6 +61,23 @@ def test_emit_plan_prints_for_every_cell(path, capsys):
         assert name in out, name
 
 
+def test_weights_are_packed_in_column_panels_for_the_inlined_kernel():
+    # H=16: the recurrent product has N = 4H = 64 columns, K = 16. Panels of 24 columns: two
+    # whole ones and a last one of 16, each K x width contiguous from column c0 * K on.
+    fwd, _ = lstm_plan(caps=Caps(panel=24)).functions
+    (scan,) = [op for op in fwd.ops if isinstance(op, TimeLoop)]
+    ((rec, _),) = [(p, inside) for p, inside in nodes(fwd.ops, Product) if inside]
+    assert rec.panel == 24
+    widths = [(k.ins[0].cols, k.outs[0].row_stride) for k in scan.transposes]
+    assert widths == [(24, 24), (24, 24), (16, 16)]
+    assert scan.transposes[0].outs[0].ptr is rec.bm.ptr
+    offsets = [k.outs[0].ptr.elements for k in scan.transposes[1:]]
+    assert offsets == [24 * 16, 48 * 16]
+    # The source: columns c0.. of the transposed weight, i.e. its rows c0.. (row stride 16).
+    assert [k.ins[0].ptr.elements for k in scan.transposes[1:]] == [24 * 16, 48 * 16]
+    assert "(packed in panels of 24 columns)" in format_plan(lstm_plan(caps=Caps(panel=24)))
+
+
 def test_plan_text_is_deterministic():
     assert format_plan(lstm_plan()) == format_plan(lstm_plan())
 

@@ -55,8 +55,9 @@ from ..lowering import (
     plan,
 )
 from ..shapes import Dim
+from ..source import InternalError
 from . import llvm_math
-from .llvm_gemm import GemmEmitter
+from .llvm_gemm import GemmEmitter, panel_width
 from .llvm_loops import for_range
 
 I64 = ir.IntType(64)
@@ -364,7 +365,10 @@ class FunctionRenderer:
             return self.blas_gemm(p)
         b = self.b
         W, A, Bm = p.a, p.b, p.bm
-        fn = self.small_gemm.function(Bm.rows, Bm.cols)
+        if p.panel and p.panel != self.small_gemm.panel:
+            raise InternalError(f"a plan packed for panels of {p.panel}, the kernel's are "
+                                f"{self.small_gemm.panel}")
+        fn = self.small_gemm.function(Bm.rows, Bm.cols, packed=bool(p.panel))
         args = [self.nrows(A.rows), self.ptr(A.ptr), ir.Constant(I64, A.row_stride or A.cols),
                 self.ptr(Bm.ptr), self.ptr(p.out.ptr),
                 ir.Constant(I64, p.out.row_stride or p.out.cols)]
@@ -517,10 +521,10 @@ class FunctionRenderer:
         """The loop in a function of its own, `NAME.rows(ctx)`, that claims blocks of batch rows
         (an atomic counter in ctx) and runs the whole loop on each: called once here, or by
         every thread of the team the caller passes in `sizes` (threads, then the address of
-        libgomp's GOMP_parallel, or 0). The blocks: ceil(B / threads) rows, rounded up to the
-        inlined GEMM's row block; a thread that finds no block left returns. Steps never read
-        another row's values (see TimeLoop), so the blocks are independent and the result is
-        the one thread's, bit for bit."""
+        libgomp's GOMP_parallel, or 0). The blocks: ceil(B / threads) rows, rounded up to an
+        even number (the inlined GEMM's row tails come in pairs); a thread that finds no block
+        left returns. Steps never read another row's values (see TimeLoop), so the blocks are
+        independent and the result is the one thread's, bit for bit."""
         b = self.b
         outer = _outer_ptrs(s.body)
         values = [self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
@@ -544,9 +548,8 @@ class FunctionRenderer:
                       typ=I64, name="team")
         threads = _smax(b, threads, one)
         rows = b.sdiv(b.sub(b.add(self.B, threads), one), threads)
-        rb = ir.Constant(I64, self.small_gemm.rb if self.small_gemm else 1)
-        rounded = b.mul(b.sdiv(b.sub(b.add(rows, rb), one), rb), rb)
-        rows = _smax(b, b.select(b.icmp_signed(">", rows, rb), rounded, rows), one)  # B = 0
+        two = ir.Constant(I64, 2)  # even blocks: the inlined GEMM's row tails come in pairs
+        rows = _smax(b, b.mul(b.sdiv(b.add(rows, one), two), two), one)
         blocks = b.sdiv(b.sub(b.add(self.B, rows), one), rows)
         use = b.and_(b.icmp_signed(">", blocks, one), b.icmp_signed("!=", team,
                                                                      ir.Constant(I64, 0)))
@@ -747,7 +750,8 @@ def build_module(funcs: list[tuple[Func, str]], sizes: dict | None, dtype: str,
     every product calls BLAS. With sizes None the module is generic: the functions take the
     values of `symbols` (the cell's size symbols, in order) in their `sizes` argument, and
     every product calls BLAS (the inlined kernel is specialized on its K and N)."""
-    caps = Caps(inline_products=bool(features), library_in_team=bool(blas_names.get("in_team")))
+    caps = Caps(inline_products=bool(features), library_in_team=bool(blas_names.get("in_team")),
+                panel=panel_width(dtype, features) if features else 0)
     return render(plan(funcs, sizes, caps, symbols), dtype, blas_names, features)
 
 

@@ -30,6 +30,10 @@ class Caps:
     # The library's products may run on the thread team's threads (MKL inside torch's OpenMP
     # team runs one thread per call there); OpenBLAS has a pool of its own.
     library_in_team: bool = False
+    # The inlined kernel's column panel, in elements (0: Bm stays K x N): the weights the loops
+    # transpose are packed in panels of this many columns, each K x panel contiguous (the last
+    # one narrower), so that one panel stays in cache while every row block reads it.
+    panel: int = 0
 
 
 # -- pointers: defined once, at their place in the op list -------------------------------------
@@ -121,6 +125,7 @@ class Product:
     strategy: str
     bm: Loc | None = None
     gemv: bool = False
+    panel: int = 0  # bm packed in column panels this wide (see Caps.panel); 0: K x N
 
 
 @dataclass(eq=False)

@@ -335,6 +335,7 @@ class _Planner:
             W, A = lx, ly
             if i.op == "matmul":
                 bm = self.transposed.get(id(x))
+                node.panel = self.caps.panel if bm is not None else 0
             else:
                 contiguous = W.ptr is not None and W.col_stride == 1 and W.row_stride == W.cols
                 bm = W if contiguous and W.rows * W.cols <= INLINE_MAX_ELEMENTS else None
@@ -472,10 +473,19 @@ class _Planner:
                 continue
             M, K = src.rows, src.cols
             self.transposed[id(w)] = Loc(self.alloc(K, M), M, 1, K, M)
-            # Element (k, m) of the view is W[m, k].
-            out.append(Kernel("copy", [Loc(src.ptr, 1, src.row_stride, K, M)],
-                              [self.transposed[id(w)]], K, M))
+            # Element (k, m) of the view is W[m, k]; packed, panel by panel of P columns
+            # (element (k, m) of the panel from column c0 on is at c0*K + k*width + m - c0).
+            P = self.caps.panel or M
+            for c0 in range(0, M, P):
+                width = min(P, M - c0)
+                src_p = self.offset(src, c0 * src.row_stride)
+                dst_p = self.offset(self.transposed[id(w)], c0 * K)
+                dst = (self.transposed[id(w)] if width == M else
+                       Loc(dst_p, width, 1, K, width))
+                out.append(Kernel("copy", [Loc(src_p, 1, src.row_stride, K, width)], [dst],
+                                  K, width))
         return out
+
 
     def step(self, i: Instr, step: Func, carry_locs, ys_locs, acc_locs, xs_locs, consts):
         """One step's ops: the row blocks it reads, its body, then what it writes."""

@@ -105,8 +105,9 @@ def _node_lines(node, names: _Names, indent: str) -> list[str]:
             how = f"inline gemm (K={node.bm.rows}, N={node.bm.cols}) on {names.loc(node.bm)}"
         else:
             how = ("gemv at 1 row, " if node.gemv else "") + (
-                f"inline gemm on transposed {names.loc(node.bm)} when T >= {INLINE_MIN_STEPS}"
-                " and B > 1, else library gemm")
+                f"inline gemm on transposed {names.loc(node.bm)}"
+                + (f" (packed in panels of {node.panel} columns)" if node.panel else "")
+                + f" when T >= {INLINE_MIN_STEPS} and B > 1, else library gemm")
         return [f"{indent}product  {what}    {how}"]
     if isinstance(node, RowSum):
         i = node.instr

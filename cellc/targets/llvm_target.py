@@ -85,6 +85,7 @@ def show_plan(args) -> str:
     the capabilities of this machine's kernels (inline products when it has vector units);
     without --sizes the generic plan (every product a library GEMM)."""
     from .. import pipeline
+    from ..backends.llvm_gemm import panel_width
     from ..backends.llvm_jit import kernel_features
     from ..lowering import Caps, format_plan, plan, verify_plan
 
@@ -96,8 +97,10 @@ def show_plan(args) -> str:
     funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
     # The plan of the JIT's kernels inside a torch program: products it does not inline go to
     # torch's MKL, on the loops' thread team (CELLC_BLAS=openblas: OpenBLAS, its own pool).
-    caps = Caps(inline_products=bool(kernel_features()),
-                library_in_team=os.environ.get("CELLC_BLAS") != "openblas")
+    features = kernel_features()
+    caps = Caps(inline_products=bool(features),
+                library_in_team=os.environ.get("CELLC_BLAS") != "openblas",
+                panel=panel_width(args.dtype, features) if features else 0)
     symbols = cell.symbols
     return format_plan(verify_plan(plan(funcs, sizes, caps, symbols)))
 
