@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import passes
@@ -55,6 +56,12 @@ class Program:
     @property
     def residuals(self):
         return self.fwd.results[self.n_results :]
+
+    @functools.cached_property
+    def infer(self) -> Func:
+        """The forward for inference: (xs, states0..., params...) -> (final states..., ys),
+        saving nothing (made on first use: only calls without gradients need it)."""
+        return optimized_forward(self.cell)
 
 
 def optimized_forward(cell: CellIR) -> Func:

@@ -280,7 +280,8 @@ _asked = LRU(256)  # keys that native_program has handed out generic kernels for
 def _specialize_later(key: str, make, generic) -> None:
     """Compile a specialized program in a background thread (once per key) and publish it in
     the memory cache when it is whole: its backward too when the generic program's backward
-    has been needed (training), so a training step never waits for it."""
+    has been needed (training), so a training step never waits for it, and its inference
+    kernel when the generic one's has."""
 
     def job():
         try:
@@ -289,6 +290,8 @@ def _specialize_later(key: str, make, generic) -> None:
                 program = make()
             if generic.backward_state != "not compiled":
                 program.backward_kernel  # noqa: B018  (compiles it here, in the background)
+            if generic.inference_used:
+                program.inference_kernel  # noqa: B018
             _memory[key] = program
         except Exception as e:  # the generic kernels keep serving; no retry
             import warnings

@@ -9,11 +9,13 @@ Each top-level function (the forward program, the backward program) becomes
 computed are written straight into the caller's buffers; every other value lives in `workspace`,
 whose size is `workspace_size(T, B)` elements. In a specialized module only T and B (and the
 per-step active row counts) are known at run time: every feature size is a constant, so the
-fused loops vectorize, and `sizes` is not read. In a generic module (a plan for sizes None)
-`sizes[k]` is the value of the k-th size symbol (`Plan.symbols`); each distinct size polynomial
-of the plan is computed once, in the function's entry block, and handed to the elementwise
-loop functions as arguments (their inner loops still vectorize: unit column strides and
-`noalias` pointers, only the trip count is unknown).
+fused loops vectorize, and `sizes` is not read, unless the module has thread teams
+(`team=True`, the JIT's: sizes[n] and sizes[n+1], after the n symbols, are the threads and the
+address of GOMP_parallel, see FunctionRenderer.team_loop). In a generic module (a plan for
+sizes None) `sizes[k]` is the value of the k-th size symbol (`Plan.symbols`); each distinct
+size polynomial of the plan is computed once, in the function's entry block, and handed to the
+elementwise loop functions as arguments (their inner loops still vectorize: unit column
+strides and `noalias` pointers, only the trip count is unknown).
 
 Every decision (fusion, value locations and views, workspace regions, which products are
 inlined, what the time loop reads and writes) is made by `cellc.lowering`; this module renders a
@@ -376,23 +378,26 @@ class FunctionRenderer:
             b.call(fn, args)
             return
         # One active row: a dot-product GEMV on W itself. Otherwise the blocked kernel on the
-        # transposed copy, which exists only when the loop is long enough and the batch more
-        # than one row; else BLAS.
-        gemv = self.small_gemm.gemv_function(W.rows, W.cols)
-        # One active row in the whole batch (not in a block of it: the GEMV rounds otherwise
-        # than the GEMM, and a block's result must be the whole batch's).
-        n = self.n_all if A.rows == "step" else self.nrows(A.rows)
-        one_row = b.icmp_signed("==", n, ir.Constant(I64, 1))
-        if not p.gemv:
-            one_row = ir.Constant(ir.IntType(1), 0)
-        with b.if_else(one_row) as (one, many):
-            with one:
-                b.call(gemv, [self.ptr(W.ptr), self.ptr(A.ptr), self.ptr(p.out.ptr)])
-            with many, b.if_else(self.inline_ok) as (then, otherwise):
+        # copy made before the loop, which exists only when the loop is long enough and the
+        # batch more than one row; else BLAS.
+        def gemm():
+            with b.if_else(self.inline_ok) as (then, otherwise):
                 with then:
                     b.call(fn, args)
                 with otherwise:
                     self.blas_gemm(p)
+
+        if not p.gemv:
+            return gemm()
+        gemv = self.small_gemm.gemv_function(W.rows, W.cols)
+        # One active row in the whole batch (not in a block of it: the GEMV rounds otherwise
+        # than the GEMM, and a block's result must be the whole batch's).
+        n = self.n_all if A.rows == "step" else self.nrows(A.rows)
+        with b.if_else(b.icmp_signed("==", n, ir.Constant(I64, 1))) as (one, many):
+            with one:
+                b.call(gemv, [self.ptr(W.ptr), self.ptr(A.ptr), self.ptr(p.out.ptr)])
+            with many:
+                gemm()
 
     def blas_gemm(self, p: Product) -> None:
         b = self.b
@@ -744,13 +749,14 @@ KERNELS = {
 
 def build_module(funcs: list[tuple[Func, str]], sizes: dict | None, dtype: str,
                  blas_names: dict[str, str], features: str = "",
-                 symbols: list[str] | None = None):
+                 symbols: list[str] | None = None, team: bool = False):
     """An llvmlite module with one native function per (IR function, name). `features` (the
     target's CPU features) selects the vector width of the inlined products; with none given,
     every product calls BLAS. With sizes None the module is generic: the functions take the
     values of `symbols` (the cell's size symbols, in order) in their `sizes` argument, and
     every product calls BLAS (the inlined kernel is specialized on its K and N)."""
-    caps = Caps(inline_products=bool(features), library_in_team=bool(blas_names.get("in_team")),
+    caps = Caps(inline_products=bool(features), team=team,
+                library_in_team=bool(blas_names.get("in_team")),
                 panel=panel_width(dtype, features) if features else 0)
     return render(plan(funcs, sizes, caps, symbols), dtype, blas_names, features)
 

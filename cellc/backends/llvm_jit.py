@@ -66,6 +66,10 @@ def host_cpu() -> tuple[str, str]:
 def target_machine(reloc: str = "default", opt: int = 3):
     llvm = _llvm()
     cpu, features = host_cpu()
+    if "+avx512f" in features:
+        # LLVM tunes Intel's server CPUs to prefer 256-bit vectors (against the clock drop of
+        # 2017's cores): the vectorized elementwise loops then ran half width here.
+        features += ",-prefer-256-bit"
     target = llvm.Target.from_default_triple()
     return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc=reloc,
                                         codemodel="jitdefault" if reloc == "default" else "default")
@@ -106,7 +110,8 @@ def gemm_names(dtype: str, kind: str) -> dict[str, str]:
 # The kernels of a program: kind -> (Program attribute, native name). The JIT renders each kind
 # in a module of its own, so that a forward never waits for (nor an inference call compiles)
 # the backward.
-KERNELS = {"forward": ("fwd", "cellc_forward"), "backward": ("bwd", "cellc_backward")}
+KERNELS = {"forward": ("fwd", "cellc_forward"), "backward": ("bwd", "cellc_backward"),
+           "inference": ("infer", "cellc_inference")}
 
 
 def render(cell: CellIR, sizes: dict[str, int], dtype: str, prog: Program | None = None,
@@ -117,7 +122,7 @@ def render(cell: CellIR, sizes: dict[str, int], dtype: str, prog: Program | None
     module, layouts = llvm_ir.build_module(
         [(getattr(prog, KERNELS[k][0]), KERNELS[k][1]) for k in kinds], sizes, dtype,
         gemm_names(dtype, blas_kind), features=kernel_features(),
-        symbols=cell.symbols)
+        symbols=cell.symbols, team=True)
     return module, layouts, prog
 
 
@@ -349,6 +354,7 @@ class NativeProgram:
         self._object_cache = object_cache or (lambda kind: None)
         self._backward: Future | None = None  # of the backward Kernel, once asked for
         self._backward_lock = threading.Lock()
+        self._inference: Kernel | None = None
         # _module: the forward's LLVM module, optimized (tests read the vector code from it).
         self.forward_kernel, self._module = self._compile("forward")()
 
@@ -367,6 +373,19 @@ class NativeProgram:
     def backward_kernel(self) -> Kernel:
         """The backward kernel: compiled now on first use, or the prefetch's (waited for)."""
         return self._backward_future(background=False).result()
+
+    @property
+    def inference_kernel(self) -> Kernel:
+        """The forward that saves nothing (calls without gradients): compiled on first use.
+        Its results are the forward's first n_results."""
+        with self._backward_lock:
+            if self._inference is None:
+                self._inference = self._compile("inference")()[0]
+            return self._inference
+
+    @property
+    def inference_used(self) -> bool:
+        return self._inference is not None
 
     def prefetch_backward(self) -> None:
         """Start compiling the backward in a background thread, unless it is compiled or under
@@ -430,6 +449,7 @@ class BoundProgram:
         self.cell, self.dtype, self.program = generic.cell, generic.dtype, generic.program
         self.forward_kernel = generic.forward_kernel.bind(self.sizes)
         self._backward: BoundKernel | None = None
+        self._inference: BoundKernel | None = None
 
     @property
     def n_results(self) -> int:
@@ -440,6 +460,16 @@ class BoundProgram:
         if self._backward is None:
             self._backward = self.generic.backward_kernel.bind(self.sizes)
         return self._backward
+
+    @property
+    def inference_kernel(self) -> BoundKernel:
+        if self._inference is None:
+            self._inference = self.generic.inference_kernel.bind(self.sizes)
+        return self._inference
+
+    @property
+    def inference_used(self) -> bool:
+        return self.generic.inference_used
 
     def prefetch_backward(self) -> None:
         self.generic.prefetch_backward()

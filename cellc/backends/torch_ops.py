@@ -112,6 +112,20 @@ def _forward_results(direction: int, batch_sizes, xs: torch.Tensor, args: list) 
                                              threads=torch.get_num_threads())
 
 
+def infer(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
+    """The forward's results (final states, (T*B, H) outputs) from the kernel that saves
+    nothing for a backward: for calls that record no gradient."""
+    from . import blas
+
+    program = _direction(direction).program(xs.dtype)
+    blas.ensure_threads(torch.get_num_threads())
+    T, B = xs.shape[0], xs.shape[1]
+    kargs = [_flat(xs)] + [a.contiguous() for a in args]
+    out = program.inference_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
+                                       TORCH_ARRAYS, threads=torch.get_num_threads())
+    return op_results(out, kargs, kargs[0])
+
+
 def forward(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     """The forward kernel's results, none aliasing an input or another (the op's rule: the
     residuals that are arguments are copied)."""
@@ -243,7 +257,9 @@ class NativeSequence(torch.autograd.Function):
 
 def run(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     """The forward's results, differentiable: through the op while torch compiles or exports,
-    else through NativeSequence."""
+    else through NativeSequence, or without a gradient to record through `infer`."""
     if torch.compiler.is_compiling():
         return torch.ops.cellc.NativeSequence(direction, batch_sizes, xs, args)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (xs, *args))):
+        return infer(direction, batch_sizes, xs, args)  # nothing to save for a backward
     return list(NativeSequence.apply(direction, batch_sizes, xs, *args))

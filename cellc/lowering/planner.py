@@ -12,6 +12,7 @@ from ..shapes import Batch, Dim
 from ..source import InternalError
 from .nodes import (
     INLINE_MAX_ELEMENTS,
+    PACKED_MAX_ELEMENTS,
     VIEWS,
     Arg,
     Caps,
@@ -333,15 +334,14 @@ class _Planner:
         node = Product(i, out, lx, ly, "library")
         if at_step and self.caps.inline_products and i.op in ("matmul", "matmul_t"):
             W, A = lx, ly
-            if i.op == "matmul":
-                bm = self.transposed.get(id(x))
-                node.panel = self.caps.panel if bm is not None else 0
-            else:
+            bm = self.transposed.get((id(x), i.op))  # a copy made before the loop
+            node.panel = self.caps.panel if bm is not None else 0
+            if bm is None and i.op == "matmul_t":  # W itself, K x N
                 contiguous = W.ptr is not None and W.col_stride == 1 and W.row_stride == W.cols
                 bm = W if contiguous and W.rows * W.cols <= INLINE_MAX_ELEMENTS else None
             if bm is not None and A.col_stride == 1:
                 node.bm = bm
-                node.strategy = "inline" if i.op == "matmul_t" else "choose"
+                node.strategy = "choose" if node.panel or i.op == "matmul" else "inline"
                 # GEMV reads W's rows whole.
                 node.gemv = i.op == "matmul" and W.row_stride == W.cols and W.col_stride == 1
         self.emit(node)
@@ -423,6 +423,8 @@ class _Planner:
     def one_thread(self, loop: TimeLoop, acc_locs: list[Loc]) -> str | None:
         """Why the loop's batch rows cannot be split across threads, or None when they can:
         each block of rows must touch only its own rows of every buffer it writes."""
+        if not self.caps.team:
+            return "no thread team: a library built ahead of time"
         if self.sizes is None:
             return "a generic plan"
         if acc_locs:
@@ -458,34 +460,42 @@ class _Planner:
         return None
 
     def transposes(self, step: Func, const_p, consts: list[Loc]) -> list[Kernel]:
-        """Weights of products inside the loop, transposed once per call for the inlined
-        kernel: only small matrices (a large one is better served by the library)."""
+        """The weights of products inside the loop, copied once per call for the inlined
+        kernel: W @ x's transposed (K x N, element (k, m) = W[m, k]), and with packed panels
+        (Caps.panel) d @ W's too (W as it is, K x N); packed, panel by panel of P columns
+        (element (k, n) of the panel from column c0 on is at c0*K + k*width + n - c0). Only
+        matrices up to INLINE_MAX_ELEMENTS, or packed PACKED_MAX_ELEMENTS (a larger one is
+        better served by the library)."""
         self.transposed = {}
         out = []
         if not self.caps.inline_products:
             return out
+        limit = PACKED_MAX_ELEMENTS if self.caps.panel else INLINE_MAX_ELEMENTS
         for ins in step.body:
-            w = ins.args[0] if ins.op == "matmul" else None
-            if w is None or not any(w is p for p in const_p) or id(w) in self.transposed:
+            if ins.op not in ("matmul", "matmul_t") or (ins.op == "matmul_t"
+                                                         and not self.caps.panel):
+                continue
+            w = ins.args[0]
+            key = (id(w), ins.op)
+            if not any(w is p for p in const_p) or key in self.transposed:
                 continue
             src = consts[list(const_p).index(w)]
-            if src.ptr is None or src.col_stride != 1 or src.rows * src.cols > INLINE_MAX_ELEMENTS:
+            if src.ptr is None or src.col_stride != 1 or src.rows * src.cols > limit:
                 continue
-            M, K = src.rows, src.cols
-            self.transposed[id(w)] = Loc(self.alloc(K, M), M, 1, K, M)
-            # Element (k, m) of the view is W[m, k]; packed, panel by panel of P columns
-            # (element (k, m) of the panel from column c0 on is at c0*K + k*width + m - c0).
-            P = self.caps.panel or M
-            for c0 in range(0, M, P):
-                width = min(P, M - c0)
-                src_p = self.offset(src, c0 * src.row_stride)
-                dst_p = self.offset(self.transposed[id(w)], c0 * K)
-                dst = (self.transposed[id(w)] if width == M else
-                       Loc(dst_p, width, 1, K, width))
-                out.append(Kernel("copy", [Loc(src_p, 1, src.row_stride, K, width)], [dst],
-                                  K, width))
+            # The view: element (k, n) at src[k*rk + n*rn].
+            if ins.op == "matmul":
+                K, N, rk, rn = src.cols, src.rows, 1, src.row_stride
+            else:
+                K, N, rk, rn = src.rows, src.cols, src.row_stride, 1
+            self.transposed[key] = Loc(self.alloc(K, N), N, 1, K, N)
+            P = self.caps.panel or N
+            for c0 in range(0, N, P):
+                width = min(P, N - c0)
+                dst = (self.transposed[key] if width == N else
+                       Loc(self.offset(self.transposed[key], c0 * K), width, 1, K, width))
+                out.append(Kernel("copy", [Loc(self.offset(src, c0 * rn), rk, rn, K, width)],
+                                  [dst], K, width))
         return out
-
 
     def step(self, i: Instr, step: Func, carry_locs, ys_locs, acc_locs, xs_locs, consts):
         """One step's ops: the row blocks it reads, its body, then what it writes."""

@@ -105,7 +105,8 @@ def _node_lines(node, names: _Names, indent: str) -> list[str]:
             how = f"inline gemm (K={node.bm.rows}, N={node.bm.cols}) on {names.loc(node.bm)}"
         else:
             how = ("gemv at 1 row, " if node.gemv else "") + (
-                f"inline gemm on transposed {names.loc(node.bm)}"
+                f"inline gemm on {'transposed ' if i.op == 'matmul' else ''}"
+                f"{names.loc(node.bm)}"
                 + (f" (packed in panels of {node.panel} columns)" if node.panel else "")
                 + f" when T >= {INLINE_MIN_STEPS} and B > 1, else library gemm")
         return [f"{indent}product  {what}    {how}"]
@@ -129,8 +130,9 @@ def _scan_lines(s: TimeLoop, names: _Names, indent: str) -> list[str]:
     for node in [*s.init, *s.prep]:
         lines += _node_lines(node, names, indent)
     lines += [f"{indent}if a sequence ends early: zero {names.loc(k.outs[0])}" for k in s.ys_fill]
-    lines += [f"{indent}if T >= {INLINE_MIN_STEPS} and B > 1: transpose {names.loc(k.ins[0])} ->"
-              f" {names.loc(k.outs[0])}" for k in s.transposes]
+    lines += [f"{indent}if T >= {INLINE_MIN_STEPS} and B > 1: "
+              + ("transpose" if k.ins[0].row_stride == 1 and k.ins[0].col_stride != 1 else "pack")
+              + f" {names.loc(k.ins[0])} -> {names.loc(k.outs[0])}" for k in s.transposes]
 
     def vals(vs) -> str:
         return " ".join(f"%{v.name}" for v in vs) or "-"
