@@ -23,6 +23,12 @@ GFLOP/s (forward FLOPs = 2*T*B*G*H*(I+H), G = 4 LSTM, 3 GRU, 1 RNN; forward+back
 3x) and that as a fraction of this machine's sgemm peak, measured at the start of the run
 (torch.mm, 2048x2048 float32, best of a few) at each thread count.
 
+Each implementation is timed in a block of its own, after a pause of PAUSE_S (so that threads
+another block left spinning have gone to sleep), and its peak resident memory above the block's
+start is reported (RSS MB, llvm / torch.nn). A last measurement times torch.nn.LSTM's forward
+alone, right after a forward of the llvm layer and PAUSE_S after one: a cellc call must not slow
+the torch ops that follow it.
+
 It also measures the JIT compile time of lstm.cell (forward+backward kernels) for the llvm target
 at T=10 and T=1000, each in a fresh process with an empty temporary CELLC_CACHE_DIR (so neither
 the in-memory nor the disk cache hides it): the first call of a layer minus a warm call. The
@@ -68,7 +74,13 @@ SHAPES = [  # (T, B, I, H); --shapes picks by index
     (100, 1, 256, 256),
     (50, 16, 512, 1024),
     (1000, 8, 32, 64),
+    (20, 4, 64, 128),  # a training-size step: small batch, short window
+    (20, 32, 1, 32),  # the README's sunspot forecaster (its first layer, a batch of windows)
 ]
+# The "torch op after a cellc call" measurement: torch.nn.LSTM forward at this shape alone,
+# right after the llvm layer's forward at the same shape, and PAUSE_S after one.
+AFTER_SHAPE = (100, 64, 256, 256)
+PAUSE_S = 0.2  # between one implementation's block of runs and the next: idle threads sleep
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 TORCH_NN = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 CANDIDATES = ["llvm", "torch-tgt", "torch.nn", "eager", "compiled"]
@@ -178,15 +190,39 @@ def build_compiled(kind, I, H, ref):
 class Timing:
     first: float  # seconds of the very first call (includes any compile)
     times: list[float]  # seconds of the timed calls, after warm-up
+    peak_mb: float = float("nan")  # peak resident memory during the block, above its start
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
 
 
+def _status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def measure(fn, repeat: int, warmup: int) -> Timing:
-    """Time fn(): its first call, `warmup` untimed calls, then `repeat` timed calls."""
+    """Time fn() in a block of its own: after a pause (the threads an earlier block left
+    spinning go to sleep), its first call, `warmup` untimed calls, then `repeat` timed calls;
+    with the peak RSS the block reached above the RSS it started at."""
     gc.collect()
+    time.sleep(PAUSE_S)
+    start_kb = _status_kb("VmRSS") if _reset_peak_rss() else None
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
@@ -197,7 +233,35 @@ def measure(fn, repeat: int, warmup: int) -> Timing:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return Timing(first, times)
+    peak_kb = _status_kb("VmHWM")
+    peak = (peak_kb - start_kb) / 1024 if start_kb is not None and peak_kb else float("nan")
+    return Timing(first, times, peak)
+
+
+def after_cellc(threads: int, repeat: int, warmup: int) -> dict:
+    """torch.nn.LSTM's forward at AFTER_SHAPE: alone (back to back), right after the llvm
+    layer's forward at the same shape, and PAUSE_S after one. Medians in seconds."""
+    T, B, I, H = AFTER_SHAPE
+    ref = build_torch_nn("lstm", I, H)
+    layer = build_llvm("lstm", I, H, ref)
+    x = torch.randn(T, B, I, generator=torch.Generator().manual_seed(1))
+    op, cellc_call = forward_fn(ref, x), forward_fn(layer, x)
+    alone = measure(op, repeat, warmup).median
+    out = {"alone": alone}
+    for name, pause in (("right after", 0.0), (f"{PAUSE_S:g} s after", PAUSE_S)):
+        for _ in range(warmup):
+            cellc_call()
+            op()
+        times = []
+        for _ in range(repeat):
+            cellc_call()
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            op()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return {"threads": threads, "shape": AFTER_SHAPE, **out}
 
 
 def forward_fn(m, x):
@@ -275,6 +339,7 @@ class Row:
     speedup: dict[str, float] = field(default_factory=dict)  # torch.nn median / candidate median
     llvm_gflops: float = float("nan")
     llvm_peak_fraction: float = float("nan")
+    peak_mb: dict[str, float] = field(default_factory=dict)  # candidate -> peak RSS above start
     compile_s: float | None = None  # (e): first call minus the median call
 
 
@@ -315,6 +380,7 @@ def bench_case(kind, T, B, I, H, threads, peak, repeat, warmup, with_compile) ->
             row.seconds[name] = t.times
             row.median_s[name] = t.median
             row.speedup[name] = base / t.median
+            row.peak_mb[name] = t.peak_mb
         flops = forward_flops(kind, T, B, I, H) * (1 if pass_ == "fwd" else 3)
         row.llvm_gflops = flops / ts["llvm"].median / 1e9
         row.llvm_peak_fraction = row.llvm_gflops / peak
@@ -374,12 +440,14 @@ def fmt_speedup(row: Row, name: str) -> str:
 def print_table(rows: list[Row], markdown: bool = False) -> None:
     """The results, plain (aligned columns) or as a markdown table."""
     header = ["cell", "T", "B", "I", "H", "thr", "pass", "torch.nn ms", "llvm", "torch-tgt",
-              "eager", "compiled", "llvm GFLOP/s", "of peak", "compile s"]
+              "eager", "compiled", "llvm GFLOP/s", "of peak", "compile s", "RSS MB llvm/nn"]
     lines = [[r.cell.upper(), str(r.T), str(r.B), str(r.I), str(r.H), str(r.threads), r.pass_,
               f"{r.median_s['torch.nn'] * 1e3:.2f}", fmt_speedup(r, "llvm"),
               fmt_speedup(r, "torch-tgt"), fmt_speedup(r, "eager"), fmt_speedup(r, "compiled"),
               f"{r.llvm_gflops:.1f}", f"{r.llvm_peak_fraction:.0%}",
-              "-" if r.compile_s is None else f"{r.compile_s:.1f}"] for r in rows]
+              "-" if r.compile_s is None else f"{r.compile_s:.1f}",
+              f"{r.peak_mb.get('llvm', math.nan):.0f}/{r.peak_mb.get('torch.nn', math.nan):.0f}"]
+             for r in rows]
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -527,9 +595,24 @@ def main(argv=None) -> int:
             for T, B, I, H in shapes:
                 rows += bench_case(kind, T, B, I, H, n, peaks[n], repeat, warmup, with_compile)
                 print(f"  done: {kind} T={T} B={B} I={I} H={H} {n}T", file=sys.stderr, flush=True)
+    print("RSS MB: the peak resident memory of a block of runs above the memory it started"
+          " at (llvm / torch.nn).\n")
     print_table(rows)
     print()
     print_summary(rows)
+    afters = []
+    if not args.quick:
+        T, B, I, H = AFTER_SHAPE
+        print(f"\ntorch.nn.LSTM forward (T={T}, B={B}, I={I}, H={H}) alone and after the llvm"
+              " layer's forward at the same shape (median ms):")
+        for n in threads:
+            set_threads(n)
+            a = after_cellc(n, repeat, warmup)
+            afters.append(a)
+            parts = [f"{k} {a[k] * 1e3:.2f}" + ("" if k == "alone" else
+                                                 f" ({a[k] / a['alone']:.2f}x alone)")
+                     for k in a if k not in ("threads", "shape")]
+            print(f"  {n}T: " + ", ".join(parts))
     if args.markdown:
         print()
         print_table(rows, markdown=True)
@@ -541,7 +624,7 @@ def main(argv=None) -> int:
             "cellc": cellc.__version__, "git": git_revision(), "torch": torch.__version__,
             "cpu": cpu_model(), "cpus": os.cpu_count(), "args": vars(args), "repeat": repeat,
             "warmup": warmup, "load_start": load_start, "load_end": load_end,
-            "sgemm_peak_gflops": peaks, "jit_compile": probes,
+            "sgemm_peak_gflops": peaks, "jit_compile": probes, "torch_op_after_cellc": afters,
             "rows": [{("pass" if k == "pass_" else k): v for k, v in asdict(r).items()}
                      for r in rows],
         }

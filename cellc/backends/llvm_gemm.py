@@ -8,9 +8,13 @@ products of a small cell, more than the arithmetic); this kernel is inlined into
 
 Blocking: RB rows x CB vectors of VW lanes are accumulated in registers across the whole k loop
 (each k: CB vector loads of Bm, RB broadcasts of A, RB*CB fused multiply-adds), then stored.
-With AVX-512 (32 vector registers) RB=4, CB=4; with AVX2 (16) RB=4, CB=2. Column blocks are a
-run-time loop (one copy of the block's code keeps compile time low); leftover rows use blocks
-of 2 and 1 rows, leftover vectors a smaller CB, leftover columns a scalar loop.
+With AVX-512 (32 vector registers) RB=6, CB=4; with AVX2 (16) RB=6, CB=2 (see `blocking`).
+Column blocks are a run-time loop (one copy of the block's code keeps compile time low);
+leftover rows use blocks of 4, 2 and 1 rows, leftover vectors a smaller CB, leftover columns a
+scalar loop. With `packed=True` Bm is in column panels (the transposed weights the time loops
+copy once per call): a panel, K x CB vectors contiguous, is the outer loop, so it stays in
+cache while every row block reads it; in the K x N layout a panel's rows lie a row of Bm apart
+(4 KB at N=1024), all in one L1 set.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class GemmEmitter:
         self.vt = ir.VectorType(ftype, self.vw)
         self.rb, self.cb = blocking(features)
         self.panel = self.cb * self.vw  # the columns of one panel of a packed Bm
+        # Blocks of RB rows, then the leftover rows in blocks of 4 (a batch of 4 reads each
+        # panel once, not twice), 2 and 1.
+        self.tails = tuple(sorted({r for r in (self.rb, 4, 2, 1) if r <= self.rb}, reverse=True))
         self.cache: dict[tuple[int, int, bool], ir.Function] = {}
 
     def function(self, K: int, N: int, accumulate: bool = False,
@@ -74,10 +81,10 @@ class GemmEmitter:
         rows, A, lda, Bm, C, ldc = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         nvec = N // self.vw
-        # Blocks of RB rows, then the leftover rows in blocks of 2 and 1: every pass over Bm
-        # serves as many rows as the registers allow.
+        # Blocks of RB rows, then the leftover rows (self.tails): every pass over Bm serves as
+        # many rows as the registers allow.
         start = ir.Constant(I64, 0)
-        for rb in (self.rb, 2, 1):
+        for rb in self.tails:
             left = b.sub(rows, start)
             stop = b.add(start, b.mul(b.sdiv(left, ir.Constant(I64, rb)), ir.Constant(I64, rb)))
             self._row_loop(b, start, stop, rb, K, N, nvec, A, lda, Bm, C, ldc, accumulate)
@@ -97,7 +104,7 @@ class GemmEmitter:
 
         def row_blocks(emit):
             start = ir.Constant(I64, 0)
-            for rb in (self.rb, 2, 1):
+            for rb in self.tails:
                 stop = b.add(start, b.mul(b.sdiv(b.sub(rows, start), ir.Constant(I64, rb)),
                                           ir.Constant(I64, rb)))
                 with self._loop(b, start, stop, rb, f"p{rb}") as r0:

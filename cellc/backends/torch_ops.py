@@ -37,17 +37,20 @@ from ..runtime.torch_layers import differentiable_backward, op_results
 from .llvm_jit import Arrays
 
 DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_TORCH_DTYPE = {np.dtype(name): t for t, name in DTYPES.items()}
 
 
 class TorchArrays(Arrays):
     """How the kernels see torch tensors (CPU, contiguous)."""
 
     def check(self, a, shape, dtype, name):
+        # Checked on every call of a kernel: attribute lookups only (numpy's dtype.name is
+        # computed in Python each time).
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(a).__name__}")
-        if a.device.type != "cpu":
+        if not a.is_cpu:
             raise ValueError(f"{name}: the llvm target runs on the CPU; got a tensor on {a.device}")
-        if DTYPES.get(a.dtype) != dtype.name:
+        if a.dtype is not _TORCH_DTYPE.get(dtype):
             raise TypeError(f"{name}: expected {dtype.name}, got {a.dtype}")
         if tuple(a.shape) != tuple(shape):
             raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
