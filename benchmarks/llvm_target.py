@@ -24,10 +24,11 @@ GFLOP/s (forward FLOPs = 2*T*B*G*H*(I+H), G = 4 LSTM, 3 GRU, 1 RNN; forward+back
 (torch.mm, 2048x2048 float32, best of a few) at each thread count.
 
 Each implementation is timed in a block of its own, after a pause of PAUSE_S (so that threads
-another block left spinning have gone to sleep), and its peak resident memory above the block's
-start is reported (RSS MB, llvm / torch.nn). A last measurement times torch.nn.LSTM's forward
-alone, right after a forward of the llvm layer and PAUSE_S after one: a cellc call must not slow
-the torch ops that follow it.
+another block left spinning have gone to sleep), with the process's peak resident memory during
+the block (peak RSS MB, llvm / torch.nn) and, for fwd+bwd, the MB that one forward saves for the
+backward (saved MB: the tensors autograd keeps, inputs and weights included). A last measurement
+times torch.nn.LSTM's forward alone, right after a forward of the llvm layer and PAUSE_S after
+one: a cellc call must not slow the torch ops that follow it.
 
 It also measures the JIT compile time of lstm.cell (forward+backward kernels) for the llvm target
 at T=10 and T=1000, each in a fresh process with an empty temporary CELLC_CACHE_DIR (so neither
@@ -190,7 +191,7 @@ def build_compiled(kind, I, H, ref):
 class Timing:
     first: float  # seconds of the very first call (includes any compile)
     times: list[float]  # seconds of the timed calls, after warm-up
-    peak_mb: float = float("nan")  # peak resident memory during the block, above its start
+    peak_mb: float = float("nan")  # the process's peak resident memory during the block
 
     @property
     def median(self) -> float:
@@ -234,8 +235,27 @@ def measure(fn, repeat: int, warmup: int) -> Timing:
         fn()
         times.append(time.perf_counter() - t0)
     peak_kb = _status_kb("VmHWM")
-    peak = (peak_kb - start_kb) / 1024 if start_kb is not None and peak_kb else float("nan")
+    peak = peak_kb / 1024 if start_kb is not None and peak_kb else float("nan")
     return Timing(first, times, peak)
+
+
+def saved_mb(m, x) -> float:
+    """MB of the tensors autograd saves for the backward in one forward of m (what a training
+    step holds between its forward and backward; xs and the weights included)."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)[0].sum().backward()
+    m.zero_grad(set_to_none=True)
+    return total / 2**20
 
 
 def after_cellc(threads: int, repeat: int, warmup: int) -> dict:
@@ -339,7 +359,8 @@ class Row:
     speedup: dict[str, float] = field(default_factory=dict)  # torch.nn median / candidate median
     llvm_gflops: float = float("nan")
     llvm_peak_fraction: float = float("nan")
-    peak_mb: dict[str, float] = field(default_factory=dict)  # candidate -> peak RSS above start
+    peak_mb: dict[str, float] = field(default_factory=dict)  # candidate -> the block's peak RSS
+    saved_mb: dict[str, float] = field(default_factory=dict)  # fwd+bwd: saved for backward
     compile_s: float | None = None  # (e): first call minus the median call
 
 
@@ -373,9 +394,12 @@ def bench_case(kind, T, B, I, H, threads, peak, repeat, warmup, with_compile) ->
             timings[pass_]["compiled"] = measure(make(compiled, inp), repeat, warmup)
         check_output("compiled", compiled, ref_out, x, where)
 
+    saved = {name: saved_mb(models[name], x_grad) for name in ("llvm", "torch.nn")}
     for pass_, ts in timings.items():
         base = ts["torch.nn"].median
         row = Row(kind, T, B, I, H, threads, pass_)
+        if pass_ == "fwd+bwd":
+            row.saved_mb = dict(saved)
         for name, t in ts.items():
             row.seconds[name] = t.times
             row.median_s[name] = t.median
@@ -440,13 +464,15 @@ def fmt_speedup(row: Row, name: str) -> str:
 def print_table(rows: list[Row], markdown: bool = False) -> None:
     """The results, plain (aligned columns) or as a markdown table."""
     header = ["cell", "T", "B", "I", "H", "thr", "pass", "torch.nn ms", "llvm", "torch-tgt",
-              "eager", "compiled", "llvm GFLOP/s", "of peak", "compile s", "RSS MB llvm/nn"]
+              "eager", "compiled", "llvm GFLOP/s", "of peak", "compile s", "peak RSS MB",
+              "saved MB"]
     lines = [[r.cell.upper(), str(r.T), str(r.B), str(r.I), str(r.H), str(r.threads), r.pass_,
               f"{r.median_s['torch.nn'] * 1e3:.2f}", fmt_speedup(r, "llvm"),
               fmt_speedup(r, "torch-tgt"), fmt_speedup(r, "eager"), fmt_speedup(r, "compiled"),
               f"{r.llvm_gflops:.1f}", f"{r.llvm_peak_fraction:.0%}",
               "-" if r.compile_s is None else f"{r.compile_s:.1f}",
-              f"{r.peak_mb.get('llvm', math.nan):.0f}/{r.peak_mb.get('torch.nn', math.nan):.0f}"]
+              f"{r.peak_mb.get('llvm', math.nan):.0f}/{r.peak_mb.get('torch.nn', math.nan):.0f}",
+              (f"{r.saved_mb['llvm']:.1f}/{r.saved_mb['torch.nn']:.1f}" if r.saved_mb else "-")]
              for r in rows]
     if markdown:
         print("| " + " | ".join(header) + " |")
@@ -595,8 +621,9 @@ def main(argv=None) -> int:
             for T, B, I, H in shapes:
                 rows += bench_case(kind, T, B, I, H, n, peaks[n], repeat, warmup, with_compile)
                 print(f"  done: {kind} T={T} B={B} I={I} H={H} {n}T", file=sys.stderr, flush=True)
-    print("RSS MB: the peak resident memory of a block of runs above the memory it started"
-          " at (llvm / torch.nn).\n")
+    print("peak RSS MB: the process's peak resident memory during a block of runs (llvm /"
+          " torch.nn; everything resident counts).\nsaved MB: what one forward saves for the"
+          " backward (llvm / torch.nn; inputs and weights included).\n")
     print_table(rows)
     print()
     print_summary(rows)
