@@ -250,7 +250,7 @@ def test_specs_name_the_sizes_and_keep_ints_when_specialized():
     s, gs = spec.program.forward_kernel.spec, g.forward_kernel.spec
     assert s["sizes"] == gs["sizes"] == ["I", "H"]
     assert not s.get("generic") and gs["generic"]
-    assert gs["workspace"][0] == [[8, 1, "H"]]
+    assert gs["workspace"][0] == [[4, 1, "H"]]  # per T*B row: the input projection, 4H
     assert dict(gs["args"])["weight_ih"] == [[[4, 1, "H"]], [[1, 1, "I"]]]
     bound = g.bind(spec.sizes).forward_kernel.spec
     assert bound["args"] == s["args"] and bound["results"] == s["results"]
@@ -269,7 +269,7 @@ def test_show_without_sizes_prints_the_generic_plan_and_ir(capsys):
     assert main(["show", path, "--emit", "plan"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("generic plan: sizes I, H given at run time")
-    assert "ws0[r*4*H + c]" in out and "workspace (8*H)*T*B + (9*H)*B" in out
+    assert "ws0[r*4*H + c]" in out and "workspace (4*H)*T*B + (9*H)*B" in out
     assert "inline gemm" not in out
     assert main(["show", path, "--emit", "llvm"]) == 0
     ir = capsys.readouterr().out

@@ -508,12 +508,15 @@ def test_hoist_moves_the_input_projection_out_of_the_loop():
     (mm,) = [i for i in g.body if i.op == "matmul"]
     assert [a.name for a in mm.args] == ["weight_ih", "xs"]
     assert mm.out.type == TensorType((HD * 4,), Batch.SEQ)  # [T*B,4*H]: one GEMM over all rows
-    (add,) = [i for i in g.body if i.op == "add"]  # + bias_ih is input-only too
-    assert add.out.type == TensorType((HD * 4,), Batch.SEQ)
+    # + bias_ih is input-only too, but elementwise: it stays in the step, where it joins the
+    # step's own adds in one pass (hoisted, it would be a pass over T*B rows of its own).
+    assert not [i for i in g.body if i.op == "add"]
     scan = scan_of(g)
     step = scan.attrs["step"]
-    (p,) = [p for p, a in zip(step.params, scan.args) if a is add.out]  # now a sequence input
+    (p,) = [p for p, a in zip(step.params, scan.args) if a is mm.out]  # now a sequence input
     assert p.type == TensorType((HD * 4,), Batch.STEP)
+    (add,) = [i for i in step.body if i.op == "add" and p in i.args]
+    assert [a.name for a in add.args if a is not p] == ["bias_ih"]
     (x,) = [p for p, a in zip(step.params, scan.args) if a.name == "xs"]
     assert x not in {a for i in step.body for a in i.args}  # x_t itself is no longer read
     assert_same_results(f, g, random_args(f, np.random.default_rng(6)))
@@ -590,9 +593,10 @@ def test_sink_moves_weight_gradients_after_the_reverse_loop():
     assert len(outers) == 2  # dweight_ih (already outside) and dweight_hh (moved)
     assert all(a.type.batch is Batch.SEQ for i in outers for a in i.args)  # over all T*B rows
     assert not [i for i in g.body[: g.body.index(scan)] if i.op in ("outer", "sum_batch")]
-    # The two accumulators are gone; the moved products read what the loop already has: the
-    # stacked cotangent it returns anyway and the saved h sequence it was given.
-    assert len(scan.outs) == len(scan_of(f).outs) - 2
+    # The three accumulators (dweight_hh, dbias_ih, dbias_hh) are gone; the moved products
+    # and sums read what the loop already has: the stacked cotangent it returns anyway and
+    # the saved h sequence it was given.
+    assert len(scan.outs) == len(scan_of(f).outs) - 3
     (dw_hh,) = [i for i in outers if i.args[1].name == "h_seq"]
     assert dw_hh.args[1] in g.params and dw_hh.args[0] in scan.outs
     rng = np.random.default_rng(8)

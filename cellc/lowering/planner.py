@@ -48,11 +48,18 @@ def dims(v: Value, sizes, at_step: bool) -> tuple[object, object]:
 
 
 def group(f: Func) -> list:
-    """Runs of elementwise instructions with one output shape (lists); everything else alone."""
+    """Runs of elementwise instructions with one output shape (lists); everything else alone.
+    A product that reads nothing of the open run goes before it, so that the run continues
+    after the product: in a step, `x_proj + b_ih` then `W_hh @ h` then `+ t + b_hh` is one
+    elementwise pass, not two."""
     out: list = []
     current: list[Instr] = []
     shape = None
     for i in f.body:
+        if (current and i.op in ("matmul", "matmul_t", "outer")
+                and not any(a is o for a in i.args for x in current for o in x.outs)):
+            out.append(i)
+            continue
         if OPS[i.op].kind == "elementwise":
             s = (i.out.type.batch, i.out.type.shape)
             if current and s == shape:

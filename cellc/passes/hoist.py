@@ -10,7 +10,10 @@ Step work that does not read the carried state runs once over all T*B rows befor
 
 Per-step values become sequences (the loop then reads row block t); work on parameters only
 (e.g. a weight concatenation made by `fuse_matmul`) runs once. Batch reductions are never
-hoisted: summing over B rows is not summing over T*B.
+hoisted: summing over B rows is not summing over T*B. Elementwise work on per-step values stays
+in the loop unless hoisted work needs it: there it fuses into the step's elementwise pass (in
+the sketch above `%q = add %p, %b` stays, and joins `%r`'s add), where hoisted it is a pass of
+its own over T*B rows and a whole-sequence buffer.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
     outer = {id(p): a for p, a in zip(scan.x_params + scan.const_params, scan.xs + scan.consts)}
     const_instrs = {id(i.out): i for i in step.body if i.op == "const"}
     pre: list[Instr] = []
+    origin: dict[int, Instr] = {}  # id of a hoisted copy -> the step's instruction
     hoisted: set[int] = set()
     for i in step.body:
         if i.op in ("const", "scan") or not any(id(a) in outer for a in i.args):
@@ -60,8 +64,10 @@ def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
             args.append(outer[id(a)])
         new, outs = moved_instr(i, args, names)
         pre.append(new)
+        origin[id(new)] = i
         outer.update((id(o), n) for o, n in zip(i.outs, outs))
         hoisted.add(id(i))
+    pre = _keep_needed(pre, origin, hoisted, outer, {id(a) for a in scan.xs})
     if not hoisted:
         return [], instr
     body = tuple(i for i in step.body if id(i) not in hoisted)
@@ -78,3 +84,30 @@ def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
     xs = (*scan.xs, *(outer[id(o)] for o in new_xs))
     consts = (*scan.consts, *(outer[id(o)] for o in new_consts))
     return pre, scan.rebuild(step, xs=xs, consts=consts)
+
+
+def _keep_needed(pre: list[Instr], origin: dict, hoisted: set[int], outer: dict,
+                 inputs: set[int]) -> list[Instr]:
+    """`pre` without the elementwise instructions on per-step values that no other hoisted
+    instruction needs and that read only the loop's inputs (`inputs`: ids of its xs),
+    products' results and parameters (latest first, so that chains of them stay in the loop
+    whole); they leave `hoisted` too, and their outputs `outer`."""
+    keep = list(pre)
+    for new in reversed(pre):
+        old = origin.get(id(new))
+        if old is None or OPS[old.op].kind != "elementwise":
+            continue
+        if all(o.type.batch is not Batch.STEP for o in old.outs):
+            continue  # parameters only: computed once, not per step
+        if any(any(a is o for a in n.args) for n in keep for o in new.outs):
+            continue  # needed by hoisted work (e.g. a product's operand)
+        products = {id(o) for n in keep if origin.get(id(n)) is not None
+                    and origin[id(n)].op in ("matmul", "matmul_t") for o in n.outs}
+        if not all(id(a) in products or id(a) in inputs or a.type.batch is Batch.NONE
+                   for a in new.args):
+            continue  # only work on the loop's inputs and products' epilogues (`+ bias`)
+        keep.remove(new)
+        hoisted.discard(id(old))
+        for o in old.outs:
+            outer.pop(id(o), None)
+    return keep
