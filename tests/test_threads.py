@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch  # noqa: F401  (the team is libgomp's, which torch loads)
+import torch  # the team is libgomp's, which torch loads
 
 from cellc.backends import blas
 from cellc.native import NativeCell
@@ -117,3 +117,33 @@ def test_avx2_team_loops_match_one_thread(tmp_path):
     out = json.loads(res.stdout)
     assert "+avx512f" not in out["features"] and out["team"]
     assert out["1"] == out["2"]
+
+
+def test_torch_layers_on_two_threads_match_one(monkeypatch):
+    """The llvm layers pass torch.get_num_threads() to the loops: packed sequences, forward and
+    backward, at 2 threads equal 1 thread's results (to float32 rounding: the products outside
+    the loops are MKL's, whose blocking may follow the thread count)."""
+    import cellc
+
+    monkeypatch.setenv("CELLC_SPECIALIZE", "now")
+    torch.manual_seed(0)
+    layer = cellc.load("cells/lstm.cell", target="llvm").Layer(6, 20, bidirectional=True)
+    lengths = torch.tensor([40, 37, 33, 20, 12, 9, 5, 1])
+    x = torch.randn(40, 8, 6)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xg = x.clone().requires_grad_(True)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(xg, lengths)
+            out, (h, c) = layer(packed)
+            ys, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+            (ys.square().sum() + h.sum() + c.sum()).backward()
+            results.append([ys.detach(), h.detach(), c.detach(), xg.grad]
+                           + [p.grad.clone() for p in layer.parameters()])
+            layer.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
