@@ -527,9 +527,9 @@ class FunctionRenderer:
         (an atomic counter in ctx) and runs the whole loop on each: called once here, or by
         every thread of the team the caller passes in `sizes` (threads, then the address of
         libgomp's GOMP_parallel, or 0). The blocks: ceil(B / threads) rows, rounded up to an
-        even number (the inlined GEMM's row tails come in pairs); a thread that finds no block
-        left returns. Steps never read another row's values (see TimeLoop), so the blocks are
-        independent and the result is the one thread's, bit for bit."""
+        even number, at least 4; a thread that finds no block left returns. Steps never read
+        another row's values (see TimeLoop), so the blocks are independent and the result is
+        the one thread's, bit for bit."""
         b = self.b
         outer = _outer_ptrs(s.body)
         values = [self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
@@ -553,8 +553,11 @@ class FunctionRenderer:
                       typ=I64, name="team")
         threads = _smax(b, threads, one)
         rows = b.sdiv(b.sub(b.add(self.B, threads), one), threads)
-        two = ir.Constant(I64, 2)  # even blocks: the inlined GEMM's row tails come in pairs
-        rows = _smax(b, b.mul(b.sdiv(b.add(rows, one), two), two), one)
+        # Even blocks (the inlined GEMM's row tails come in pairs) of at least 4 rows: a block
+        # of fewer reads the whole weight per step for too little work (T=20, B=4, H=128: 2
+        # threads on blocks of 2 rows ran 0.82x as fast as 1).
+        two = ir.Constant(I64, 2)
+        rows = _smax(b, b.mul(b.sdiv(b.add(rows, one), two), two), ir.Constant(I64, 4))
         blocks = b.sdiv(b.sub(b.add(self.B, rows), one), rows)
         use = b.and_(b.icmp_signed(">", blocks, one), b.icmp_signed("!=", team,
                                                                      ir.Constant(I64, 0)))
