@@ -147,3 +147,18 @@ def test_torch_layers_on_two_threads_match_one(monkeypatch):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_mode_tangents_are_refused_not_dropped():
+    """A call carrying forward-mode AD tangents must not take the inference kernel (which
+    would return outputs without them): it goes to the autograd Function, which has no jvp."""
+    import torch.autograd.forward_ad as fwAD
+
+    import cellc
+
+    layer = cellc.load("cells/lstm.cell", target="llvm").Layer(3, 5)
+    for p in layer.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(4, 2, 3)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="jvp"):
+        layer(fwAD.make_dual(x, torch.ones_like(x)))

@@ -529,7 +529,8 @@ class FunctionRenderer:
         libgomp's GOMP_parallel, or 0). The blocks: ceil(B / threads) rows, rounded up to an
         even number, at least 4; a thread that finds no block left returns. Steps never read
         another row's values (see TimeLoop), so the blocks are independent and the result is
-        the one thread's, bit for bit."""
+        the one thread's, bit for bit (unless a product falls back to MKL inside the team,
+        whose rounding may depend on the rows it gets)."""
         b = self.b
         outer = _outer_ptrs(s.body)
         values = [self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
@@ -553,9 +554,9 @@ class FunctionRenderer:
                       typ=I64, name="team")
         threads = _smax(b, threads, one)
         rows = b.sdiv(b.sub(b.add(self.B, threads), one), threads)
-        # Even blocks (the inlined GEMM's row tails come in pairs) of at least 4 rows: a block
-        # of fewer reads the whole weight per step for too little work (T=20, B=4, H=128: 2
-        # threads on blocks of 2 rows ran 0.82x as fast as 1).
+        # Even blocks of at least 4 rows: a block of fewer reads the whole weight per step for
+        # too little work (T=20, B=4, H=128: 2 threads on blocks of 2 rows ran 0.82x as fast
+        # as 1).
         two = ir.Constant(I64, 2)
         rows = _smax(b, b.mul(b.sdiv(b.add(rows, one), two), two), ir.Constant(I64, 4))
         blocks = b.sdiv(b.sub(b.add(self.B, rows), one), rows)
@@ -582,7 +583,7 @@ class FunctionRenderer:
         self.groups += 1
         fn.linkage = "internal"
         saved = (self.fn, self.b, self.ptrs, self.T, self.B, self.batch_sizes, self.ws,
-                 self.ws_off, self.inline_ok, self.row_lo)
+                 self.ws_off, self.inline_ok, self.row_lo, self.n, self.n_all, self.row0)
         self.fn, self.b = fn, b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
         ctx = fn.args[0]
 
@@ -618,7 +619,7 @@ class FunctionRenderer:
         self.b.position_at_end(done)
         self.b.ret_void()
         (self.fn, self.b, self.ptrs, self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
-         self.inline_ok, self.row_lo) = saved
+         self.inline_ok, self.row_lo, self.n, self.n_all, self.row0) = saved
         return fn
 
     @contextmanager

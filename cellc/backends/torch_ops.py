@@ -31,6 +31,7 @@ import weakref
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 from ..runtime import native_calls
 from ..runtime.torch_layers import differentiable_backward, op_results
@@ -263,6 +264,15 @@ def run(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     else through NativeSequence, or without a gradient to record through `infer`."""
     if torch.compiler.is_compiling():
         return torch.ops.cellc.NativeSequence(direction, batch_sizes, xs, args)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (xs, *args))):
+    if not ((torch.is_grad_enabled() and any(t.requires_grad for t in (xs, *args)))
+            or _has_tangents((xs, *args))):
         return infer(direction, batch_sizes, xs, args)  # nothing to save for a backward
     return list(NativeSequence.apply(direction, batch_sizes, xs, *args))
+
+
+def _has_tangents(tensors) -> bool:
+    """Whether forward-mode AD tangents ride on any of the tensors (NativeSequence then says
+    it has no jvp rule, rather than the inference kernel dropping them)."""
+    if forward_ad._current_level < 0:  # no dual level entered: none can
+        return False
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)

@@ -446,9 +446,10 @@ class _Planner:
                 return "it sums over rows"
             elif isinstance(node, Product) and node.instr.op == "outer":
                 return "it sums products over rows"
-            elif (isinstance(node, Product) and node.strategy == "library"
-                  and not self.caps.library_in_team):
-                return "its library products run on the library's own threads"
+            elif isinstance(node, Product) and node.strategy == "library":
+                # A product too large to inline: the library splits each one across its
+                # threads (row blocks would each read the whole weight, every step).
+                return "its library products use the library's threads"
         for node in loop.body:
             locs = (node.ins + node.outs if isinstance(node, Kernel) else
                     [node.out, node.a, node.b] if isinstance(node, Product) else
