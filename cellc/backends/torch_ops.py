@@ -92,7 +92,7 @@ def _direction(key: int):
 
 def _kernel_batch_sizes(batch_sizes, T, B) -> np.ndarray:
     if batch_sizes is None:
-        return np.full(T, B, np.int64)
+        return native_calls._full_batch_sizes(T, B)
     return batch_sizes.to(torch.int64).numpy()
 
 

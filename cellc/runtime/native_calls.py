@@ -308,8 +308,25 @@ def _bind_kernel(kernel, sizes):
     return bound
 
 
+def _full_batch_sizes(T, B):
+    """batch_sizes of T steps of B rows each, as the kernels read them: one read-only array
+    per (T, B) (the last few), checked once."""
+    bs = _FULL.get((T, B))
+    if bs is None:
+        if len(_FULL) > 16:
+            _FULL.clear()
+        bs = _FULL[(T, B)] = np.full(T, B, np.int64)
+        bs.flags.writeable = False
+    return bs
+
+
+_FULL = {}
+
+
 def _kernel_batch_sizes(batch_sizes, T, B):
     """batch_sizes as the kernels read them: T int64s, non-increasing, each in [0, B]."""
+    if batch_sizes is _FULL.get((T, B)) and batch_sizes is not None:
+        return batch_sizes  # made by _full_batch_sizes: valid as it stands
     bs = np.ascontiguousarray(batch_sizes, dtype=np.int64)
     if bs.shape != (T,) or (T and (bs.min() < 0 or bs.max() > B or np.any(np.diff(bs) > 0))):
         raise ValueError(f"batch_sizes must be {T} non-increasing ints in [0, {B}]")
