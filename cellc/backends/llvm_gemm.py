@@ -58,12 +58,12 @@ class GemmEmitter:
         # Blocks of RB rows, then the leftover rows in blocks of 4 (a batch of 4 reads each
         # panel once, not twice), 2 and 1.
         self.tails = tuple(sorted({r for r in (self.rb, 4, 2, 1) if r <= self.rb}, reverse=True))
-        self.cache: dict[tuple[int, int, bool], ir.Function] = {}
+        self.cache: dict[tuple, ir.Function] = {}
 
     def function(self, K: int, N: int, accumulate: bool = False,
                  packed: bool = False) -> ir.Function:
         """void gemm(i64 rows, ptr A, i64 lda, ptr Bm, ptr C, i64 ldc). `packed`: Bm is in
-        panels (see pack_offset), and the column panels are the outer loop."""
+        column panels, the outer loop (see _packed_body)."""
         key = (K, N, accumulate, packed)
         if key not in self.cache:
             name = (f"cellc.gemm.k{K}.n{N}" + (".acc" if accumulate else "")
@@ -233,9 +233,9 @@ class GemmEmitter:
             for row in accs:
                 for acc in row:
                     acc.add_incoming(ir.Constant(vt, [0.0] * self.vw), pre)
-            bk = b.mul(k, ir.Constant(I64, N))
-            first = col0
-            if panel is not None:  # element (k, col) at c0*K + k*width + (col - c0)
+            if panel is None:  # element (k, col) at k*N + col
+                bk, first = b.mul(k, ir.Constant(I64, N)), col0
+            else:  # element (k, col) at c0*K + k*width + (col - c0)
                 bk = b.add(b.mul(panel[0], ir.Constant(I64, K)),
                            b.mul(k, ir.Constant(I64, panel[1])))
                 first = b.sub(col0, panel[0])
