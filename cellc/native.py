@@ -73,9 +73,8 @@ class NativeCell:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ValueError(f"threads must be a positive int or None, not {threads!r}")
-        # Threads of the time loops (blocks of batch rows on torch's OpenMP team, once torch
-        # is imported) and of OpenBLAS when it runs the large products (torch's MKL, the
-        # default once torch is imported, follows torch.set_num_threads).
+        # Threads of the time loops and large products (blocks of rows on torch's OpenMP
+        # team, once torch is imported), else of OpenBLAS's pool (see blas.team).
         self.threads = threads or blas.default_threads()
         self._step = None
         # Feature sizes, evaluated once: each call only checks arrays against them.
@@ -120,11 +119,6 @@ class NativeCell:
         """(batch_sizes, order): the AOT loader's layout, checks and messages."""
         return calls._sequence_layout(T, B, lengths, None)
 
-    def _threads(self):
-        from .backends import blas
-
-        blas.ensure_threads(self.threads)
-
     # -- whole sequences --------------------------------------------------------------------
 
     def forward(self, xs: np.ndarray, params: Mapping[str, np.ndarray],
@@ -140,7 +134,6 @@ class NativeCell:
         x = xs if order is None else xs[:, order]
         x = calls._reverse_time(x, batch_sizes) if self.reverse else x
         args = [np.ascontiguousarray(x).reshape(T * B, I), *initial, *weights]
-        self._threads()
         program = self.program
         out = program.forward_kernel.run(T, B, batch_sizes, args, _ARRAYS, threads=self.threads)
         outputs = calls._unshared(out[: program.n_results])
@@ -169,7 +162,6 @@ class NativeCell:
         dy = d_ys if tape.order is None else d_ys[:, tape.order]
         dy = calls._reverse_time(dy, tape.batch_sizes) if self.reverse else dy
         seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
-        self._threads()
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes,
                                                  list(tape.residuals) + seeds, _ARRAYS,
                                                  threads=self.threads)
@@ -202,8 +194,8 @@ class NativeCell:
         B = calls._step_batch(x)  # checks the rows before x is copied
         args = [*self._states(states, B, "state {name}", None, self._initial),
                 calls._array(x, "x", (B, self._input_size), self.dtype), *self._params(params)]
-        self._threads()
-        out = calls._unshared(self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS))
+        out = calls._unshared(self._step.run(1, B, np.array([B], np.int64), args, _ARRAYS,
+                                             threads=self.threads))
         n = len(cell.states)
         return out[n], dict(zip((s.name for s in cell.states), out[:n]))
 

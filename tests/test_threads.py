@@ -2,7 +2,8 @@
 its own rows (see llvm_ir.FunctionRenderer.team_loop). A block's rows see exactly the
 operations the whole batch's rows see, so the results must equal the one-thread ones bit for
 bit, with packed (variable-length) batches, reversed loops and batches the threads do not
-divide; and in the AVX2 code too (its inlined products block rows and columns otherwise)."""
+divide; and in the AVX2 code too (its inlined products block rows and columns otherwise). The
+large library products outside the loops split their output rows across the same team."""
 
 import json
 import os
@@ -60,11 +61,42 @@ def test_two_threads_give_the_one_thread_results_bit_for_bit(cell, reverse, monk
 
 @pytest.mark.parametrize("B", [1, 5, 8, 9, 64])
 def test_every_batch_size_splits_exactly(B, monkeypatch):
+    """The loops' results bit for bit; the weights' gradients, library products over T*B rows
+    that the team splits from B = 8 on (TEAM_GEMM_MIN), to rounding."""
     one = run("lstm", 1, monkeypatch, B=B, T=70, dtype="float64")  # T*B >= 64: a team call
     for threads in (2, 3):
         many = run("lstm", threads, monkeypatch, B=B, T=70, dtype="float64")
         for k in one:
-            assert np.array_equal(one[k], many[k]), (threads, k)
+            if k in ("d weight_ih", "d weight_hh"):
+                np.testing.assert_allclose(one[k], many[k], rtol=1e-12, atol=1e-12)
+            else:
+                assert np.array_equal(one[k], many[k]), (threads, k)
+
+
+@pytest.mark.parametrize("library", ["openblas", "mkl"])
+def test_large_library_products_split_across_the_team_exactly(library, monkeypatch):
+    """The products outside the loops (T*B x 64 x 256, 256 x T*B x 64, ...: past
+    TEAM_GEMM_MIN) run as blocks of output rows, one library call per thread of the team: the
+    same sums as one call, to rounding (not bit for bit: a library may take another kernel for
+    fewer rows, e.g. OpenBLAS's small-matrix one). And OpenBLAS's own pool stays at one
+    thread: the team is the parallelism."""
+    from cellc.lowering import TEAM_GEMM_MIN
+
+    monkeypatch.setenv("CELLC_BLAS", library)
+    monkeypatch.setenv("CELLC_SPECIALIZE", "now")
+    assert TEAM_GEMM_MIN <= (40 * 16) * 64 * 256  # else the test would split nothing
+    results = []
+    for threads in (1, 2):
+        nc = NativeCell("cells/lstm.cell", threads=threads, input_size=64, hidden_size=64)
+        rng = np.random.default_rng(0)
+        params = nc.init_params(rng)
+        xs = rng.normal(size=(40, 16, 64)).astype("float32")
+        ys, _, tape = nc.forward(xs, params)
+        grads = nc.backward(tape, rng.normal(size=ys.shape).astype("float32"))
+        results.append([ys] + [grads[k] for k in sorted(grads)])
+        assert blas.get_blas_threads() == 1
+    for one, two in zip(*results):
+        np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6)
 
 
 def test_the_plan_says_how_the_loops_use_threads():
@@ -76,6 +108,10 @@ def test_the_plan_says_how_the_loops_use_threads():
     funcs = [(prog.fwd, "f"), (prog.bwd, "b")]
     sized = format_plan(plan(funcs, {"I": 8, "H": 16}, Caps(), cell.symbols))
     assert sized.count("threads: blocks of batch rows, one per thread of the team") == 2
+    assert sized.count("row blocks on the team") == 0  # Caps(): the library has its own pool
+    in_team = format_plan(plan(funcs, {"I": 8, "H": 16}, Caps(library_in_team=True),
+                               cell.symbols))
+    assert in_team.count("library gemm (") == in_team.count("row blocks on the team") == 4
     generic = format_plan(plan(funcs, None, Caps(), cell.symbols))
     assert generic.count("threads: one (a generic plan)") == 2
 

@@ -17,7 +17,8 @@ BLAS), which is fine to dlopen but not to link against.
 
 OpenBLAS keeps its own thread pool (2 threads by default on a 2-core machine); NumPy's copy and
 torch's OpenMP pool are separate pools, so together they can oversubscribe the cores.
-`set_blas_threads` sets only this library's pool.
+`set_blas_threads` sets only this library's pool; `team` keeps it at one thread once torch is
+loaded, when the kernels run their parallel work on torch's OpenMP team instead.
 
 CBLAS prototypes (row-major callers pass order = CBLAS_ROW_MAJOR; enums are C ints, i.e. i32):
 
@@ -230,16 +231,34 @@ _GOMP_PARALLEL: int | None = None
 
 def team(threads: int, rows: int) -> tuple[int, int]:
     """(threads, address of libgomp's GOMP_parallel or 0) for a kernel call over `rows` rows
-    (T*B): the kernels' time loops split their batch rows across the threads of the OpenMP
-    team that torch's intra-op pool and MKL use (the one libgomp team of the calling thread).
-    One thread, and no team, without torch loaded or when the call is too small to pay for a
-    fork and join (~5-10 us)."""
+    (T*B): the kernels' time loops split their batch rows, and their large library products
+    their output rows, across the threads of the OpenMP team that torch's intra-op pool and
+    MKL use (the one libgomp team of the calling thread). One thread, and no team, without
+    torch loaded or when the call is too small to pay for a fork and join (~5-10 us).
+
+    Sizes OpenBLAS's pool too: one thread while the team exists (the team is the parallelism;
+    a second pool would spin on the same cores after each call), else `threads`."""
     global _GOMP_PARALLEL
-    if threads <= 1 or rows < 64:
-        return 1, 0
     if _GOMP_PARALLEL is None and "torch" in sys.modules:  # looked up once torch is there
         _GOMP_PARALLEL = _find_gomp_parallel() or 0
-    return (threads, _GOMP_PARALLEL) if _GOMP_PARALLEL else (1, 0)
+    gomp = _GOMP_PARALLEL or 0
+    ensure_threads(1 if gomp else max(threads, 1))
+    if threads <= 1 or rows < 64 or not gomp:
+        return 1, 0
+    return threads, gomp
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """This CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _find_gomp_parallel() -> int | None:

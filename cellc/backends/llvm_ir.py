@@ -40,6 +40,8 @@ from llvmlite import ir
 from ..ir import Func
 from ..lowering import (
     INLINE_MIN_STEPS,
+    TEAM_GEMM_MIN,
+    TEAM_GEMM_ROWS,
     Arg,
     Caps,
     FunctionPlan,
@@ -436,7 +438,100 @@ class FunctionRenderer:
             # A sum over zero rows is zero, and BLAS may not touch C when k == 0.
             self.fill(out, 0.0)
             args[11] = one
-        b.call(self.blas["gemm"], args)
+        if p.team:
+            self.team_gemm(args)
+        else:
+            b.call(self.blas["gemm"], args)
+
+    def team_gemm(self, args: list[ir.Value]) -> None:
+        """A row-major gemm (CBLAS arguments) split in blocks of C's rows, one library call per
+        block, on the team the caller passes in `sizes` (see team_loop) when it has threads
+        and the product is large (TEAM_GEMM_MIN, TEAM_GEMM_ROWS); otherwise one call here.
+        The blocks start at multiples of TEAM_GEMM_ROWS: A's rows (its columns when
+        transposed) and C's rows from there."""
+        b = self.b
+        _order, ta, tb, m, n, k, _alpha, A, lda, Bm, ldb, beta, C, ldc = args
+        i64 = [b.sext(v, I64) if v.type == I32 else v for v in (m, n, k, lda, ldb, ldc)]
+        m64, n64, k64, lda64, ldb64, ldc64 = i64
+        threads, team = self.team_args()
+        brows = ir.Constant(I64, TEAM_GEMM_ROWS)
+        per = b.sdiv(b.sub(b.add(m64, threads), ir.Constant(I64, 1)), threads)
+        per = b.mul(b.sdiv(b.add(per, ir.Constant(I64, TEAM_GEMM_ROWS - 1)), brows), brows)
+        per = _smax(b, per, brows)  # m may be 0 (an empty batch): never a block of 0 rows
+        blocks = b.sdiv(b.sub(b.add(m64, per), ir.Constant(I64, 1)), per)
+        work = b.mul(b.mul(m64, n64), k64)
+        use = b.and_(b.and_(b.icmp_signed(">", blocks, ir.Constant(I64, 1)),
+                            b.icmp_signed(">=", work, ir.Constant(I64, TEAM_GEMM_MIN))),
+                     b.icmp_signed("!=", team, ir.Constant(I64, 0)))
+        with b.if_else(use) as (parallel, alone):
+            with parallel:
+                ctx = self.entry_alloca(len(_GEMM_CTX), "gemm_ctx")
+                fields = {"next": ir.Constant(I64, 0), "blocks": blocks, "per": per,
+                          "ta": b.sext(ta, I64), "tb": b.sext(tb, I64), "m": m64, "n": n64,
+                          "k": k64, "A": b.ptrtoint(A, I64), "lda": lda64,
+                          "B": b.ptrtoint(Bm, I64), "ldb": ldb64, "C": b.ptrtoint(C, I64),
+                          "ldc": ldc64, "beta1": ir.Constant(I64, int(beta.constant == 1.0))}
+                for j, name in enumerate(_GEMM_CTX):
+                    b.store(fields[name], b.gep(ctx, [ir.Constant(I64, j)], source_etype=I64))
+                fp = b.inttoptr(team, _GOMP_PARALLEL.as_pointer())
+                b.call(fp, [self.team_gemm_worker(), ctx,
+                            b.trunc(_smin(b, threads, blocks), I32), ir.Constant(I32, 0)])
+            with alone:
+                b.call(self.blas["gemm"], args)
+
+    def team_args(self) -> tuple[ir.Value, ir.Value]:
+        """(threads, at least 1; GOMP_parallel's address or 0) from `sizes`, after the symbols."""
+        b, n_sym = self.b, len(self.symbols)
+        threads = b.load(b.gep(self.sizes_p, [ir.Constant(I64, n_sym)], source_etype=I64),
+                         typ=I64, name="threads")
+        team = b.load(b.gep(self.sizes_p, [ir.Constant(I64, n_sym + 1)], source_etype=I64),
+                      typ=I64, name="team")
+        return _smax(b, threads, ir.Constant(I64, 1)), team
+
+    def entry_alloca(self, n: int, name: str) -> ir.Value:
+        """n i64 slots on the function's stack frame (allocated once, in its entry block)."""
+        entry = ir.IRBuilder(self.fn.entry_basic_block)
+        entry.position_at_start(self.fn.entry_basic_block)
+        return entry.alloca(I64, size=n, name=name)
+
+    def team_gemm_worker(self) -> ir.Function:
+        """`cellc.team_gemm(ctx)`, once per module: claims blocks of C's rows (an atomic
+        counter in ctx, laid out as _GEMM_CTX) and calls the library on each."""
+        name = "cellc.team_gemm"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), name)
+        fn.linkage = "internal"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx = fn.args[0]
+        slot = {name: b.gep(ctx, [ir.Constant(I64, j)], source_etype=I64)
+                for j, name in enumerate(_GEMM_CTX)}
+        v = {name: b.load(p, typ=I64) for name, p in slot.items() if name != "next"}
+        claim, work, done = (fn.append_basic_block(x) for x in ("claim", "block", "done"))
+        b.branch(claim)
+        b.position_at_end(claim)
+        j = b.atomic_rmw("add", slot["next"], ir.Constant(I64, 1), "monotonic")
+        b.cbranch(b.icmp_signed("<", j, v["blocks"]), work, done)
+        b.position_at_end(work)
+        r0 = b.mul(j, v["per"])
+        rows = _smin(b, v["per"], b.sub(v["m"], r0))
+        a_trans = b.icmp_signed("==", v["ta"], ir.Constant(I64, CBLAS_TRANS))
+        a_step = b.select(a_trans, ir.Constant(I64, 1), v["lda"])  # a row of A, or a column
+        a = b.gep(b.inttoptr(v["A"], PTR), [b.mul(r0, a_step)], source_etype=self.t)
+        c = b.gep(b.inttoptr(v["C"], PTR), [b.mul(r0, v["ldc"])], source_etype=self.t)
+        one, zero = ir.Constant(self.t, 1.0), ir.Constant(self.t, 0.0)
+        beta = b.select(b.icmp_signed("!=", v["beta1"], ir.Constant(I64, 0)), one, zero)
+
+        def i32(name):
+            return b.trunc(v[name], I32)
+
+        b.call(self.blas["gemm"], [ir.Constant(I32, CBLAS_ROW_MAJOR), i32("ta"), i32("tb"),
+                                   b.trunc(rows, I32), i32("n"), i32("k"), one, a, i32("lda"),
+                                   b.inttoptr(v["B"], PTR), i32("ldb"), beta, c, i32("ldc")])
+        b.branch(claim)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
 
     def fill(self, loc: Loc, value: float):
         self.elementwise_loop([Loc(None, 0, 0, loc.rows, loc.cols, const=value)], [loc],
@@ -535,9 +630,7 @@ class FunctionRenderer:
         outer = _outer_ptrs(s.body)
         values = [self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
                   b.zext(self.inline_ok, I64), *(self.ptrs[k] for k in outer)]
-        entry = ir.IRBuilder(self.fn.entry_basic_block)
-        entry.position_at_start(self.fn.entry_basic_block)
-        ctx = entry.alloca(I64, size=_CTX_HEAD + len(values), name="team_ctx")
+        ctx = self.entry_alloca(_CTX_HEAD + len(values), "team_ctx")
 
         def slot(k):
             return b.gep(ctx, [ir.Constant(I64, k)], source_etype=I64)
@@ -547,12 +640,7 @@ class FunctionRenderer:
             b.store(v, slot(_CTX_HEAD + k))
         worker = self.team_worker(s, outer)
         one = ir.Constant(I64, 1)
-        n_sym = len(self.symbols)
-        threads = b.load(b.gep(self.sizes_p, [ir.Constant(I64, n_sym)], source_etype=I64),
-                         typ=I64, name="threads")
-        team = b.load(b.gep(self.sizes_p, [ir.Constant(I64, n_sym + 1)], source_etype=I64),
-                      typ=I64, name="team")
-        threads = _smax(b, threads, one)
+        threads, team = self.team_args()
         rows = b.sdiv(b.sub(b.add(self.B, threads), one), threads)
         # Even blocks of at least 4 rows: a block of fewer reads the whole weight per step for
         # too little work (T=20, B=4, H=128: 2 threads on blocks of 2 rows ran 0.82x as fast
@@ -644,6 +732,9 @@ class FunctionRenderer:
 
 # A team loop's context: [next block, blocks, rows per block, then the captured values].
 _CTX_HEAD = 3
+# A team gemm's context (i64 slots; pointers as integers, beta1: beta is 1, else 0).
+_GEMM_CTX = ("next", "blocks", "per", "ta", "tb", "m", "n", "k", "A", "lda", "B", "ldb", "C",
+             "ldc", "beta1")
 # void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags)
 _GOMP_PARALLEL = ir.FunctionType(ir.VoidType(), [PTR, PTR, I32, I32])
 

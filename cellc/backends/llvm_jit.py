@@ -91,20 +91,23 @@ def optimize(module_ref, tm, unroll: bool = True) -> None:
 
 
 def blas_choice() -> str:
-    """The BLAS for the products the kernels do not inline: torch's MKL when torch is loaded
-    (its threads are torch's OpenMP team, the one the time loops run on, so no second pool
-    competes for the cores), else "openblas" (scipy-openblas32, which keeps a pool of its
-    own). CELLC_BLAS=openblas chooses OpenBLAS whatever is loaded."""
-    if os.environ.get("CELLC_BLAS") != "openblas" and blas.torch_mkl_symbols():
-        return "mkl"
-    return "openblas"
+    """The BLAS for the products the kernels do not inline: "mkl" (torch's MKL, once torch is
+    loaded) on Intel CPUs, "openblas" (scipy-openblas32) elsewhere, where MKL takes a generic
+    code path (2-core AMD Zen 4, one thread: OpenBLAS 78-98 GFLOP/s, MKL 60-87, on the
+    products of the LSTM benchmark shapes). CELLC_BLAS=openblas or =mkl (with torch loaded)
+    chooses. Either one runs one thread per call on torch's OpenMP team (see blas.team)."""
+    choice = os.environ.get("CELLC_BLAS")
+    intel = choice == "mkl" or (choice != "openblas" and blas.cpu_vendor() == "GenuineIntel")
+    return "mkl" if intel and blas.torch_mkl_symbols() else "openblas"
 
 
 def gemm_names(dtype: str, kind: str) -> dict[str, str]:
+    """The gemm the kernels call. Both libraries may run inside the team: MKL runs one thread
+    per call there, and OpenBLAS's pool is kept at one thread while a team exists."""
     g = "s" if dtype == "float32" else "d"
-    if kind == "mkl":  # MKL's products may run inside the team (one thread each, there)
+    if kind == "mkl":
         return {"gemm": f"cellc_{g}gemm_", "abi": "fortran", "in_team": "yes"}
-    return {"gemm": f"cellc_cblas_{g}gemm"}
+    return {"gemm": f"cellc_cblas_{g}gemm", "in_team": "yes"}
 
 
 # The kernels of a program: kind -> (Program attribute, native name). The JIT renders each kind

@@ -105,10 +105,8 @@ def _forward_results(direction: int, batch_sizes, xs: torch.Tensor, args: list) 
     """The forward kernel over (T, B, I) xs and the states and parameters `args`: the kernel's
     results (final states, (T*B, H) outputs, then the residuals), as it returns them (some
     residuals are arguments: xs, weights)."""
-    from . import blas
 
     program = _direction(direction).program(xs.dtype)
-    blas.ensure_threads(torch.get_num_threads())  # one thread budget for torch's and BLAS's pools
     T, B = xs.shape[0], xs.shape[1]
     kargs = [_flat(xs)] + [a.contiguous() for a in args]
     return kargs, program.forward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B),
@@ -119,10 +117,8 @@ def _forward_results(direction: int, batch_sizes, xs: torch.Tensor, args: list) 
 def infer(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
     """The forward's results (final states, (T*B, H) outputs) from the kernel that saves
     nothing for a backward: for calls that record no gradient."""
-    from . import blas
 
     program = _direction(direction).program(xs.dtype)
-    blas.ensure_threads(torch.get_num_threads())
     T, B = xs.shape[0], xs.shape[1]
     kargs = [_flat(xs)] + [a.contiguous() for a in args]
     out = program.inference_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
@@ -140,10 +136,8 @@ def forward(direction: int, batch_sizes, xs: torch.Tensor, args: list) -> list:
 def backward(direction: int, batch_sizes, T: int, B: int, args: list) -> list:
     """The backward kernel: (residuals, d final states, d outputs as (T*B, H)) -> (d xs as
     (T*B, I), d states, d parameters)."""
-    from . import blas
 
     program = _direction(direction).program(args[0].dtype)
-    blas.ensure_threads(torch.get_num_threads())
     kargs = [a.contiguous() for a in args]
     out = program.backward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
                                       TORCH_ARRAYS, threads=torch.get_num_threads())

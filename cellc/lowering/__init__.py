@@ -30,6 +30,8 @@ from .nodes import (
     INLINE_MAX_ELEMENTS,
     INLINE_MIN_STEPS,
     PACKED_MAX_ELEMENTS,
+    TEAM_GEMM_MIN,
+    TEAM_GEMM_ROWS,
     Arg,
     Caps,
     FunctionPlan,
@@ -49,7 +51,8 @@ from .planner import broadcast_to, dims, group, plan, plan_function
 from .text import format_plan
 
 __all__ = [
-    "INLINE_MAX_ELEMENTS", "INLINE_MIN_STEPS", "PACKED_MAX_ELEMENTS", "Arg", "Caps",
+    "INLINE_MAX_ELEMENTS", "INLINE_MIN_STEPS", "PACKED_MAX_ELEMENTS", "TEAM_GEMM_MIN",
+    "TEAM_GEMM_ROWS", "Arg", "Caps",
     "FunctionPlan", "Kernel", "Loc",
     "Offset", "Plan", "Product", "Ptr", "Result", "RowBlock", "RowSum", "TimeLoop", "Work",
     "broadcast_to", "dims", "format_plan", "group", "plan", "plan_function", "verify_plan",

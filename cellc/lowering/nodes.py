@@ -22,6 +22,11 @@ INLINE_MIN_STEPS = 8
 # row block reads it, so a step reads the weight once, where a library call packs it again.
 # Measured M=16, K=1024, N=4096: 94 GFLOP/s inlined and packed, 68 with MKL per step.
 PACKED_MAX_ELEMENTS = 1 << 23
+# A library product with Product.team runs on the team only from this many multiply-adds
+# (m*k*n: ~20 us of work at 100 GFLOP/s, against a fork and join of a few us) and with at
+# least two blocks of TEAM_GEMM_ROWS output rows.
+TEAM_GEMM_MIN = 1 << 20
+TEAM_GEMM_ROWS = 16
 # Ops that need no code: their result is a view of their argument.
 VIEWS = ("split", "broadcast")
 
@@ -35,8 +40,9 @@ class Caps:
     # Time loops may run on a thread team the caller passes (the JIT's kernels; a library
     # built ahead of time keeps its `sizes` argument as documented: not read when specialized).
     team: bool = True
-    # The library's products may run on the thread team's threads (MKL inside torch's OpenMP
-    # team runs one thread per call there); OpenBLAS has a pool of its own.
+    # The library runs one thread per call on the team's threads (MKL inside torch's OpenMP
+    # team does; the JIT keeps OpenBLAS's own pool at one thread while the team exists), so
+    # products outside team loops are split in blocks of output rows across the team.
     library_in_team: bool = False
     # The inlined kernel's column panel, in elements (0: Bm stays K x N): the weights the loops
     # transpose are packed in panels of this many columns, each K x panel contiguous (the last
@@ -134,6 +140,9 @@ class Product:
     bm: Loc | None = None
     gemv: bool = False
     panel: int = 0  # bm packed in column panels this wide (see Caps.panel); 0: K x N
+    # A library product split in blocks of its output's rows, one library call per thread of
+    # the team (at run time: when the call has a team and the product is large enough).
+    team: bool = False
 
 
 @dataclass(eq=False)

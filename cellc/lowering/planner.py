@@ -339,6 +339,7 @@ class _Planner:
         # Materialize operands before any branch: allocation must not happen inside one.
         lx, ly = self.materialized(x), self.materialized(y)
         node = Product(i, out, lx, ly, "library")
+        node.team = not at_step and self.caps.team and self.caps.library_in_team
         if at_step and self.caps.inline_products and i.op in ("matmul", "matmul_t"):
             W, A = lx, ly
             bm = self.transposed.get((id(x), i.op))  # a copy made before the loop
@@ -425,6 +426,10 @@ class _Planner:
         loop = TimeLoop(i, bool(i.attrs["reverse"]), init, ys_fill, prep, transpose_allocs,
                         transposes, body, step_ws, carry_locs, xs_locs, row_ptrs=row_ptrs)
         loop.one_thread = self.one_thread(loop, acc_locs)
+        if loop.one_thread is not None and self.caps.team and self.caps.library_in_team:
+            for node in body:  # a loop on one thread: its library products may use the team
+                if isinstance(node, Product) and node.strategy == "library":
+                    node.team = True
         self.emit(loop)
 
     def one_thread(self, loop: TimeLoop, acc_locs: list[Loc]) -> str | None:
@@ -447,9 +452,9 @@ class _Planner:
             elif isinstance(node, Product) and node.instr.op == "outer":
                 return "it sums products over rows"
             elif isinstance(node, Product) and node.strategy == "library":
-                # A product too large to inline: the library splits each one across its
-                # threads (row blocks would each read the whole weight, every step).
-                return "its library products use the library's threads"
+                # A product too large to inline: each one is split across the threads
+                # (row blocks would each read the whole weight, every step).
+                return "its library products are split across the threads, one at a time"
         for node in loop.body:
             locs = (node.ins + node.outs if isinstance(node, Kernel) else
                     [node.out, node.a, node.b] if isinstance(node, Product) else

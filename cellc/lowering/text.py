@@ -8,6 +8,7 @@ from ..ir import Func, scan_parts
 from ..source import InternalError
 from .nodes import (
     INLINE_MIN_STEPS,
+    TEAM_GEMM_MIN,
     Arg,
     FunctionPlan,
     Kernel,
@@ -100,7 +101,9 @@ def _node_lines(node, names: _Names, indent: str) -> list[str]:
         what = (f"%{i.out.name}{_shape(node.out.rows, node.out.cols)} = {i.op}"
                 f"(%{i.args[0].name}, %{i.args[1].name}) -> {names.loc(node.out)}")
         if node.strategy == "library":
-            how = f"library gemm ({_gemm_dims(node)})"
+            how = f"library gemm ({_gemm_dims(node)})" + (
+                f", row blocks on the team when threads > 1 and m*k*n >= {TEAM_GEMM_MIN}"
+                if node.team else "")
         elif node.strategy == "inline":
             how = f"inline gemm (K={node.bm.rows}, N={node.bm.cols}) on {names.loc(node.bm)}"
         else:

@@ -8,7 +8,6 @@ show --emit llvm` prints the LLVM IR. torch and llvmlite are imported on first u
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -95,11 +94,10 @@ def show_plan(args) -> str:
     cell, sizes = _form_and_sizes(args, cell)
     prog = pipeline.compile_program(cell)
     funcs = [(prog.fwd, "cellc_forward"), (prog.bwd, "cellc_backward")]
-    # The plan of the JIT's kernels inside a torch program: products it does not inline go to
-    # torch's MKL, on the loops' thread team (CELLC_BLAS=openblas: OpenBLAS, its own pool).
+    # The plan of the JIT's kernels: products it does not inline go to the library, one
+    # thread per call on the team (see blas.team).
     features = kernel_features()
-    caps = Caps(inline_products=bool(features),
-                library_in_team=os.environ.get("CELLC_BLAS") != "openblas",
+    caps = Caps(inline_products=bool(features), library_in_team=True,
                 panel=panel_width(args.dtype, features) if features else 0)
     symbols = cell.symbols
     return format_plan(verify_plan(plan(funcs, sizes, caps, symbols)))
