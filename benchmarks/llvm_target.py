@@ -68,7 +68,6 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 os.environ.setdefault("CELLC_SPECIALIZE", "now")
 
 import cellc
-from cellc.backends import blas
 
 SHAPES = [  # (T, B, I, H); --shapes picks by index
     (100, 64, 256, 256),
@@ -453,8 +452,7 @@ def run_jit_probes(threads: int) -> list[dict]:
 
 
 def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    blas.set_blas_threads(n)
+    torch.set_num_threads(n)  # cellc's loops and products follow it (and size OpenBLAS's pool)
 
 
 def fmt_speedup(row: Row, name: str) -> str:
