@@ -73,6 +73,57 @@ def test_every_batch_size_splits_exactly(B, monkeypatch):
                 assert np.array_equal(one[k], many[k]), (threads, k)
 
 
+@pytest.mark.parametrize("B", [1, 2, 3, 4])
+def test_small_batches_split_each_steps_columns_exactly(B, monkeypatch):
+    """A batch of one block (B <= 4 on 2 threads) splits each step's columns across the team:
+    every thread runs every step on every row, each op on its share of the columns, with a
+    barrier after each op. The products' columns come from the same kernels, so the results
+    equal the one-thread ones bit for bit: forward (B = 1 takes the GEMV, split by W's rows)
+    and backward (from B = 2: its product has no GEMV), with a packed batch, 2 and 3
+    threads."""
+    monkeypatch.setenv("CELLC_SPECIALIZE", "now")
+
+    def run(threads):
+        if threads == 1:
+            monkeypatch.setattr(blas, "team", lambda threads, rows: (1, 0))
+        else:
+            monkeypatch.undo()
+            monkeypatch.setenv("CELLC_SPECIALIZE", "now")
+        nc = NativeCell("cells/lstm.cell", threads=threads, input_size=9, hidden_size=256)
+        rng = np.random.default_rng(0)
+        params = nc.init_params(rng)
+        xs = rng.normal(size=(70, B, 9)).astype("float32")
+        lengths = np.array([70, 41, 70, 3][:B])
+        ys, final, tape = nc.forward(xs, params, lengths=lengths)
+        grads = nc.backward(tape, rng.normal(size=ys.shape).astype("float32"))
+        # Not the library products after the loops (d xs, d weights): see the test below.
+        return [ys, *final.values()] + [grads[k] for k in sorted(grads)
+                                        if k not in ("xs", "weight_ih", "weight_hh")]
+
+    plan = _lstm_plan({"I": 9, "H": 256})
+    assert plan.count("each step's columns across the team") == 2  # forward, backward
+    one = run(1)
+    for threads in (2, 3):
+        for a, b in zip(one, run(threads)):
+            assert np.array_equal(a, b), threads
+
+
+def _lstm_plan(sizes):
+    from cellc import frontend, pipeline
+    from cellc.backends.llvm_gemm import panel_width
+    from cellc.backends.llvm_jit import kernel_features
+    from cellc.lowering import Caps, format_plan, plan
+
+    cell = frontend.load_file("cells/lstm.cell")
+    prog = pipeline.compile_program(cell)
+    caps = Caps(library_in_team=True, panel=panel_width("float32", kernel_features()))
+    return format_plan(plan([(prog.fwd, "f"), (prog.bwd, "b")], sizes, caps, cell.symbols))
+
+
+def test_only_loops_with_enough_work_split_columns():
+    assert "columns across the team" not in _lstm_plan({"I": 9, "H": 64})  # 64 x 256 per step
+
+
 @pytest.mark.parametrize("library", ["openblas", "mkl"])
 def test_large_library_products_split_across_the_team_exactly(library, monkeypatch):
     """The products outside the loops (T*B x 64 x 256, 256 x T*B x 64, ...: past

@@ -226,22 +226,24 @@ def _find_torch_mkl() -> dict[str, int] | None:
         return None
 
 
-_GOMP_PARALLEL: int | None = None
+_TEAM: tuple[int, int, int] | int | None = None
 
 
-def team(threads: int, rows: int) -> tuple[int, int]:
-    """(threads, address of libgomp's GOMP_parallel or 0) for a kernel call over `rows` rows
+def team(threads: int, rows: int) -> tuple[int, tuple[int, int, int] | int]:
+    """(threads, the team's entries or 0) for a kernel call over `rows` rows
     (T*B): the kernels' time loops split their batch rows, and their large library products
     their output rows, across the threads of the OpenMP team that torch's intra-op pool and
     MKL use (the one libgomp team of the calling thread). One thread, and no team, without
-    torch loaded or when the call is too small to pay for a fork and join (~5-10 us).
+    torch loaded or when the call is too small to pay for a fork and join (~5-10 us). The
+    entries are the addresses of libgomp's GOMP_parallel, omp_get_thread_num and
+    omp_get_num_threads (a loop that splits each step's columns asks its team's size).
 
     Sizes OpenBLAS's pool too: one thread while the team exists (the team is the parallelism;
     a second pool would spin on the same cores after each call), else `threads`."""
-    global _GOMP_PARALLEL
-    if _GOMP_PARALLEL is None and "torch" in sys.modules:  # looked up once torch is there
-        _GOMP_PARALLEL = _find_gomp_parallel() or 0
-    gomp = _GOMP_PARALLEL or 0
+    global _TEAM
+    if _TEAM is None and "torch" in sys.modules:  # looked up once torch is there
+        _TEAM = _find_gomp() or 0
+    gomp = _TEAM or 0
     ensure_threads(1 if gomp else max(threads, 1))
     if threads <= 1 or rows < 64 or not gomp:
         return 1, 0
@@ -261,9 +263,12 @@ def cpu_vendor() -> str:
     return ""
 
 
-def _find_gomp_parallel() -> int | None:
-    """GOMP_parallel's address (torch loads libgomp globally), or None."""
+def _find_gomp() -> tuple[int, int, int] | None:
+    """The addresses of GOMP_parallel, omp_get_thread_num and omp_get_num_threads (torch
+    loads libgomp globally), or None."""
     try:
-        return ctypes.cast(ctypes.CDLL(None).GOMP_parallel, ctypes.c_void_p).value
+        lib = ctypes.CDLL(None)
+        return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                     for name in ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads"))
     except AttributeError:
         return None

@@ -19,6 +19,8 @@ cache while every row block reads it; in the K x N layout a panel's rows lie a r
 
 from __future__ import annotations
 
+import contextlib
+
 from llvmlite import ir
 
 from . import llvm_math
@@ -60,20 +62,26 @@ class GemmEmitter:
         self.tails = tuple(sorted({r for r in (self.rb, 4, 2, 1) if r <= self.rb}, reverse=True))
         self.cache: dict[tuple, ir.Function] = {}
 
-    def function(self, K: int, N: int, accumulate: bool = False,
-                 packed: bool = False) -> ir.Function:
+    def function(self, K: int, N: int, accumulate: bool = False, packed: bool = False,
+                 ranged: bool = False) -> ir.Function:
         """void gemm(i64 rows, ptr A, i64 lda, ptr Bm, ptr C, i64 ldc). `packed`: Bm is in
-        column panels, the outer loop (see _packed_body)."""
-        key = (K, N, accumulate, packed)
+        column panels, the outer loop (see _packed_body). `ranged` (packed only): two more
+        i64 arguments, the columns [lo, hi) to compute, lo a multiple of `panel`; the last
+        panel's leftover columns belong to the range with hi > N // panel * panel."""
+        key = (K, N, accumulate, packed, ranged)
         if key not in self.cache:
             name = (f"cellc.gemm.k{K}.n{N}" + (".acc" if accumulate else "")
-                    + (".packed" if packed else ""))
-            fty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64])
+                    + (".packed" if packed else "") + (".ranged" if ranged else ""))
+            fty = ir.FunctionType(ir.VoidType(), [I64, PTR, I64, PTR, PTR, I64]
+                                  + [I64, I64] * ranged)
             fn = ir.Function(self.module, fty, name)
             fn.linkage = "internal"
             for a in (fn.args[1], fn.args[3], fn.args[4]):
                 a.add_attribute("noalias")
-            (self._packed_body if packed else self._body)(fn, K, N, accumulate)
+            if packed:
+                self._packed_body(fn, K, N, accumulate)
+            else:
+                self._body(fn, K, N, accumulate)
             self.cache[key] = fn
         return self.cache[key]
 
@@ -96,11 +104,12 @@ class GemmEmitter:
         the leftover vectors and columns), each K x width contiguous: element (k, c) of the
         panel from column c0 on is at c0*K + k*width + c - c0. Panels are the outer loop, so a
         panel stays in cache while every row block reads it."""
-        rows, A, lda, Bm, C, ldc = fn.args
+        rows, A, lda, Bm, C, ldc = fn.args[:6]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         step = self.panel
         nvec = N // self.vw
         full = N // step * step
+        lo, hi = fn.args[6:] if len(fn.args) > 6 else (ir.Constant(I64, 0), None)
 
         def row_blocks(emit):
             start = ir.Constant(I64, 0)
@@ -112,17 +121,26 @@ class GemmEmitter:
                 start = stop
 
         if full:
-            with self._loop(b, ir.Constant(I64, 0), ir.Constant(I64, full), step, "cpan") as c0:
+            stop = ir.Constant(I64, full)
+            if hi is not None:
+                stop = b.select(b.icmp_signed("<", hi, stop), hi, stop)
+            with self._loop(b, lo, stop, step, "cpan") as c0:
                 row_blocks(lambda r0, rb: self._block(b, r0, rb, c0, self.cb, K, A, lda, Bm, C,
                                                       ldc, N, accumulate, panel=(c0, step)))
-        last = (ir.Constant(I64, full), N - full)
-        if nvec * self.vw > full:
-            row_blocks(lambda r0, rb: self._block(b, r0, rb, last[0], nvec - full // self.vw,
-                                                  K, A, lda, Bm, C, ldc, N, accumulate,
-                                                  panel=last))
-        for col in range(nvec * self.vw, N):
-            row_blocks(lambda r0, rb, col=col: self._scalar_column(
-                b, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate, panel=(full, N - full)))
+        if full < N:
+            last = (ir.Constant(I64, full), N - full)
+            tail = (contextlib.nullcontext() if hi is None else
+                    b.if_then(b.icmp_signed(">", hi, ir.Constant(I64, full))))
+            with tail:
+                if nvec * self.vw > full:
+                    row_blocks(lambda r0, rb: self._block(b, r0, rb, last[0],
+                                                          nvec - full // self.vw, K, A, lda,
+                                                          Bm, C, ldc, N, accumulate,
+                                                          panel=last))
+                for col in range(nvec * self.vw, N):
+                    row_blocks(lambda r0, rb, col=col: self._scalar_column(
+                        b, r0, rb, col, K, A, lda, Bm, C, ldc, N, accumulate,
+                        panel=(full, N - full)))
         b.ret_void()
 
     @staticmethod
@@ -151,26 +169,30 @@ class GemmEmitter:
         with self._loop(b, start, stop, rb, f"r{rb}") as r0:
             rows_body(r0)
 
-    def gemv_function(self, M: int, K: int) -> ir.Function:
+    def gemv_function(self, M: int, K: int, ranged: bool = False) -> ir.Function:
         """void gemv(ptr W, ptr x, ptr y): y[m] = sum_k W[m, k] x[k], W (M, K) row-major.
+        `ranged`: two more i64 arguments, the outputs [lo, hi) to compute, lo a multiple of
+        4; the leftover rows past M // 4 * 4 belong to the range with hi = M.
 
         For one active row (batch 1) the product is bound by reading W once: dot products
         along W's contiguous rows, four rows at a time with one vector accumulator each, then
         a horizontal sum per row.
         """
-        key = ("gemv", M, K)
+        key = ("gemv", M, K, ranged)
         if key not in self.cache:
-            fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR]),
-                             f"cellc.gemv.m{M}.k{K}")
+            fty = ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR] + [I64, I64] * ranged)
+            fn = ir.Function(self.module, fty,
+                             f"cellc.gemv.m{M}.k{K}" + (".ranged" if ranged else ""))
             fn.linkage = "internal"
-            for a in fn.args:
+            for a in fn.args[:3]:
                 a.add_attribute("noalias")
             self._gemv_body(fn, M, K)
             self.cache[key] = fn
         return self.cache[key]
 
     def _gemv_body(self, fn, M: int, K: int):
-        W, x, y = fn.args
+        W, x, y = fn.args[:3]
+        lo, hi = fn.args[3:] if len(fn.args) > 3 else (ir.Constant(I64, 0), None)
         t, vt = self.t, self.vt
         align = 4 if isinstance(t, ir.FloatType) else 8
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -211,10 +233,17 @@ class GemmEmitter:
 
         full = M // 4 * 4
         if full:
-            with self._loop(b, ir.Constant(I64, 0), ir.Constant(I64, full), 4, "m4") as m0:
+            stop = ir.Constant(I64, full)
+            if hi is not None:
+                stop = b.select(b.icmp_signed("<", hi, stop), hi, stop)
+            with self._loop(b, lo, stop, 4, "m4") as m0:
                 rows(m0, 4)
-        for m in range(full, M):
-            rows(ir.Constant(I64, m), 1)
+        if full < M:
+            tail = (contextlib.nullcontext() if hi is None else
+                    b.if_then(b.icmp_signed(">=", hi, ir.Constant(I64, M))))
+            with tail:
+                for m in range(full, M):
+                    rows(ir.Constant(I64, m), 1)
         b.ret_void()
 
     def _splat(self, b, x):

@@ -199,6 +199,7 @@ class FunctionRenderer:
         self.n_all = None  # inside the time loop: the step's active rows in the whole batch
         self.library_in_team = library_in_team
         self.inline_ok = None  # inside the time loop: whether the transposed weights exist
+        self.split = None  # inside a step split by columns: (thread k, threads n, team ctx)
 
     def nrows(self, kind) -> ir.Value:
         if kind == "seq":
@@ -268,6 +269,15 @@ class FunctionRenderer:
                 self.ptrs[id(op)] = POINTERS[type(op)](self, op)
             else:
                 NODES[type(op)](self, op)
+                if self.split is not None:  # the next op may read any thread's columns
+                    self.barrier()
+
+    def barrier(self) -> None:
+        """Wait for the other threads splitting this step (none when there is one)."""
+        b = self.b
+        _, n, ctx = self.split
+        with b.if_then(b.icmp_signed(">", n, ir.Constant(I64, 1))):
+            b.call(_barrier_function(self.module), [ctx, n])
 
     # -- pointers -------------------------------------------------------------------------
 
@@ -296,7 +306,28 @@ class FunctionRenderer:
     # -- elementwise loops ----------------------------------------------------------------
 
     def kernel(self, k: Kernel) -> None:
-        self.elementwise_loop(k.ins, k.outs, k.rows, k.cols, KERNELS[k.what](self, k))
+        code = KERNELS[k.what](self, k)
+        if self.split is None:
+            return self.elementwise_loop(k.ins, k.outs, k.rows, k.cols, code)
+        if k.rows == "step":  # this thread's columns
+            cols = self.share(self.size(k.cols), 16 if isinstance(self.t, ir.FloatType) else 8)
+            return self.elementwise_loop(k.ins, k.outs, k.rows, k.cols, code, cols)
+        with self.b.if_then(self.b.icmp_signed("==", self.split[0], ir.Constant(I64, 0))):
+            self.elementwise_loop(k.ins, k.outs, k.rows, k.cols, code)  # not per row: once
+
+    def share(self, total: ir.Value, align: int) -> list[ir.Value]:
+        """[lo, hi): thread k's share of `total` items among the n threads splitting a step
+        (self.split), lo a multiple of `align`; the last thread's hi is total."""
+        b = self.b
+        k, n = self.split[:2]
+
+        def bound(j):
+            v = b.sdiv(b.mul(total, j), n)
+            return b.mul(b.sdiv(v, ir.Constant(I64, align)), ir.Constant(I64, align))
+
+        k1 = b.add(k, ir.Constant(I64, 1))
+        last = b.icmp_signed("==", k1, n)
+        return [bound(k), b.select(last, total, bound(k1))]
 
     def _fused_code(self, k: Kernel):
         t = self.t
@@ -309,9 +340,11 @@ class FunctionRenderer:
 
         return compute
 
-    def elementwise_loop(self, ins: list[Loc], outs: list[Loc], rows, cols: int, compute):
+    def elementwise_loop(self, ins: list[Loc], outs: list[Loc], rows, cols: int, compute,
+                         col_range: list[ir.Value] | None = None):
         """for r < rows, c < cols: outs[k][r, c] = compute(ins[..][r, c]) -- as a separate
-        function with noalias pointers and constant cols, so the inner loop vectorizes."""
+        function with noalias pointers and constant cols, so the inner loop vectorizes.
+        `col_range` [lo, hi): only those columns (two more arguments)."""
         t = self.t
         # One pointer per distinct Loc (an accumulator is both read and written through one).
         unique: list[Loc] = []
@@ -324,7 +357,7 @@ class FunctionRenderer:
         sizes = _distinct([cols, *(x for loc in unique for x in (loc.row_stride, loc.col_stride))])
         consts = _distinct([loc.const for loc in ins if loc.ptr is None])
         fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(ptr_args) + [I64] * len(sizes)
-                              + [t] * len(consts))
+                              + [t] * len(consts) + [I64, I64] * (col_range is not None))
         self.groups += 1
         g = ir.Function(self.module, fty, f"{self.fn.name}.loop{self.groups}")
         g.linkage = "internal"
@@ -344,9 +377,12 @@ class FunctionRenderer:
 
         # Loop nest r, c with constant trip count cols; the column loop ends in `row_end`,
         # where the row loop counts.
+        c_lo, c_hi, guard = 0, size(cols), False
+        if col_range is not None:
+            c_lo, c_hi, guard = g.args[-2], g.args[-1], True
         with (for_range(gb, 0, g.args[0], name="r", head="row", exit="exit") as r,
-              for_range(gb, 0, size(cols), name="c", head="col", exit="row_end",
-                        guard=False) as c):
+              for_range(gb, c_lo, c_hi, name="c", head="col", exit="row_end",
+                        guard=guard) as c):
 
             def addr(loc: Loc):
                 idx = gb.add(gb.mul(r, size(loc.row_stride)), gb.mul(c, size(loc.col_stride)))
@@ -358,7 +394,7 @@ class FunctionRenderer:
                 gb.store(v, addr(loc))
         gb.ret_void()
         self.b.call(g, [self.nrows(rows)] + ptr_args + [self.size(x) for x in sizes]
-                    + [self.float_size(x) for x in consts])
+                    + [self.float_size(x) for x in consts] + list(col_range or []))
 
     # -- products and reductions ----------------------------------------------------------
 
@@ -372,10 +408,15 @@ class FunctionRenderer:
         if p.panel and p.panel != self.small_gemm.panel:
             raise InternalError(f"a plan packed for panels of {p.panel}, the kernel's are "
                                 f"{self.small_gemm.panel}")
-        fn = self.small_gemm.function(Bm.rows, Bm.cols, packed=bool(p.panel))
+        ranged = self.split is not None and bool(p.panel)
+        fn = self.small_gemm.function(Bm.rows, Bm.cols, packed=bool(p.panel), ranged=ranged)
         args = [self.nrows(A.rows), self.ptr(A.ptr), ir.Constant(I64, A.row_stride or A.cols),
                 self.ptr(Bm.ptr), self.ptr(p.out.ptr),
                 ir.Constant(I64, p.out.row_stride or p.out.cols)]
+        if ranged:  # this thread's panels
+            panels = -(-Bm.cols // p.panel)
+            lo, hi = self.share(ir.Constant(I64, panels), 1)
+            args += [b.mul(lo, ir.Constant(I64, p.panel)), b.mul(hi, ir.Constant(I64, p.panel))]
         if p.strategy == "inline":
             b.call(fn, args)
             return
@@ -391,13 +432,16 @@ class FunctionRenderer:
 
         if not p.gemv:
             return gemm()
-        gemv = self.small_gemm.gemv_function(W.rows, W.cols)
+        gemv = self.small_gemm.gemv_function(W.rows, W.cols, ranged=ranged)
+        gemv_args = [self.ptr(W.ptr), self.ptr(A.ptr), self.ptr(p.out.ptr)]
         # One active row in the whole batch (not in a block of it: the GEMV rounds otherwise
         # than the GEMM, and a block's result must be the whole batch's).
         n = self.n_all if A.rows == "step" else self.nrows(A.rows)
         with b.if_else(b.icmp_signed("==", n, ir.Constant(I64, 1))) as (one, many):
             with one:
-                b.call(gemv, [self.ptr(W.ptr), self.ptr(A.ptr), self.ptr(p.out.ptr)])
+                if ranged:  # this thread's outputs, W's rows
+                    gemv_args += self.share(ir.Constant(I64, W.rows), 4)
+                b.call(gemv, gemv_args)
             with many:
                 gemm()
 
@@ -478,6 +522,11 @@ class FunctionRenderer:
                             b.trunc(_smin(b, threads, blocks), I32), ir.Constant(I32, 0)])
             with alone:
                 b.call(self.blas["gemm"], args)
+
+    def team_entry(self, j: int) -> ir.Value:
+        """The team's j-th entry address from `sizes` (0: GOMP_parallel, see blas.team)."""
+        at = ir.Constant(I64, len(self.symbols) + 1 + j)
+        return self.b.load(self.b.gep(self.sizes_p, [at], source_etype=I64), typ=I64)
 
     def team_args(self) -> tuple[ir.Value, ir.Value]:
         """(threads, at least 1; GOMP_parallel's address or 0) from `sizes`, after the symbols."""
@@ -654,16 +703,33 @@ class FunctionRenderer:
                                             for n in s.body):
             # Without the transposed weights a product goes to the library, on its own threads.
             use = b.and_(use, self.inline_ok)
-        b.store(ir.Constant(I64, 0), slot(0))
+        columns = ir.Constant(ir.IntType(1), 0)
+        if s.columns:
+            # One block: split each step's columns instead, where every product can (the
+            # blocked kernel needs the packed copy; one row takes the GEMV).
+            can = self.inline_ok
+            if s.all_gemv:
+                can = b.or_(can, b.icmp_signed("==", self.B, one))
+            columns = b.and_(b.and_(b.not_(use), can),
+                             b.and_(b.icmp_signed(">", threads, one),
+                                    b.icmp_signed("!=", team, ir.Constant(I64, 0))))
+        for k in (0, 4, 5):  # the block counter, the barrier's count and generation
+            b.store(ir.Constant(I64, 0), slot(k))
         b.store(b.select(use, blocks, one), slot(1))
         b.store(b.select(use, rows, self.B), slot(2))
+        b.store(b.zext(columns, I64), slot(3))
+        fp = b.inttoptr(team, _GOMP_PARALLEL.as_pointer())
         with b.if_else(use) as (parallel, alone):
             with parallel:
-                fp = b.inttoptr(team, _GOMP_PARALLEL.as_pointer())
                 b.call(fp, [worker, ctx, b.trunc(_smin(b, threads, blocks), I32),
                             ir.Constant(I32, 0)])
-            with alone:
-                b.call(worker, [ctx])
+            with alone, b.if_else(columns) as (split, one_thread):
+                with split:
+                    for k, j in ((6, 1), (7, 2)):  # omp_get_thread_num, omp_get_num_threads
+                        b.store(self.team_entry(j), slot(k))
+                    b.call(fp, [worker, ctx, b.trunc(threads, I32), ir.Constant(I32, 0)])
+                with one_thread:
+                    b.call(worker, [ctx])
 
     def team_worker(self, s: TimeLoop, outer: list[int]) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]),
@@ -671,7 +737,8 @@ class FunctionRenderer:
         self.groups += 1
         fn.linkage = "internal"
         saved = (self.fn, self.b, self.ptrs, self.T, self.B, self.batch_sizes, self.ws,
-                 self.ws_off, self.inline_ok, self.row_lo, self.n, self.n_all, self.row0)
+                 self.ws_off, self.inline_ok, self.row_lo, self.n, self.n_all, self.row0,
+                 self.split)
         self.fn, self.b = fn, b = fn, ir.IRBuilder(fn.append_basic_block("entry"))
         ctx = fn.args[0]
 
@@ -685,17 +752,43 @@ class FunctionRenderer:
         self.ws_off = load(_CTX_HEAD + 4)
         self.inline_ok = b.icmp_signed("!=", load(_CTX_HEAD + 5), ir.Constant(I64, 0))
         bases = {k: load(_CTX_HEAD + 6 + j, PTR) for j, k in enumerate(outer)}
+        by_columns = b.icmp_signed("!=", load(3), ir.Constant(I64, 0)) if s.columns else None
         claim = fn.append_basic_block("claim")
         done = fn.append_basic_block("done")
+        claimed = fn.append_basic_block("claimed")
         work = fn.append_basic_block("block")
-        b.branch(claim)
+        zero, one = ir.Constant(I64, 0), ir.Constant(I64, 1)
+        if by_columns is not None:  # every row, this thread's share of each step's columns
+            split = fn.append_basic_block("columns")
+            b.cbranch(by_columns, split, claim)
+            b.position_at_end(split)
+            fty = ir.FunctionType(I32, [])
+            tk = b.sext(b.call(b.inttoptr(load(6), fty.as_pointer()), []), I64)
+            tn = b.sext(b.call(b.inttoptr(load(7), fty.as_pointer()), []), I64)
+            b.branch(work)
+        else:
+            b.branch(claim)
         b.position_at_end(claim)
         counter = b.gep(ctx, [ir.Constant(I64, 0)], source_etype=I64)
-        k = b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")
-        b.cbranch(b.icmp_signed("<", k, blocks), work, done)
+        j = b.atomic_rmw("add", counter, one, "monotonic")
+        b.cbranch(b.icmp_signed("<", j, blocks), claimed, done)
+        b.position_at_end(claimed)
+        block_first = b.mul(j, rows)
+        block_rows = _smin(b, rows, b.sub(self.B, block_first))
+        b.branch(work)
         b.position_at_end(work)
-        first = b.mul(k, rows)
-        rows = _smin(b, rows, b.sub(self.B, first))
+        first, rows = b.phi(I64, "first"), b.phi(I64, "rows")
+        first.add_incoming(block_first, claimed)
+        rows.add_incoming(block_rows, claimed)
+        if by_columns is not None:
+            first.add_incoming(zero, split)
+            rows.add_incoming(self.B, split)
+            k, n = b.phi(I64, "thread"), b.phi(I64, "threads")
+            k.add_incoming(zero, claimed)
+            n.add_incoming(one, claimed)
+            k.add_incoming(tk, split)
+            n.add_incoming(tn, split)
+            self.split = (k, n, ctx)
         self.ptrs = dict(bases)
         for p, stride in s.row_ptrs:  # this block's view of the per-row buffers
             if id(p) in bases:
@@ -703,11 +796,14 @@ class FunctionRenderer:
                                          source_etype=self.t)
         self.row_lo = first
         self.time_loop(s, first, rows)
-        self.b.branch(claim)
+        if by_columns is not None:  # a split thread has run its loop; a block claims the next
+            self.b.cbranch(by_columns, done, claim)
+        else:
+            self.b.branch(claim)
         self.b.position_at_end(done)
         self.b.ret_void()
         (self.fn, self.b, self.ptrs, self.T, self.B, self.batch_sizes, self.ws, self.ws_off,
-         self.inline_ok, self.row_lo, self.n, self.n_all, self.row0) = saved
+         self.inline_ok, self.row_lo, self.n, self.n_all, self.row0, self.split) = saved
         return fn
 
     @contextmanager
@@ -730,8 +826,43 @@ class FunctionRenderer:
             self.n, self.row0 = self.B, None
 
 
-# A team loop's context: [next block, blocks, rows per block, then the captured values].
-_CTX_HEAD = 3
+# A team loop's context: [next block, blocks, rows per block, by columns (0/1), the barrier's
+# count and generation, omp_get_thread_num, omp_get_num_threads, then the captured values].
+_CTX_HEAD = 8
+
+
+def _barrier_function(module: ir.Module) -> ir.Function:
+    """`cellc.barrier(ctx, n)`, once per module: the n threads of a split step wait for each
+    other. Each reads the generation, then counts itself in; the last one resets the count
+    and moves the generation on (release), the others spin (with `pause`) until it moves."""
+    name = "cellc.barrier"
+    if name in module.globals:
+        return module.globals[name]
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), name)
+    fn.linkage = "internal"
+    ctx, n = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    count = b.gep(ctx, [ir.Constant(I64, 4)], source_etype=I64)
+    gen_p = b.gep(ctx, [ir.Constant(I64, 5)], source_etype=I64)
+    gen = b.load_atomic(gen_p, "acquire", 8, typ=I64)
+    before = b.atomic_rmw("add", count, ir.Constant(I64, 1), "acq_rel")
+    last, wait, spin, out = (fn.append_basic_block(x) for x in ("last", "wait", "spin", "out"))
+    b.cbranch(b.icmp_signed("==", before, b.sub(n, ir.Constant(I64, 1))), last, wait)
+    b.position_at_end(last)
+    b.atomic_rmw("xchg", count, ir.Constant(I64, 0), "monotonic")  # (store_atomic: typed ptrs)
+    b.atomic_rmw("add", gen_p, ir.Constant(I64, 1), "release")
+    b.branch(out)
+    b.position_at_end(wait)
+    b.branch(spin)
+    b.position_at_end(spin)
+    pause = module.globals.get("llvm.x86.sse2.pause") or ir.Function(
+        module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+    b.call(pause, [])
+    now = b.load_atomic(gen_p, "acquire", 8, typ=I64)
+    b.cbranch(b.icmp_signed("==", now, gen), spin, out)
+    b.position_at_end(out)
+    b.ret_void()
+    return fn
 # A team gemm's context (i64 slots; pointers as integers, beta1: beta is 1, else 0).
 _GEMM_CTX = ("next", "blocks", "per", "ta", "tb", "m", "n", "k", "A", "lda", "B", "ldb", "C",
              "ldc", "beta1")

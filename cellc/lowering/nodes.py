@@ -27,6 +27,9 @@ PACKED_MAX_ELEMENTS = 1 << 23
 # least two blocks of TEAM_GEMM_ROWS output rows.
 TEAM_GEMM_MIN = 1 << 20
 TEAM_GEMM_ROWS = 16
+# A loop splits its steps' columns only from this many multiply-adds per row and step in its
+# products (an H=256 LSTM has 256*1024): each op then ends in a barrier (~0.1-0.3 us).
+COLUMN_MIN_WORK = 1 << 17
 # Ops that need no code: their result is a view of their argument.
 VIEWS = ("split", "broadcast")
 
@@ -181,6 +184,13 @@ class TimeLoop:
     # their row strides (a thread's view of them starts at its first row).
     one_thread: str | None = None
     row_ptrs: list[tuple[Ptr, object]] = field(default_factory=list)
+    # A batch too small for two blocks of rows may instead split each step's columns across
+    # the team (`columns`): every thread runs every step on every row, each op on its share of
+    # the op's columns, with a barrier after each op. `all_gemv`: every product has the GEMV
+    # of one active row, so a batch of one row can split too (the blocked kernel needs the
+    # copy that T >= INLINE_MIN_STEPS and B > 1 make).
+    columns: bool = False
+    all_gemv: bool = False
 
 
 @dataclass

@@ -11,6 +11,7 @@ from ..ops import OPS
 from ..shapes import Batch, Dim
 from ..source import InternalError
 from .nodes import (
+    COLUMN_MIN_WORK,
     INLINE_MAX_ELEMENTS,
     PACKED_MAX_ELEMENTS,
     VIEWS,
@@ -426,6 +427,8 @@ class _Planner:
         loop = TimeLoop(i, bool(i.attrs["reverse"]), init, ys_fill, prep, transpose_allocs,
                         transposes, body, step_ws, carry_locs, xs_locs, row_ptrs=row_ptrs)
         loop.one_thread = self.one_thread(loop, acc_locs)
+        if loop.one_thread is None:
+            loop.columns, loop.all_gemv = self.column_split(loop)
         if loop.one_thread is not None and self.caps.team and self.caps.library_in_team:
             for node in body:  # a loop on one thread: its library products may use the team
                 if isinstance(node, Product) and node.strategy == "library":
@@ -471,6 +474,20 @@ class _Planner:
             if isinstance(node, RowBlock) and id(node.base) in {id(p) for p, _ in loop.row_ptrs}:
                 raise InternalError("a row block of a per-row buffer")
         return None
+
+    def column_split(self, loop: TimeLoop) -> tuple[bool, bool]:
+        """(whether a small batch may split the loop's steps by columns, whether every product
+        has its one-row GEMV). Each op must work column by column: elementwise kernels, and
+        products on packed panels (split by panels) or by GEMV (split by W's rows); a
+        reduction over a row's features cannot split. Only for enough work per step."""
+        products = [n for n in loop.body if isinstance(n, Product)]
+        if not self.caps.panel or not products or any(
+                isinstance(n, RowSum) for n in loop.body):
+            return False, False
+        if any(p.strategy != "choose" or not p.panel or p.bm is None for p in products):
+            return False, False
+        work = sum(p.bm.rows * p.bm.cols for p in products)  # a sized plan: ints
+        return work >= COLUMN_MIN_WORK, all(p.gemv for p in products)
 
     def transposes(self, step: Func, const_p, consts: list[Loc]) -> list[Kernel]:
         """The weights of products inside the loop, copied once per call for the inlined

@@ -143,9 +143,13 @@ def _scan_lines(s: TimeLoop, names: _Names, indent: str) -> list[str]:
     lines.append(f"{indent}loop {order} over rows 0..n_t: carry {vals(carry)}; reads xs "
                  f"{vals(xs)}, consts {vals(consts)}; writes ys {vals(ys)}, accs {vals(accs)};"
                  f" step workspace {_coef((0, *s.step_ws))}")
-    lines.append(f"{indent}  threads: " + ("blocks of batch rows, one per thread of the team"
-                                            if s.one_thread is None
-                                            else f"one ({s.one_thread})"))
+    threads = ("blocks of batch rows, one per thread of the team" if s.one_thread is None
+               else f"one ({s.one_thread})")
+    if s.columns:
+        when = "" if s.all_gemv else f" (from 2 rows, T >= {INLINE_MIN_STEPS})"
+        threads += (f"; a batch of one block{when}: each step's columns across the team, a "
+                    "barrier after each op")
+    lines.append(f"{indent}  threads: {threads}")
     for node in s.body:
         lines += _node_lines(node, names, indent + "  ")
     return lines

@@ -267,18 +267,20 @@ def _format_size(size):
 def _size_array(kernel, sizes, threads=1, team=0):
     """The kernel's `sizes` argument: the values in the order of kernel["sizes"], checked
     positive ints (a specialized kernel called without sizes gets zeros, which it ignores),
-    then the threads its time loops may use and the address of the thread team's entry
-    (libgomp's GOMP_parallel, 0 for none: the loops run on the calling thread)."""
+    then the threads its time loops may use and the addresses of the thread team's entries
+    (libgomp's GOMP_parallel, omp_get_thread_num, omp_get_num_threads; `team` 0 for none: the
+    loops run on the calling thread)."""
     symbols = kernel["sizes"]
+    tail = [threads, *(team or (0, 0, 0))]
     if sizes is None:
-        return np.array([0] * len(symbols) + [threads, team], np.int64)
+        return np.array([0] * len(symbols) + tail, np.int64)
     if not isinstance(sizes, dict) or set(sizes) != set(symbols):
         raise ValueError(f"sizes must give exactly {symbols}, got {sizes!r}")
     for name in symbols:
         v = sizes[name]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise ValueError(f"size {name} must be a positive int, got {v!r}")
-    return np.array([int(sizes[name]) for name in symbols] + [threads, team], np.int64)
+    return np.array([int(sizes[name]) for name in symbols] + tail, np.int64)
 
 
 def _bind_kernel(kernel, sizes):
