@@ -101,7 +101,7 @@ def test_small_batches_split_each_steps_columns_exactly(B, monkeypatch):
                                         if k not in ("xs", "weight_ih", "weight_hh")]
 
     plan = _lstm_plan({"I": 9, "H": 256})
-    assert plan.count("each step's columns across the team") == 2  # forward, backward
+    assert plan.count("each step's columns across the team, 3 barriers per step") == 2
     one = run(1)
     for threads in (2, 3):
         for a, b in zip(one, run(threads)):
@@ -187,6 +187,14 @@ for threads in (1, 2):
     ys, _, tape = nc.forward(xs, p, lengths=lengths)
     g = nc.backward(tape, np.ones_like(ys))
     out[threads] = [ys.tolist()] + [g[k].tolist() for k in sorted(g)]
+    # A batch of one block at H = 256: each step's columns split across the team.
+    nc = NativeCell("cells/lstm.cell", threads=threads, input_size=5, hidden_size=256)
+    p = nc.init_params(0)
+    for B in (1, 3):
+        xs = rng.normal(size=(70, B, 5)).astype("float32")  # T*B >= 64: a team call
+        ys, final, tape = nc.forward(xs, p)
+        g = nc.backward(tape, np.ones_like(ys))
+        out[threads] += [ys.tolist(), final["h"].tolist(), g["bias_hh"].tolist()]
 print(json.dumps(out))
 """
 

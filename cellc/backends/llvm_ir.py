@@ -199,7 +199,8 @@ class FunctionRenderer:
         self.n_all = None  # inside the time loop: the step's active rows in the whole batch
         self.library_in_team = library_in_team
         self.inline_ok = None  # inside the time loop: whether the transposed weights exist
-        self.split = None  # inside a step split by columns: (thread k, threads n, team ctx)
+        # Inside a step split by columns: (thread k, threads n, team ctx, the barriers' ops).
+        self.split = None
 
     def nrows(self, kind) -> ir.Value:
         if kind == "seq":
@@ -269,13 +270,13 @@ class FunctionRenderer:
                 self.ptrs[id(op)] = POINTERS[type(op)](self, op)
             else:
                 NODES[type(op)](self, op)
-                if self.split is not None:  # the next op may read any thread's columns
-                    self.barrier()
+                if self.split is not None and id(op) in self.split[3]:
+                    self.barrier()  # the next op may touch what another thread wrote
 
     def barrier(self) -> None:
         """Wait for the other threads splitting this step (none when there is one)."""
         b = self.b
-        _, n, ctx = self.split
+        _, n, ctx, _ = self.split
         with b.if_then(b.icmp_signed(">", n, ir.Constant(I64, 1))):
             b.call(_barrier_function(self.module), [ctx, n])
 
@@ -788,7 +789,7 @@ class FunctionRenderer:
             n.add_incoming(one, claimed)
             k.add_incoming(tk, split)
             n.add_incoming(tn, split)
-            self.split = (k, n, ctx)
+            self.split = (k, n, ctx, s.barriers)
         self.ptrs = dict(bases)
         for p, stride in s.row_ptrs:  # this block's view of the per-row buffers
             if id(p) in bases:

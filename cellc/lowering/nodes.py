@@ -191,6 +191,10 @@ class TimeLoop:
     # copy that T >= INLINE_MIN_STEPS and B > 1 make).
     columns: bool = False
     all_gemv: bool = False
+    # With `columns`: the ids of the body's ops after which the threads wait for each other
+    # (see planner.column_barriers): after products, and where an op reads or writes what
+    # another thread may have touched since the last barrier; always after the step's last op.
+    barriers: set[int] = field(default_factory=set)
 
 
 @dataclass

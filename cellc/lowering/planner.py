@@ -33,6 +33,64 @@ from .nodes import (
 from .sizes import add, mul, size, symbolic
 
 
+def column_barriers(body: list) -> set[int]:
+    """Where a step split by columns must wait (the ids of the ops followed by a barrier).
+
+    Each thread runs a kernel over `cols` columns on the same share of them, so consecutive
+    kernels over the same number of columns need no barrier between them where they touch a
+    buffer only at the same place (base, offset and strides): each thread then reads back
+    only what it wrote itself. A product reads whole rows and writes by panels: barriers on
+    both sides. A broadcast read (column stride 0), another view of a buffer written since
+    the last barrier (or a write to one read so), another number of columns or a kernel that
+    is not per row (run by one thread) each need one first."""
+    ops = [n for n in body if isinstance(n, (Kernel, Product, RowSum))]
+    after: set[int] = set()
+    touched: dict[int, tuple[set, bool]] = {}  # root id -> (access places, written)
+    cols = None
+
+    def wait_after(k):
+        nonlocal cols
+        if k >= 0:
+            after.add(id(ops[k]))
+        touched.clear()
+        cols = None
+
+    for k, op in enumerate(ops):
+        if not isinstance(op, Kernel) or op.rows != "step":
+            wait_after(k - 1)
+            after.add(id(op))
+            continue
+        accesses = [(loc, False) for loc in op.ins] + [(loc, True) for loc in op.outs]
+        places = [(loc, w, *_place(loc)) for loc, w in accesses if loc.ptr is not None]
+        clash = cols is not None and op.cols != cols
+        for loc, write, root, place in places:
+            seen, written = touched.get(root, (set(), False))
+            if seen and (write or written) and (seen != {place} or loc.col_stride == 0):
+                clash = True
+        if clash:
+            wait_after(k - 1)
+        for _loc, write, root, place in places:
+            seen, written = touched.setdefault(root, (set(), False))
+            seen.add(place)
+            touched[root] = (seen, written or write)
+        cols = op.cols
+    if ops:
+        after.add(id(ops[-1]))
+    return after
+
+
+def _place(loc: Loc) -> tuple[int, tuple]:
+    """(the id of the buffer a Loc lies in, where in it: offsets and strides)."""
+    p, offset, blocks = loc.ptr, 0, ()
+    while isinstance(p, (Offset, RowBlock)):
+        if isinstance(p, Offset):
+            offset += p.elements
+        else:
+            blocks += (p.row_stride,)
+        p = p.base
+    return id(p), (offset, blocks, loc.row_stride, loc.col_stride)
+
+
 def dims(v: Value, sizes, at_step: bool) -> tuple[object, object]:
     """(rows kind, cols) of a value as a 2-D array; sizes None (a generic plan): a feature size
     with symbols stays a Dim."""
@@ -429,6 +487,8 @@ class _Planner:
         loop.one_thread = self.one_thread(loop, acc_locs)
         if loop.one_thread is None:
             loop.columns, loop.all_gemv = self.column_split(loop)
+            if loop.columns:
+                loop.barriers = column_barriers(loop.body)
         if loop.one_thread is not None and self.caps.team and self.caps.library_in_team:
             for node in body:  # a loop on one thread: its library products may use the team
                 if isinstance(node, Product) and node.strategy == "library":

@@ -147,8 +147,8 @@ def _scan_lines(s: TimeLoop, names: _Names, indent: str) -> list[str]:
                else f"one ({s.one_thread})")
     if s.columns:
         when = "" if s.all_gemv else f" (from 2 rows, T >= {INLINE_MIN_STEPS})"
-        threads += (f"; a batch of one block{when}: each step's columns across the team, a "
-                    "barrier after each op")
+        threads += (f"; a batch of one block{when}: each step's columns across the team, "
+                    f"{len(s.barriers)} barriers per step")
     lines.append(f"{indent}  threads: {threads}")
     for node in s.body:
         lines += _node_lines(node, names, indent + "  ")
