@@ -73,8 +73,10 @@ def test_every_batch_size_splits_exactly(B, monkeypatch):
                 assert np.array_equal(one[k], many[k]), (threads, k)
 
 
-@pytest.mark.parametrize("B", [1, 2, 3, 4])
-def test_small_batches_split_each_steps_columns_exactly(B, monkeypatch):
+@pytest.mark.parametrize(("cell", "B"), [("lstm", 1), ("lstm", 2), ("lstm", 3), ("lstm", 4),
+                                         ("gru", 1), ("gru", 3), ("peephole_lstm", 2),
+                                         ("cifg_lstm", 1), ("rnn", 3)])
+def test_small_batches_split_each_steps_columns_exactly(cell, B, monkeypatch):
     """A batch of one block (B <= 4 on 2 threads) splits each step's columns across the team:
     every thread runs every step on every row, each op on its share of the columns, with a
     barrier after each op. The products' columns come from the same kernels, so the results
@@ -89,7 +91,7 @@ def test_small_batches_split_each_steps_columns_exactly(B, monkeypatch):
         else:
             monkeypatch.undo()
             monkeypatch.setenv("CELLC_SPECIALIZE", "now")
-        nc = NativeCell("cells/lstm.cell", threads=threads, input_size=9, hidden_size=256)
+        nc = NativeCell(f"cells/{cell}.cell", threads=threads, input_size=9, hidden_size=H)
         rng = np.random.default_rng(0)
         params = nc.init_params(rng)
         xs = rng.normal(size=(70, B, 9)).astype("float32")
@@ -98,30 +100,34 @@ def test_small_batches_split_each_steps_columns_exactly(B, monkeypatch):
         grads = nc.backward(tape, rng.normal(size=ys.shape).astype("float32"))
         # Not the library products after the loops (d xs, d weights): see the test below.
         return [ys, *final.values()] + [grads[k] for k in sorted(grads)
-                                        if k not in ("xs", "weight_ih", "weight_hh")]
+                                        if k != "xs" and not k.startswith("weight")]
 
-    plan = _lstm_plan({"I": 9, "H": 256})
-    assert plan.count("each step's columns across the team, 3 barriers per step") == 2
+    H = 512 if cell == "rnn" else 256  # enough work per step (COLUMN_MIN_WORK)
+    plan = _plan(cell, {"I": 9, "H": H})
+    assert plan.count("each step's columns across the team") == 2  # forward, backward
+    if cell == "lstm":
+        assert plan.count("3 barriers per step") == 2
     one = run(1)
     for threads in (2, 3):
         for a, b in zip(one, run(threads)):
             assert np.array_equal(a, b), threads
 
 
-def _lstm_plan(sizes):
+def _plan(cell, sizes):
     from cellc import frontend, pipeline
     from cellc.backends.llvm_gemm import panel_width
     from cellc.backends.llvm_jit import kernel_features
     from cellc.lowering import Caps, format_plan, plan
 
-    cell = frontend.load_file("cells/lstm.cell")
+    cell = frontend.load_file(f"cells/{cell}.cell")
     prog = pipeline.compile_program(cell)
     caps = Caps(library_in_team=True, panel=panel_width("float32", kernel_features()))
     return format_plan(plan([(prog.fwd, "f"), (prog.bwd, "b")], sizes, caps, cell.symbols))
 
 
 def test_only_loops_with_enough_work_split_columns():
-    assert "columns across the team" not in _lstm_plan({"I": 9, "H": 64})  # 64 x 256 per step
+    assert "columns across the team" not in _plan("lstm", {"I": 9, "H": 64})  # 64 x 256 a step
+    assert "columns across the team" not in _plan("layernorm_lstm", {"I": 9, "H": 256})
 
 
 @pytest.mark.parametrize("library", ["openblas", "mkl"])
@@ -214,17 +220,20 @@ def test_avx2_team_loops_match_one_thread(tmp_path):
     assert out["1"] == out["2"]
 
 
-def test_torch_layers_on_two_threads_match_one(monkeypatch):
+@pytest.mark.parametrize(("H", "lengths"), [(20, [40, 37, 33, 20, 12, 9, 5, 1]),
+                                            (256, [40, 33]), (256, [40])])
+def test_torch_layers_on_two_threads_match_one(H, lengths, monkeypatch):
     """The llvm layers pass torch.get_num_threads() to the loops: packed sequences, forward and
     backward, at 2 threads equal 1 thread's results (to float32 rounding: the products outside
-    the loops are MKL's, whose blocking may follow the thread count)."""
+    the loops are split across the team, each block possibly by another library kernel).
+    Batches of 8 rows split their rows; of 2 and 1 rows at H=256, each step's columns."""
     import cellc
 
     monkeypatch.setenv("CELLC_SPECIALIZE", "now")
     torch.manual_seed(0)
-    layer = cellc.load("cells/lstm.cell", target="llvm").Layer(6, 20, bidirectional=True)
-    lengths = torch.tensor([40, 37, 33, 20, 12, 9, 5, 1])
-    x = torch.randn(40, 8, 6)
+    layer = cellc.load("cells/lstm.cell", target="llvm").Layer(6, H, bidirectional=True)
+    lengths = torch.tensor(lengths)
+    x = torch.randn(40, len(lengths), 6)
     before = torch.get_num_threads()
     results = []
     try:
