@@ -10,8 +10,9 @@ computed are written straight into the caller's buffers; every other value lives
 whose size is `workspace_size(T, B)` elements. In a specialized module only T and B (and the
 per-step active row counts) are known at run time: every feature size is a constant, so the
 fused loops vectorize, and `sizes` is not read, unless the module has thread teams
-(`team=True`, the JIT's: sizes[n] and sizes[n+1], after the n symbols, are the threads and the
-address of GOMP_parallel, see FunctionRenderer.team_loop). In a generic module (a plan for
+(`team=True`, the JIT's: sizes[n], after the n symbols, is the threads, and sizes[n+1..n+3] the
+addresses of GOMP_parallel, omp_get_thread_num and omp_get_num_threads, or zeros; see
+FunctionRenderer.team_loop and team_gemm). In a generic module (a plan for
 sizes None) `sizes[k]` is the value of the k-th size symbol (`Plan.symbols`); each distinct
 size polynomial of the plan is computed once, in the function's entry block, and handed to the
 elementwise loop functions as arguments (their inner loops still vectorize: unit column
@@ -675,7 +676,12 @@ class FunctionRenderer:
         even number, at least 4; a thread that finds no block left returns. Steps never read
         another row's values (see TimeLoop), so the blocks are independent and the result is
         the one thread's, bit for bit (unless a product falls back to MKL inside the team,
-        whose rounding may depend on the rows it gets)."""
+        whose rounding may depend on the rows it gets).
+
+        A loop the plan lets split by columns (TimeLoop.columns), whose batch makes one block,
+        runs on every thread instead, each taking every row and its share of each op's
+        columns (see team_worker, share, barrier): again the one thread's result, bit for
+        bit, since every column comes from the same code."""
         b = self.b
         outer = _outer_ptrs(s.body)
         values = [self.T, self.B, self.batch_sizes, self.ws, self.ws_off,

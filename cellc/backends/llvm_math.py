@@ -248,6 +248,20 @@ def exp(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     return b.fmul(b.fmul(p, _pow2(b, n1)), _pow2(b, n2))
 
 
+def _exp_nonpositive_normal(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """e**x for x <= 0 (or NaN), with x below -87 (-708 for double) taken as -87: the result
+    is always normal, so 2^n is one exact factor (exp's two are for results near overflow
+    and in the subnormals). For callers that do not need e**x below that."""
+    ty = x.type
+    lo, ln2_hi, ln2_lo = ((-708.0, _EXP64_LN2_HI, _EXP64_LN2_LO) if _is64(ty)
+                          else (-87.0, _EXP32_LN2_HI, _EXP32_LN2_LO))
+    x = _select_lt(b, x, _const(ty, lo), _const(ty, lo))
+    n = _roundeven(b, b.fmul(x, _const(ty, LOG2E)))
+    r = fma(b, n, _const(ty, -ln2_hi), x)
+    r = fma(b, n, _const(ty, -ln2_lo), r)
+    return b.fmul(_exp_reduced(b, r), _pow2(b, n))
+
+
 # --- sigmoid, tanh ---------------------------------------------------------------------------
 
 
@@ -280,7 +294,8 @@ def tanh(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     else:
         small = fma(b, b.fmul(ax, z), _horner(b, z, _TANH32_P), ax)
     # |x| >= 0.625: tanh = (1-e)/(1+e), e = e^(-2|x|) <= 0.29, so 1 - e does not cancel.
-    e = exp(b, b.fmul(ax, _const(ty, -2.0)))
+    # Below e^-87 (resp. e^-708) tanh rounds to 1 anyway: e stays normal, one scaling.
+    e = _exp_nonpositive_normal(b, b.fmul(ax, _const(ty, -2.0)))
     one = _const(ty, 1.0)
     large = b.fdiv(b.fsub(one, e), b.fadd(one, e))
     # An unordered compare sends NaN to `large`, where it propagates through exp.
