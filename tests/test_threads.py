@@ -22,11 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(cell, threads, monkeypatch, *, B=13, T=11, reverse=False, dtype="float32", seed=0):
-    """Forward and backward of a NativeCell whose loops use `threads` (1: no team at all)."""
+    """Forward and backward of a NativeCell whose loops use `threads` (1: no team at all;
+    more than the cores too: the team is then larger than the machine)."""
     if threads == 1:
         monkeypatch.setattr(blas, "team", lambda threads, rows: (1, 0))
     else:
         monkeypatch.undo()
+        monkeypatch.setattr(blas, "default_threads", lambda: 8)
     monkeypatch.setenv("CELLC_SPECIALIZE", "now")  # the specialized kernels from the start
     nc = NativeCell(f"cells/{cell}.cell", dtype=dtype, threads=threads, reverse=reverse,
                     input_size=7, hidden_size=24)
@@ -91,6 +93,7 @@ def test_small_batches_split_each_steps_columns_exactly(cell, B, monkeypatch):
         else:
             monkeypatch.undo()
             monkeypatch.setenv("CELLC_SPECIALIZE", "now")
+            monkeypatch.setattr(blas, "default_threads", lambda: 8)  # 3 threads on 2 cores too
         nc = NativeCell(f"cells/{cell}.cell", threads=threads, input_size=9, hidden_size=H)
         rng = np.random.default_rng(0)
         params = nc.init_params(rng)

@@ -238,16 +238,27 @@ def team(threads: int, rows: int) -> tuple[int, tuple[int, int, int] | int]:
     entries are the addresses of libgomp's GOMP_parallel, omp_get_thread_num and
     omp_get_num_threads (a loop that splits each step's columns asks its team's size).
 
-    Sizes OpenBLAS's pool too: one thread while the team exists (the team is the parallelism;
-    a second pool would spin on the same cores after each call), else `threads`."""
+    Sizes OpenBLAS's pool too: one thread for a call on the team (the team is the parallelism;
+    a second pool would spin on the same cores after each call), else `threads`. A team has
+    no more threads than the cores this process may use (a split step's barrier spins)."""
     global _TEAM
     if _TEAM is None and "torch" in sys.modules:  # looked up once torch is there
         _TEAM = _find_gomp() or 0
     gomp = _TEAM or 0
-    ensure_threads(1 if gomp else max(threads, 1))
     if threads <= 1 or rows < 64 or not gomp:
+        ensure_threads(max(threads, 1))
         return 1, 0
-    return threads, gomp
+    ensure_threads(1)
+    return min(threads, default_threads()), gomp
+
+
+@functools.cache
+def sched_yield_address() -> int:
+    """libc's sched_yield, for the JIT's spinning barriers (0 where there is none)."""
+    try:
+        return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError, TypeError):
+        return 0
 
 
 @functools.cache

@@ -268,6 +268,8 @@ def _jit(module_ir, object_cache=None, quick: bool = False):
     llvm = _llvm()
     for name, address in blas.blas_symbols().items():
         llvm.add_symbol("cellc_" + name, address)
+    if blas.sched_yield_address():  # for the split steps' barrier
+        llvm.add_symbol("cellc_sched_yield", blas.sched_yield_address())
     if blas_choice() == "mkl":
         for name, address in blas.torch_mkl_symbols().items():
             llvm.add_symbol("cellc_" + name, address)

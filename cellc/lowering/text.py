@@ -9,6 +9,7 @@ from ..source import InternalError
 from .nodes import (
     INLINE_MIN_STEPS,
     TEAM_GEMM_MIN,
+    TEAM_GEMM_ROWS,
     Arg,
     FunctionPlan,
     Kernel,
@@ -102,7 +103,8 @@ def _node_lines(node, names: _Names, indent: str) -> list[str]:
                 f"(%{i.args[0].name}, %{i.args[1].name}) -> {names.loc(node.out)}")
         if node.strategy == "library":
             how = f"library gemm ({_gemm_dims(node)})" + (
-                f", row blocks on the team when threads > 1 and m*k*n >= {TEAM_GEMM_MIN}"
+                f", row blocks on the team when threads > 1, T*B >= 64, m > {TEAM_GEMM_ROWS}"
+                f" and m*k*n >= {TEAM_GEMM_MIN}"
                 if node.team else "")
         elif node.strategy == "inline":
             how = f"inline gemm (K={node.bm.rows}, N={node.bm.cols}) on {names.loc(node.bm)}"
@@ -146,7 +148,8 @@ def _scan_lines(s: TimeLoop, names: _Names, indent: str) -> list[str]:
     threads = ("blocks of batch rows, one per thread of the team" if s.one_thread is None
                else f"one ({s.one_thread})")
     if s.columns:
-        when = "" if s.all_gemv else f" (from 2 rows, T >= {INLINE_MIN_STEPS})"
+        when = (f" (B = 1, or T >= {INLINE_MIN_STEPS})" if s.all_gemv
+                else f" (from 2 rows, T >= {INLINE_MIN_STEPS})")
         threads += (f"; a batch of one block{when}: each step's columns across the team, "
                     f"{len(s.barriers)} barriers per step")
     lines.append(f"{indent}  threads: {threads}")
