@@ -252,6 +252,12 @@ def team(threads: int, rows: int) -> tuple[int, tuple[int, int, int] | int]:
     return min(threads, default_threads()), gomp
 
 
+def no_team(threads: int) -> tuple[int, int]:
+    """team()'s answer for code built without a team: OpenBLAS's pool gets the threads."""
+    ensure_threads(max(threads, 1))
+    return 1, 0
+
+
 @functools.cache
 def sched_yield_address() -> int:
     """libc's sched_yield, for the JIT's spinning barriers (0 where there is none)."""

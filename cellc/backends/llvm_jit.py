@@ -212,6 +212,9 @@ class Kernel:
     # The ExecutionEngine that owns the code at `address`. Held here so that a kernel in use
     # stays valid after the in-memory cache evicts it: the code is freed with its last user.
     engine: Any = field(default=None, repr=False, compare=False)
+    # Whether the code runs parallel work on the team passed in `sizes` (the programs' kernels
+    # do; the single-step kernel leaves its products to the library's own threads).
+    teams: bool = True
 
     def __post_init__(self):
         self._call = native_calls._SIGNATURE(self.address)
@@ -234,7 +237,7 @@ class Kernel:
         A generic kernel needs `sizes` (symbol -> int); a specialized one passes its own. Its
         time loops may split the batch rows across `threads` threads of torch's OpenMP team
         (see blas.team)."""
-        threads, team = blas.team(threads, T * B)
+        threads, team = blas.team(threads, T * B) if self.teams else blas.no_team(threads)
         return native_calls._run_kernel(self._call, self.spec, T, B, batch_sizes, args, arrays,
                                         self.workspace, sizes or self.sizes, threads, team)
 
@@ -256,7 +259,8 @@ class BoundKernel:
 
     def run(self, T: int, B: int, batch_sizes: np.ndarray, args: list, arrays: Arrays,
             threads: int = 1) -> list:
-        threads, team = blas.team(threads, T * B)
+        threads, team = (blas.team(threads, T * B) if self.kernel.teams
+                         else blas.no_team(threads))
         return native_calls._run_kernel(self.kernel._call, self.spec, T, B, batch_sizes, args,
                                         arrays, self.kernel.workspace, self.sizes, threads, team)
 
@@ -504,4 +508,4 @@ def compile_step(cell: CellIR, sizes: dict[str, int], dtype="float32", object_ca
                                              features=kernel_features())
     engine, _ = _jit(module, object_cache)
     return Kernel(layout, step, engine.get_function_address(layout.name), dict(sizes),
-                  np.dtype(dtype), engine=engine)
+                  np.dtype(dtype), engine=engine, teams=False)
