@@ -246,8 +246,7 @@ def team(threads: int, rows: int) -> tuple[int, tuple[int, int, int] | int]:
         _TEAM = _find_gomp() or 0
     gomp = _TEAM or 0
     if threads <= 1 or rows < 64 or not gomp:
-        ensure_threads(max(threads, 1))
-        return 1, 0
+        return no_team(threads)
     ensure_threads(1)
     return min(threads, default_threads()), gomp
 
