@@ -6,7 +6,9 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import cellc
 from cellc.backends.layer_spec import LayerSpec, layer_spec
@@ -16,7 +18,7 @@ CELLS = sorted((Path(__file__).resolve().parent.parent / "cells").glob("*.cell")
 
 
 def printed(spec: LayerSpec) -> dict:
-    namespace = {"math": math}
+    namespace = {"math": math, "torch": torch}  # torch: initializer expressions (arange)
     exec(compile(spec_source(spec), "<spec>", "exec"), namespace)  # our text
     return namespace["SPEC"]
 
@@ -44,7 +46,12 @@ def test_printed_spec_is_the_runtime_spec(path):
         assert got == {**want, "params": got["params"]}  # sizes compare exactly (4.0 == 4)
         assert [p[:4] for p in got["params"]] == [p[:4] for p in want["params"]]
         for g, w in zip(got["params"], want["params"]):
-            assert g[4] == pytest.approx(w[4], rel=1e-15), g[0]
+            assert len(g[4]) == len(w[4]), g[0]
+            for a, b in zip(g[4], w[4]):
+                if np.ndim(a) == 0:
+                    assert a == pytest.approx(b, rel=1e-15), g[0]
+                else:  # an expression's array: torch's log and pow against NumPy's
+                    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-13, err_msg=g[0])
 
 
 def test_spec_keeps_sizes_symbolic_and_arguments_unevaluated():
