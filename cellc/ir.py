@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .ops import OPS
-from .shapes import Batch, Dim, ShapeMismatch, TensorType
+from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType
 from .source import InternalError, Span
 
 
@@ -206,10 +206,24 @@ class Builder:
 
     def emit(self, op: str, args, attrs=None, name: str | None = None) -> list[Value]:
         attrs = dict(attrs or {})
+        if OPS[op].kind == "elementwise":
+            args = self.aligned(args)
         types = OPS[op].shape([a.type for a in args], attrs)  # may raise ShapeMismatch
         outs = tuple(Value(self.fresh(name if len(types) == 1 else None), t) for t in types)
         self.body.append(Instr(op, tuple(args), outs, attrs, self.span, self.grad))
         return list(outs)
+
+    def aligned(self, args) -> list[Value]:
+        """Per-example operands of an elementwise op, reshaped to one rank by leading size-1
+        axes (NumPy's broadcasting on the features; the batch axis stays first)."""
+        args = list(args)
+        per_example = [a for a in args if a.type.batch is not Batch.NONE]
+        rank = max((a.type.rank for a in per_example), default=0)
+        for k, a in enumerate(args):
+            if a.type.batch is not Batch.NONE and a.type.rank < rank:
+                shape = (ONE,) * (rank - a.type.rank) + a.type.shape
+                args[k] = self.op("reshape", a, shape=shape)
+        return args
 
     def op(self, op: str, *args: Value, name: str | None = None, **attrs) -> Value:
         (out,) = self.emit(op, args, attrs, name)

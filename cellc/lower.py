@@ -29,7 +29,7 @@ from .names import (
     why_unusable,
 )
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
-from .shapes import Batch, Dim, ShapeMismatch, TensorType
+from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType
 from .source import (
     CellError,
     CellNameError,
@@ -40,6 +40,7 @@ from .source import (
     Source,
     Span,
 )
+from .tensors import TENSOR_ARITY, TENSOR_USAGE, drop_axis, heads_shape
 
 NUMERIC_FUNCTIONS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}
 # An initializer expression (`~ log(arange(1, N + 1))`) may also call arange, as NumPy's.
@@ -49,12 +50,14 @@ MAX_ARANGE = 1 << 24  # elements of one arange: far more than any parameter, far
 # The functions a .cell file may call besides split and concat, with their argument counts.
 # clamp and var are written out in other ops: min(max(x, lo), hi), mean((v - mean(v))^2).
 FUNCTION_ARITY = {**{f: 1 for f in UNARY_FUNCTIONS + REDUCTIONS},
-                  **{f: 2 for f in BINARY_FUNCTIONS}, "where": 3, "clamp": 3, "var": 1}
+                  **{f: 2 for f in BINARY_FUNCTIONS}, "where": 3, "clamp": 3, "var": 1,
+                  **TENSOR_ARITY}
 # The noise functions: each use is one more mask in the step's input row (cellc/inputs.py).
 NOISE_ARITY = {"dropout": 2, "zoneout": 3}
 NOISE_USAGE = {"dropout": "dropout(v, p) or dropout(v, p, per=sequence)",
                "zoneout": "zoneout(new, old, p)"}
-BUILTIN_FUNCTIONS = frozenset(FUNCTION_ARITY) | {"split", "concat", "arange", *NOISE_ARITY}
+BUILTIN_FUNCTIONS = frozenset(FUNCTION_ARITY) | {"split", "concat", "arange", "reshape",
+                                                  *NOISE_ARITY}
 # Inline expansion of defs: a bound on the expanded statements' depth (the parser bounds what
 # is written, MAX_DEPTH in syntax.py; lowering recurses about three frames a level) and on the
 # instructions a cell may expand to (each def may call earlier ones twice: 2^n).
@@ -665,6 +668,8 @@ class _Lowerer:
             base, power = self.expr(e.lhs), self.expr(e.rhs)
             return self.emit("power", [base, power], e, operands=(e.lhs, e.rhs))
         lhs, rhs = self.expr(e.lhs), self.expr(e.rhs)
+        if e.op == "matmul":
+            return self.matmul(e, lhs, rhs)
         return self.emit(e.op, [lhs, rhs], e, operands=(e.lhs, e.rhs))
 
     def check_keywords(self, e: A.Call):
@@ -674,6 +679,8 @@ class _Lowerer:
             if k.id in seen:
                 raise CellNameError(f"keyword argument '{k.id}' is given twice", k.span)
             seen.add(k.id)
+            if e.fn.id in REDUCTIONS and k.id == "axis":
+                continue
             if e.fn.id != "dropout" or k.id != "per":
                 raise CellNameError(f"{e.fn.id} takes no keyword argument '{k.id}'" + (
                     "; dropout takes per=step or per=sequence" if e.fn.id == "dropout" else ""),
@@ -698,9 +705,13 @@ class _Lowerer:
             if not e.args:
                 raise CellShapeError("concat needs at least one argument", e.span)
             return
+        if fn == "reshape":
+            if len(e.args) < 2:
+                raise CellShapeError(f"use {TENSOR_USAGE['reshape']}", e.span)
+            return
         arity = FUNCTION_ARITY.get(fn)
         if arity is None:
-            known = sorted({*FUNCTION_ARITY, "split", "concat", *self.defs})
+            known = sorted({*FUNCTION_ARITY, "split", "concat", "reshape", *self.defs})
             err = CellNameError(f"unknown function '{fn}'", e.fn.span)
             close = difflib.get_close_matches(fn, known, n=1)
             err.note(f"did you mean '{close[0]}'?" if close else "functions: " + ", ".join(known))
@@ -718,7 +729,19 @@ class _Lowerer:
             return self.chosen(self.choices[fn], e)
         if fn in NOISE_ARITY:
             return self.noise(e)
+        if fn in ("heads", "reshape"):  # sizes after the value, not values
+            x = self.expr(e.args[0])
+            if fn == "heads":
+                shape = heads_shape(x.type, self.dim(e.args[1]))
+                if shape is None:
+                    raise CellShapeError(f"cannot split {x.type} into {self.dim(e.args[1])}"
+                                         " heads: its last size is not a multiple of it", e.span)
+            else:
+                shape = tuple(self.dim(a) for a in e.args[1:])
+            return self.emit("reshape", [x], e, operands=e.args[:1], shape=shape)
         args = [self.expr(a) for a in e.args]
+        if fn in TENSOR_ARITY or (fn in REDUCTIONS and e.keywords):
+            return self.tensor_call(e, args)
         if fn == "clamp":  # min(max(x, lo), hi)
             low = self.emit("max", args[:2], e, operands=e.args[:2])
             return self.emit("min", [low, args[2]], e, operands=(e.args[0], e.args[2]))
@@ -726,6 +749,68 @@ class _Lowerer:
             centred = self.emit("sub", [args[0], self.emit("mean", args, e)], e)
             return self.emit("mean", [self.emit("pow", [centred], e, exponent=2.0)], e)
         return self.emit(fn, args, e, operands=e.args)
+
+    # -- tensor-valued cells: outer, dot, transpose, merge, reductions along an axis ----------
+
+    def tensor_call(self, e: A.Call, args: list[Value]) -> Value:
+        fn = e.fn.id
+        if fn == "merge":
+            (x,) = args
+            return self.emit("reshape", [x], e, operands=e.args, shape=(x.type.shape and
+                             (_product(x.type.shape),)) or (ONE,))
+        if fn == "transpose":
+            return self.emit("transpose", args, e, operands=e.args)
+        if fn in ("outer", "dot"):
+            a, b = args
+            for x, sub in zip(args, e.args):
+                if x.type.rank == 0:
+                    raise CellShapeError(f"{fn} takes vectors (or stacks of them), not a scalar",
+                                         sub.span)
+            if fn == "outer":  # a[..., m, 1] * b[..., 1, n]
+                a = self.emit("reshape", [a], e, shape=a.type.shape + (ONE,))
+                b = self.emit("reshape", [b], e, shape=b.type.shape[:-1] + (ONE,)
+                              + b.type.shape[-1:])
+                return self.emit("mul", [a, b], e, operands=e.args)
+            if a.type.shape[-1] != b.type.shape[-1]:
+                raise self.shape_error("dot", args, e, e.args,
+                                       f"the last sizes differ: {a.type} and {b.type}")
+            return self.reduce(self.emit("mul", args, e, operands=e.args), -1, e, "sum")
+        (x,) = args  # sum or mean with axis=
+        ((_, value),) = e.keywords
+        axis = fold_number(value) if isinstance(value, (A.Num, A.Neg)) else None
+        if axis is None or axis != int(axis) or not -x.type.rank <= axis < max(x.type.rank, 1):
+            raise CellShapeError(f"axis must be a whole number from {-x.type.rank} to"
+                                 f" {x.type.rank - 1} for {x.type}", value.span)
+        return self.reduce(x, int(axis), e, fn)
+
+    def reduce(self, x: Value, axis: int, e: A.Expr, fn: str) -> Value:
+        """sum or mean of x along one feature axis, which goes away ([1] for a vector)."""
+        if x.type.rank <= 1:
+            return self.emit(fn, [x], e)
+        k = axis % x.type.rank
+        total = self.emit("sum_axis", [x], e, axis=k)
+        if fn == "mean":
+            total = self.emit("div", [total, self.b.const(x.type.shape[k])], e)
+        return self.emit("reshape", [total], e, shape=drop_axis(x.type.shape, k))
+
+    def matmul(self, e: A.BinOp, lhs: Value, rhs: Value) -> Value:
+        """W @ v (a parameter matrix and a vector) is one op; A @ v with A a stack of matrices
+        (a per-example value, or a parameter [NH, D, D] applied per head) one rank above v is
+        a sum over A * v[..., None, :]'s last axis: O(size of A) work, per example and step."""
+        a, v = lhs.type, rhs.type
+        if (a.batch is Batch.NONE and a.rank == 2 and v.rank == 1) or a.rank < 2:
+            return self.emit("matmul", [lhs, rhs], e, operands=(e.lhs, e.rhs))
+        if a.rank != v.rank + 1:
+            why = ("a product of two matrices is not supported yet; write it per column"
+                   if a.rank == v.rank else f"the left side ({a}) must be one rank above the"
+                   f" right ({v})")
+            raise self.shape_error("matmul", [lhs, rhs], e, (e.lhs, e.rhs), f"@: {why}")
+        if a.shape[-1] != v.shape[-1]:
+            raise self.shape_error("matmul", [lhs, rhs], e, (e.lhs, e.rhs),
+                                   f"cannot multiply {a} by {v}: {a.shape[-1]} != {v.shape[-1]}")
+        row = self.emit("reshape", [rhs], e, shape=v.shape[:-1] + (ONE,) + v.shape[-1:])
+        return self.reduce(self.emit("mul", [lhs, row], e, operands=(e.lhs, e.rhs)), -1, e,
+                           "sum")
 
     # -- user functions -----------------------------------------------------------------------
 
@@ -1184,14 +1269,23 @@ class _Lowerer:
             if absent is not None:  # a parameter that exists only where its size is not 0
                 self.define(d.name, _Binding(absent, d.span, "absent"))
                 continue
-            if st.kind in ("input", "state") and len(dims) != 1:
+            if st.kind == "input" and len(dims) != 1:
                 raise CellShapeError(
-                    f"an {st.kind} is a vector: give one size, as in {d.name.id}[H]", d.span)
-            if len(dims) > 2:
-                raise CellShapeError("a parameter has at most two dimensions", d.span)
+                    f"an input is a vector: give one size, as in {d.name.id}[I]", d.span)
+            if len(dims) > 3:
+                raise CellShapeError(f"a {st.kind} has at most three dimensions", d.span)
             if init.fn == "orthogonal" and len(dims) != 2:
                 raise CellShapeError("orthogonal() initializes matrices only", st.init.span)
             batch = Batch.STEP if st.kind in ("input", "state") else Batch.NONE
+            if st.kind == "state" and len(dims) > 1:
+                # A tensor-valued state travels between steps (and in and out of layers) as its
+                # numbers in row-major order; the step reads it in its declared shape.
+                v = Value(self.b.fresh(d.name.id), TensorType((_product(dims),), batch))
+                self.b.span = d.span
+                shaped = self.b.op("reshape", v, shape=dims)
+                self.define(d.name, _Binding(shaped, d.span, st.kind))
+                states.append((v, d, start))
+                continue
             v = Value(self.b.fresh(d.name.id), TensorType(dims, batch))
             self.define(d.name, _Binding(v, d.span, st.kind))
             if st.kind == "input":
@@ -1264,11 +1358,19 @@ class _Lowerer:
                         f"{name} names the next value of a state, but '{name[:-1]}' is {what}",
                         target.span).note(how, base.span)
                 if v.type != base.value.type:
-                    raise CellShapeError(
+                    err = CellShapeError(
                         f"the next value of state '{name[:-1]}' must be {base.value.type},"
                         f" not {v.type}",
                         st.value.span).note(f"'{name[:-1]}' is declared", base.span)
-                next_values[name[:-1]] = v
+                    if v.type.rank > base.value.type.rank:
+                        err.note("* + - / broadcast as NumPy's do (a matrix times a vector is a"
+                                 " matrix); the matrix-vector product is W @ h")
+                    raise err
+                carried = v
+                if v.type.rank > 1:  # a tensor-valued state: its numbers, row-major
+                    self.b.span = st.value.span
+                    carried = self.b.op("reshape", v, shape=(_product(v.type.shape),))
+                next_values[name[:-1]] = carried
             elif name in self.env and self.env[name].kind in (
                     "input", "state", "param", "bias", "const", "hyper"):
                 kind = self.env[name].kind
@@ -1290,6 +1392,13 @@ class _Lowerer:
         new = Value(self.b.fresh(name), v.type)
         body[pos] = replace(instr, outs=tuple(new if o is v else o for o in instr.outs))
         return new
+
+
+def _product(dims) -> Dim:
+    total = ONE
+    for d in dims:
+        total = total * d
+    return total
 
 
 def lower(cell: A.Cell, zero: frozenset | None = None) -> CellIR:

@@ -127,6 +127,53 @@ def _concat(args, attrs):
     return [TensorType((total,) + first.shape[1:], batch)]
 
 
+def _product(dims) -> Dim:
+    total = ONE
+    for d in dims:
+        total = total * d
+    return total
+
+
+def _reshape(args, attrs):
+    """reshape {shape=(D1, ...)}: the per-example (or parameter) features, in row-major order,
+    as that shape; the number of features must not change. The batch axis stays."""
+    (x,) = args
+    shape = tuple(attrs["shape"])
+    if _product(shape) != _product(x.shape):
+        raise ShapeMismatch(f"cannot reshape {x} to [{', '.join(map(str, shape))}]:"
+                            f" {_product(x.shape)} != {_product(shape)} numbers")
+    return [x.with_shape(shape)]
+
+
+def _axis(x: TensorType, attrs) -> int:
+    k = attrs["axis"]
+    assert 0 <= k < x.rank, (x, k)
+    return k
+
+
+def _sum_axis(args, attrs):
+    """sum_axis {axis=k}: the sum over feature axis k, kept as a size-1 axis."""
+    (x,) = args
+    k = _axis(x, attrs)
+    return [x.with_shape(x.shape[:k] + (ONE,) + x.shape[k + 1:])]
+
+
+def _expand(args, attrs):
+    """expand {axis=k, size=n}: a size-1 feature axis k repeated n times (sum_axis's VJP)."""
+    (x,) = args
+    k = _axis(x, attrs)
+    assert x.shape[k] == ONE, (x, k)
+    return [x.with_shape(x.shape[:k] + (attrs["size"],) + x.shape[k + 1:])]
+
+
+def _transpose(args, attrs):
+    """transpose: the last two feature axes swapped."""
+    (x,) = args
+    if x.rank < 2:
+        raise ShapeMismatch(f"cannot transpose {x}: it has fewer than two axes")
+    return [x.with_shape(x.shape[:-2] + (x.shape[-1], x.shape[-2]))]
+
+
 _register("const", 0, _const, "other")
 for _name in ("neg", "sigmoid", "tanh", "relu", "exp", "log", "softplus", "sqrt", "abs",
               "pow", "heaviside", "sign", "elu", "silu", "gelu", "logsigmoid", "stop_gradient",
@@ -145,6 +192,13 @@ _register("mean", 1, _reduce_features, "rowwise")
 _register("broadcast", 1, _broadcast_to, "rowwise")
 _register("split", 1, _split, "rowwise")
 _register("concat", None, _concat, "rowwise")
+# Tensor-valued cells (per-example values of rank 2 and 3): a movement op, a reduction along one
+# axis and its broadcast, and a transpose. outer, dot and products with per-example matrices are
+# written with these and elementwise mul (cellc/lower.py), as tinygrad builds them.
+_register("reshape", 1, _reshape, "rowwise")
+_register("sum_axis", 1, _sum_axis, "rowwise")
+_register("expand", 1, _expand, "rowwise")
+_register("transpose", 1, _transpose, "rowwise")
 _register("outer", 2, _outer, "reduce_batch")
 _register("sum_batch", 1, _sum_batch, "reduce_batch")
 # scan's shape rule lives in ir.py: its output types come from its step function.

@@ -116,9 +116,11 @@ def residual_summary(prog: Program, texts: dict[int, tuple[str, int]]) -> list[s
         if output is not None and r is output:
             reads.append(f"{prog.cell.output} (the output)")
         elif id(r) in by_out:
-            v = by_out[id(r)]
+            v, numbers = by_out[id(r)], None
             saved.append(texts.get(id(v), (v.name, 0))[0])
-            total = total + v.type.shape[0]
+            for d in v.type.shape:  # every axis: a per-example matrix is rows x columns
+                numbers = d if numbers is None else numbers * d
+            total = total + numbers
         else:
             reads.append(texts.get(id(r), (r.name, 0))[0])
     lines = [(f"# Saved per time step for the backward ({len(saved)} values, {total} numbers"

@@ -4,7 +4,8 @@ A `Dim` is a polynomial in the cell's size symbols with rational coefficients (`
 `H/2`), so shapes are checked once, symbolically, for every size a user may later pick. Two dims
 are equal when their polynomials are equal.
 
-A `TensorType` is a feature shape (rank 0, 1 or 2) plus where the batch is:
+A `TensorType` is a feature shape (rank 0 to 3: a per-example value may be a vector, a matrix
+per head, ...; a parameter a matrix or a stack of them) plus where the batch is:
 
     Batch.NONE   parameters and anything computed from them only        [4*H,I]
     Batch.STEP   one time step of a batch of sequences (states, x_t)    [B,H]
@@ -167,8 +168,10 @@ def broadcast(a: TensorType, b: TensorType) -> TensorType:
     if Batch.NONE not in (a.batch, b.batch) and a.batch != b.batch:
         raise ShapeMismatch("per-step and whole-sequence values cannot be mixed")
     batch = b.batch if a.batch is Batch.NONE else a.batch
-    if batch is not Batch.NONE and max(a.rank, b.rank) > 1:
-        raise ShapeMismatch("a matrix cannot be combined elementwise with a per-example vector")
+    if Batch.NONE not in (a.batch, b.batch) and a.rank != b.rank:
+        # Builder.emit aligns them (leading size-1 axes), so that every backend may broadcast
+        # its (rows, features...) arrays as NumPy does.
+        raise ShapeMismatch(f"per-example values of ranks {a.rank} and {b.rank} are not aligned")
     shape = []
     for i in range(1, max(a.rank, b.rank) + 1):
         da = a.shape[-i] if i <= a.rank else ONE

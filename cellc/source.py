@@ -182,6 +182,10 @@ class CellValueError(CellError, ValueError):
     raise for sizes that do not work (an initializer may fail only for some sizes)."""
 
 
+class CellTargetError(CellError):
+    """A valid cell that the chosen target cannot compile (yet), with what it lacks."""
+
+
 class CellWarning(CellError):
     """Not fatal: reported, and compilation goes on (e.g. an unused parameter)."""
 

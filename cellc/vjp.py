@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .ir import Builder, Instr, Value
-from .shapes import Batch
+from .shapes import ONE, Batch
 
 VjpRule = Callable[[Builder, Instr, list[Value | None]], list[Value | None]]
 VJP: dict[str, VjpRule] = {}
@@ -250,6 +250,27 @@ def _concat(b, instr, dys):
     return b.emit("split", [dys[0]], {"sizes": sizes})
 
 
+@vjp_rule("reshape")
+def _reshape(b, instr, dys):
+    return [b.op("reshape", dys[0], shape=instr.args[0].type.shape)]
+
+
+@vjp_rule("sum_axis")
+def _sum_axis(b, instr, dys):
+    k = instr.attrs["axis"]
+    return [b.op("expand", dys[0], axis=k, size=instr.args[0].type.shape[k])]
+
+
+@vjp_rule("expand")
+def _expand(b, instr, dys):
+    return [b.op("sum_axis", dys[0], axis=instr.attrs["axis"])]
+
+
+@vjp_rule("transpose")
+def _transpose(b, instr, dys):
+    return [b.op("transpose", dys[0])]
+
+
 def unbroadcast(b: Builder, g: Value, like: Value) -> Value:
     """Sum a cotangent down to the type of the value it belongs to."""
     t = like.type
@@ -257,6 +278,13 @@ def unbroadcast(b: Builder, g: Value, like: Value) -> Value:
         g = b.op("sum", g)  # [n] -> [1]
     if g.type.batch is not Batch.NONE and t.batch is Batch.NONE:
         g = b.op("sum_batch", g)
+    if g.type.rank > 1 and g.type.shape != t.shape:  # tensor-valued: NumPy's broadcasting undone
+        lead = g.type.rank - t.rank
+        for k, d in enumerate(g.type.shape):
+            if d != ONE and (k < lead or t.shape[k - lead] == ONE):
+                g = b.op("sum_axis", g, axis=k)
+        if lead > 0 or g.type.rank != t.rank:
+            g = b.op("reshape", g, shape=t.shape if t.rank else (ONE,))
     if g.type != t:  # a narrower cotangent (e.g. scalar) for a broader value
         g = b.mul(b.const(1.0, like=t), g)
     return g

@@ -111,6 +111,34 @@ def error_text(text: str, name: str = "x.cell", kind: type[CellError] = CellErro
     return str(info.value)
 
 
+def layer_size_args(spec: dict, input_size: int, other: int) -> dict[str, int]:
+    """A layer's size arguments from its SPEC (a generated module's, or `layer._spec`): the
+    input's gets input_size, every other required size `other` (hidden_size, or an mLSTM's
+    heads and head_size), an optional one its default (none)."""
+    optional = spec.get("optional_sizes", ())
+    return {arg: input_size if arg == spec["input_size"] else other
+            for arg, _ in spec["sizes"] if arg not in optional}
+
+
+def native_compiles(path) -> bool:
+    """False for a cell the llvm target refuses (a tensor-valued one, for now: cellc/tensors.py)."""
+    from cellc.frontend import load_file
+    from cellc.source import CellTargetError
+    from cellc.tensors import check_native
+
+    try:
+        check_native(load_file(str(path)))
+    except CellTargetError:
+        return False
+    return True
+
+
+def skip_if_not_native(path) -> None:
+    """Skip a test of the llvm target for a cell it refuses (with the reason)."""
+    if not native_compiles(path):
+        pytest.skip("the llvm target does not compile tensor-valued cells yet (issue 11)")
+
+
 def skip_native_cell_if_row(cell: CellIR) -> None:
     """NativeCell and the native library run cells whose step reads only its input; one that
     reads x[t-1] or noise masks (cellc/inputs.py) runs through its layers, tested elsewhere

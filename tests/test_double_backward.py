@@ -21,6 +21,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import cellc
 from cellc.backends import llvm_jit
 
+from conftest import layer_size_args, skip_if_not_native
+
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
 T, B, I, H = 3, 2, 2, 3
 TARGETS = ["torch", "llvm"]
@@ -39,7 +41,10 @@ def layer_and_inputs(path, target, seed=0, lengths=None, **kwargs):
     """A float64 layer, and the inputs of `layer_function` (input, initial states, parameters),
     all leaves requiring grad."""
     torch.manual_seed(seed)
-    layer = module(path, target).Layer(I, H, dtype=torch.float64, **kwargs)
+    if target == "llvm":
+        skip_if_not_native(path)
+    sizes = layer_size_args(module(path, "torch").SPEC, I, H)
+    layer = module(path, target).Layer(**sizes, dtype=torch.float64, **kwargs)
     directions = 2 if layer.bidirectional else 1
     x = torch.randn(T, B, I, dtype=torch.float64)
     states = [

@@ -477,7 +477,7 @@ def test_constants_are_params_of_kind_const():
 @pytest.mark.parametrize("body,error", [
     (("const P[H] ~ orthogonal()", "h' = P * h"), "orthogonal() initializes matrices only"),
     (("const P[H, H]", "P = h", "h' = h"), "x.cell:6:5: error: cannot assign to constant 'P'"),
-    (("const P[H, H, H]", "h' = h"), "a parameter has at most two dimensions"),
+    (("const P[H, H, H, H]", "h' = h"), "a const has at most three dimensions"),
     (("const P[H] ~ magic()", "h' = h"), "x.cell:5:18: error: unknown initializer 'magic'"),
 ])
 def test_constant_mistakes_are_located(body, error):

@@ -113,7 +113,7 @@ def test_broadcast_ok(a, b, want):
         (T("H"), P("I"), "feature sizes differ"),
         (P("H", "I"), P("H"), "feature sizes differ"),
         (T("H"), S("H"), "per-step and whole-sequence values cannot be mixed"),
-        (T("I"), P("H", "I"), "a matrix cannot be combined elementwise with a per-example vector"),
+        (T("I"), T("H", "I"), "per-example values of ranks 1 and 2 are not aligned"),
     ],
 )
 def test_broadcast_errors(a, b, why):
@@ -154,6 +154,11 @@ RULES = [
     ("concat", [T("H")], {}, [T("H")]),
     ("scan", [T("H"), S("I")], {"out_types": (T("H"), S("H"))}, [T("H"), S("H")]),
     ("where", [T(1), T("H"), P()], {}, [T("H")]),
+    ("reshape", [T(H * 4)], {"shape": (Dim.of(4), H)}, [T(4, "H")]),
+    ("reshape", [P(H * 4, "I")], {"shape": (Dim.of(4), H * Dim.of("I"))}, [P(4, H * I)]),
+    ("sum_axis", [T("H", "I")], {"axis": 1}, [T("H", 1)]),
+    ("expand", [T(1, "I")], {"axis": 0, "size": H}, [T("H", "I")]),
+    ("transpose", [T(4, "H", "I")], {}, [T(4, "I", "H")]),
 ]
 
 
@@ -248,13 +253,14 @@ def test_shape_mismatch_in_mul():
 
 
 def test_mixing_matrix_and_vector():
+    # Elementwise ops broadcast as NumPy's (tensor-valued cells): U * h is a per-example matrix.
     assert error_text(cell("h' = U * h", "output h'"), kind=CellShapeError) == (
-        "x.cell:5:10: error: cannot multiply [H,H] by [B,H]:"
-        " a matrix cannot be combined elementwise with a per-example vector\n"
+        "x.cell:5:10: error: the next value of state 'h' must be [B,H], not [B,H,H]\n"
         "        h' = U * h\n"
         "             ^^^^^\n"
-        "note: 'U' is [H,H], defined at x.cell:4:20\n"
-        "note: 'h' is [B,H], defined at x.cell:3:11"
+        "note: 'h' is declared at x.cell:3:11\n"
+        "note: * + - / broadcast as NumPy's do (a matrix times a vector is a matrix); the"
+        " matrix-vector product is W @ h"
     )
 
 
@@ -317,8 +323,9 @@ def test_unknown_function_lists_functions():
         "x.cell:5:10: error: unknown function 'foo'\n"
         "        h' = foo(U @ h)\n"
         "             ^^^\n"
-        "note: functions: abs, clamp, concat, elu, exp, gelu, log, logsigmoid, max, mean, min,"
-        " relu, sigmoid, silu, softplus, split, sqrt, stop_gradient, sum, tanh, var, where"
+        "note: functions: abs, clamp, concat, dot, elu, exp, gelu, heads, log, logsigmoid, max,"
+        " mean, merge, min, outer, relu, reshape, sigmoid, silu, softplus, split, sqrt,"
+        " stop_gradient, sum, tanh, transpose, var, where"
     )
 
 

@@ -33,6 +33,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import cellc
 
+from conftest import layer_size_args
+
 CELLS = Path(__file__).resolve().parent.parent / "cells"
 TARGETS = ["llvm", "torch"]
 T, B, I, H = 5, 3, 4, 6
@@ -189,7 +191,7 @@ def test_packed_sequence_is_a_graph_break(target):
 
 def op_inputs(mod, dtype=torch.float64, steps=T, rows=B):
     """A layer's sizes and leaf inputs (xs, states and parameters) for the op, requiring grad."""
-    layer = mod.Layer(I, H).to(dtype)
+    layer = mod.Layer(**layer_size_args(mod.SPEC, I, H)).to(dtype)
     S = dict(layer._layer_sizes[0])
     # the step's input row: x, then x[t-1] and noise masks for a cell that reads them
     width = sum(p["size"](S) for p in mod.SPEC.get("input_parts", ())) or I

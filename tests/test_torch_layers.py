@@ -500,6 +500,10 @@ OP_CASES = {  # op -> (argument types, attributes); unlisted elementwise ops use
     "split": ([TensorType((_H2,), Batch.STEP)], {"parts": 2}),
     "concat": ([_vec("H"), _vec("I"), _vec("H")], {}),
     "where": ([_vec("H"), _vec("H"), _par("H")], {}),
+    "reshape": ([TensorType((_H2,), Batch.STEP)], {"shape": (Dim.of(2), Dim.of("H"))}),
+    "sum_axis": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {"axis": 1}),
+    "expand": ([TensorType((Dim.of("I"), ONE), Batch.STEP)], {"axis": 1, "size": Dim.of("H")}),
+    "transpose": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {}),
 }
 POSITIVE = {"log", "sqrt", "pow", "power"}
 

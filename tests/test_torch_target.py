@@ -353,7 +353,9 @@ TRAIN = textwrap.dedent("""
         assert gen.__file__.startswith(out_dir), gen.__file__
         new = sorted(set(leaked()) - set(before))  # what importing this module pulled in
         torch.manual_seed(0)
-        layer = gen.Layer(4, 8)
+        optional = gen.SPEC.get("optional_sizes", ())
+        layer = gen.Layer(**{a: 4 if a == gen.SPEC["input_size"] else 8
+                             for a, _ in gen.SPEC["sizes"] if a not in optional})
         T, B = 8, 16
         x = torch.randn(T, B, 4)
         target = torch.tanh(x @ torch.randn(4, 2))  # a tiny regression of the current input

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from ..ir import Func, Instr, scan_parts
-from ..shapes import Dim, TensorType
+from ..shapes import Batch, Dim, TensorType
 from ..source import InternalError
 
 
@@ -89,6 +89,27 @@ def _broadcast(xp: ArrayLib, args, instr, ctx):
     return xp.broadcast(x, int(instr.attrs["size"].evaluate(ctx.sizes)))
 
 
+def _rows(t: TensorType) -> int:
+    """1 where a value of this type has a batch axis (its rows) before the features, else 0."""
+    return 0 if t.batch is Batch.NONE else 1
+
+
+def _reshape(args, instr, ctx):
+    (x,) = args
+    shape = tuple(int(d.evaluate(ctx.sizes)) for d in instr.attrs["shape"])
+    return x.reshape(x.shape[:_rows(instr.args[0].type)] + shape)
+
+
+def _sum_axis(args, instr, ctx):
+    return args[0].sum(_rows(instr.args[0].type) + instr.attrs["axis"], keepdims=True)
+
+
+def _expand(xp: ArrayLib, args, instr, ctx):
+    (x,) = args
+    features = instr.outs[0].type.bound(ctx.sizes).features
+    return x + xp.full(x.shape[:_rows(instr.args[0].type)] + features, 0.0, ctx)
+
+
 def _compare(compare, xp: ArrayLib, args, instr, ctx):
     a, b = args
     return xp.as_dtype(compare(a, b), ctx.dtype)  # broadcasts a and b; the result is 0/1
@@ -156,6 +177,10 @@ def rules(xp: ArrayLib) -> dict[str, Rule]:
         "mean": _apply(lambda x: x.mean(-1, keepdims=True)),
         "broadcast": partial(_broadcast, xp),
         "sum_batch": _apply(lambda x: x.sum(0)),
+        "reshape": _reshape,
+        "sum_axis": _sum_axis,
+        "expand": partial(_expand, xp),
+        "transpose": _apply(lambda x: x.swapaxes(-1, -2)),
         "split": partial(_split, xp),
         "concat": partial(_concat, xp),
     })

@@ -153,6 +153,28 @@ def _split(a, i):
     return f"torch.split({a[0]}, [{sizes}], dim={_feature_dim(i.args[0].type)})"
 
 
+def _rows(t: TensorType) -> int:
+    """1 for a per-example value (its first axis is the batch's rows), 0 for a parameter."""
+    return 0 if t.batch is Batch.NONE else 1
+
+
+def _reshape(a, i):
+    t = i.args[0].type
+    dims = [f"{a[0]}.shape[0]"] * _rows(t) + [size_expr(d) for d in i.attrs["shape"]]
+    return f"{a[0]}.reshape({', '.join(dims)})"
+
+
+def _sum_axis(a, i):
+    return f"{a[0]}.sum({_rows(i.args[0].type) + i.attrs['axis']}, keepdim=True)"
+
+
+def _expand(a, i):
+    t = i.args[0].type
+    dims = ["-1"] * (_rows(t) + t.rank)
+    dims[_rows(t) + i.attrs["axis"]] = size_expr(i.attrs["size"])
+    return f"{a[0]}.expand({', '.join(dims)})"
+
+
 def _concat(a, i):
     return f"torch.cat([{', '.join(a)}], dim={_feature_dim(i.args[0].type)})"
 
@@ -191,16 +213,16 @@ def _where(a, i):
 
 TORCH: dict[str, Emit] = {
     "neg": _unary("-{0}"),
-    "sigmoid": _unary("torch.sigmoid({0})"),
-    "tanh": _unary("torch.tanh({0})"),
-    "relu": _unary("torch.relu({0})"),
-    "exp": _unary("torch.exp({0})"),
-    "log": _unary("torch.log({0})"),
-    "softplus": _unary("torch.logaddexp({0}, torch.zeros_like({0}))"),
-    "sqrt": _unary("torch.sqrt({0})"),
-    "abs": _unary("torch.abs({0})"),
+    "sigmoid": _tensors("torch.sigmoid({0})"),
+    "tanh": _tensors("torch.tanh({0})"),
+    "relu": _tensors("torch.relu({0})"),
+    "exp": _tensors("torch.exp({0})"),
+    "log": _tensors("torch.log({0})"),
+    "softplus": _tensors("torch.logaddexp({0}, torch.zeros_like({0}))"),
+    "sqrt": _tensors("torch.sqrt({0})"),
+    "abs": _tensors("torch.abs({0})"),
     "heaviside": _unary("({0} > 0).to(dtype)"),
-    "sign": _unary("torch.sign({0})"),
+    "sign": _tensors("torch.sign({0})"),
     "pow": _pow,
     "add": _unary("{0} + {1}"),
     "sub": _unary("{0} - {1}"),
@@ -233,6 +255,10 @@ TORCH: dict[str, Emit] = {
     "sum_batch": _unary("{0}.sum(0)"),
     "split": _split,
     "concat": _concat,
+    "reshape": _reshape,
+    "sum_axis": _sum_axis,
+    "expand": _expand,
+    "transpose": _unary("{0}.transpose(-1, -2)"),
     # "const" and "scan" are statements, written by the emitter below.
 }
 

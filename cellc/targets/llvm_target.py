@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .. import frontend  # frontend.load_file looked up per call, so a patch of it applies
+from ..lower import CellIR
+from ..tensors import check_native
 from ..variants import variant
 from ._common import UsageError, make_dirs, parse_sizes, remove_dirs, writing
 from ._spec import Stage, Table, Target
@@ -51,8 +53,15 @@ class NativeModule:
         return f"<cellc llvm module for {self.cell.name} ({self.cell.source.name})>"
 
 
+def _load_native(path) -> CellIR:
+    """The checked cell, or a located CellTargetError if these kernels cannot run it."""
+    cell = frontend.load_file(path)
+    check_native(cell)
+    return cell
+
+
 def load(path: str | Path, key: str) -> NativeModule:
-    return NativeModule(frontend.load_file(path))
+    return NativeModule(_load_native(path))
 
 
 def _form_and_sizes(args, cell, required=False):
@@ -70,7 +79,7 @@ def show_llvm(args) -> str:
     specialized to --sizes, or without them the generic kernels (sizes given at run time)."""
     from ..backends.llvm_jit import render
 
-    cell = frontend.load_file(args.file)
+    cell = _load_native(args.file)
     cell, sizes = _form_and_sizes(args, cell)
     module, _, _ = render(cell, sizes, args.dtype)  # OpenBLAS calls (no torch here)
     if sizes is None:
@@ -88,7 +97,7 @@ def show_plan(args) -> str:
     from ..backends.llvm_jit import kernel_features
     from ..lowering import Caps, format_plan, plan, verify_plan
 
-    cell = frontend.load_file(args.file)
+    cell = _load_native(args.file)
     for w in cell.warnings:
         print(w, file=sys.stderr)
     cell, sizes = _form_and_sizes(args, cell)
@@ -109,7 +118,7 @@ def compile_to_disk(args) -> int:
     (the sizes are run-time arguments); with it, specialized to those sizes."""
     from ..backends import aot
 
-    cell = frontend.load_file(args.file)
+    cell = _load_native(args.file)
     cell, sizes = _form_and_sizes(args, cell, required=True)
     # The path as given, even '-evil': aot.build keeps it from reading as a flag to cc.
     out = Path(args.output or (Path(args.file).stem + "_llvm"))

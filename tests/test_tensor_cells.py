@@ -1,0 +1,278 @@
+"""Tensor-valued cells (issue 11): per-example matrices and heads, on the NumPy reference and
+the torch target, against independent plain-PyTorch loops; the llvm target's located refusal;
+and the located errors of the new constructs.
+
+The mLSTM reference below is written from the xLSTM paper (Beck et al. 2024, eqs. 19-27, with
+the stabilizer), not from cells/mlstm.cell.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cellc
+from cellc.backends import numpy_ref
+from cellc.shapes import Batch, Dim, TensorType, broadcast
+from cellc.source import CellShapeError, CellTargetError
+
+from conftest import CELLS_DIR, compile_text, error_text
+
+I, NH, D, T, B = 5, 2, 3, 4, 3
+MLSTM = CELLS_DIR / "mlstm.cell"
+
+
+def _linear(p, name, x_t, bias=True):
+    y = x_t @ p[f"weight_{name}"].T
+    return y + p[f"bias_{name}"] if bias else y
+
+
+def mlstm_reference(x, s, p):
+    """xLSTM's mLSTM per head: C' = f' C + i' v k^T, n' = f' n + i' k, h = o * C'q / max(|n'q|,
+    exp(-m')), with m' = max(log f + m, i~), i' = exp(i~ - m'), f' = exp(log f + m - m')."""
+    B = x.shape[1]
+    C, n, m = s["C"].reshape(B, NH, D, D), s["n"].reshape(B, NH, D), s["m"]
+    ys = []
+    for x_t in x:
+        q = _linear(p, "q", x_t).reshape(B, NH, D)
+        k = _linear(p, "k", x_t).reshape(B, NH, D) / D**0.5
+        v = _linear(p, "v", x_t).reshape(B, NH, D)
+        i_tilde, log_f = _linear(p, "i", x_t), F.logsigmoid(_linear(p, "f", x_t))
+        m_next = torch.maximum(log_f + m, i_tilde)
+        i, f = torch.exp(i_tilde - m_next), torch.exp(log_f + m - m_next)
+        C = f[..., None, None] * C + i[..., None, None] * torch.einsum("bhi,bhj->bhij", v, k)
+        n = f[..., None] * n + i[..., None] * k
+        m = m_next
+        numerator = torch.einsum("bhij,bhj->bhi", C, q)
+        denominator = torch.maximum(torch.einsum("bhi,bhi->bh", n, q).abs(), torch.exp(-m))
+        o = torch.sigmoid(_linear(p, "o", x_t))
+        ys.append(o * (numerator / denominator[..., None]).reshape(B, -1))
+    return torch.stack(ys), {"C": C.reshape(B, -1), "n": n.reshape(B, -1), "m": m}
+
+
+def gated_deltanet_reference(x, s, p):
+    """Gated DeltaNet's eq. 10 as written, with the identity: S' = S (alpha (I - beta k k^T)) +
+    beta v k^T, o = S' q / sqrt(D); q, k L2-normalized after SiLU, alpha Mamba2's decay."""
+    B = x.shape[1]
+    S = s["S"].reshape(B, NH, D, D)
+    eye = torch.eye(D, dtype=x.dtype)
+
+    def l2(u):
+        return u / torch.sqrt((u * u).sum(-1, keepdim=True) + 1e-6)
+
+    ys = []
+    for x_t in x:
+        q, k, v = (F.silu(_linear(p, w, x_t, bias=False)).reshape(B, NH, D) for w in "qkv")
+        q, k = l2(q), l2(k)
+        alpha = torch.exp(-torch.exp(p["A_log"]) * F.softplus(_linear(p, "a", x_t, False)
+                                                               + p["dt_bias"]))
+        beta = torch.sigmoid(_linear(p, "b", x_t))[..., None, None]
+        kk = k[..., :, None] @ k[..., None, :]
+        S = S @ (alpha[..., None, None] * (eye - beta * kk)) + beta * (v[..., :, None]
+                                                                       @ k[..., None, :])
+        ys.append((S @ q[..., None])[..., 0].reshape(B, -1) / D**0.5)
+    return torch.stack(ys), {"S": S.reshape(B, -1)}
+
+
+def gla_reference(x, s, p):
+    """GLA: S' = (alpha^T 1) * S + k^T v, o = q S', alpha = sigmoid(W_a2 W_a1 x + b)^(1/16)."""
+    B = x.shape[1]
+    S = s["S"].reshape(B, NH, D, D)
+    ys = []
+    for x_t in x:
+        q = _linear(p, "q", x_t, bias=False).reshape(B, NH, D) / D**0.5
+        k, v = (_linear(p, w, x_t, bias=False).reshape(B, NH, D) for w in "kv")
+        low = x_t @ p["weight_a1"].T @ p["weight_a2"].T + p["bias_a"]
+        alpha = (torch.sigmoid(low) ** (1 / 16)).reshape(B, NH, D)
+        S = alpha[..., :, None] * S + k[..., :, None] @ v[..., None, :]
+        ys.append((q[..., None, :] @ S)[..., 0, :].reshape(B, -1))
+    return torch.stack(ys), {"S": S.reshape(B, -1)}
+
+
+PAPERS = {"mlstm": mlstm_reference, "gated_deltanet": gated_deltanet_reference,
+          "gla": gla_reference}
+
+
+def _problem(name, seed=0):
+    cell = cellc.load_cell(CELLS_DIR / f"{name}.cell")
+    sizes = cell.bind(input_size=I, heads=NH, head_size=D)
+    rng = np.random.default_rng(seed)
+    params = numpy_ref.init_params(cell, sizes, rng)
+    xs = rng.normal(size=(T, B, I))
+    states = {st.name: rng.normal(size=st.type.concrete(sizes, 1, B)) * 0.5
+              for st in cell.states}
+    d_ys = rng.normal(size=(T, B, NH * D))
+    d_states = {k: rng.normal(size=v.shape) for k, v in states.items()}
+    return cell, sizes, params, xs, states, d_ys, d_states
+
+
+def _reference(name, params, xs, states, d_ys, d_states):
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    x = torch.tensor(xs, requires_grad=True)
+    s0 = {k: torch.tensor(v, requires_grad=True) for k, v in states.items()}
+    ys, final = PAPERS[name](x, s0, p)
+    loss = (ys * torch.from_numpy(d_ys)).sum()
+    loss = loss + sum((final[k] * torch.from_numpy(d_states[k])).sum() for k in states)
+    loss.backward()
+    grads = {"xs": x.grad, **{k: s0[k].grad for k in s0}, **{k: p[k].grad for k in p}}
+    return (ys.detach().numpy(), {k: f.detach().numpy() for k, f in final.items()},
+            {k: g.numpy() for k, g in grads.items()})
+
+
+def _close(got, want, what):
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=what)
+
+
+@pytest.mark.parametrize("name", sorted(PAPERS))
+def test_numpy_reference_matches_the_paper(name):
+    cell, sizes, params, xs, states, d_ys, d_states = _problem(name)
+    want_ys, want_final, want_grads = _reference(name, params, xs, states, d_ys, d_states)
+    ys, final, grads = numpy_ref.backward(cell, sizes, xs, params, states, d_ys=d_ys,
+                                          d_states=d_states)
+    _close(ys, want_ys, "outputs")
+    for k in states:
+        _close(final[k], want_final[k], f"final {k}")
+    assert set(grads) == set(want_grads)
+    for k, g in want_grads.items():
+        _close(grads[k], g, f"d{k}")
+
+
+@pytest.mark.parametrize("name", sorted(PAPERS))
+def test_torch_layer_matches_the_paper(name):
+    cell, _, params, xs, states, d_ys, d_states = _problem(name, 1)
+    want_ys, want_final, want_grads = _reference(name, params, xs, states, d_ys, d_states)
+    mod = cellc.load(CELLS_DIR / f"{name}.cell", target="torch")
+    layer = mod.Layer(input_size=I, heads=NH, head_size=D, dtype=torch.float64)
+    layer.load_state_dict({f"{k}_l0": torch.from_numpy(v) for k, v in params.items()})
+    x = torch.tensor(xs, requires_grad=True)
+    names = [st.name for st in cell.states]
+    hx = [torch.tensor(states[k][None], requires_grad=True) for k in names]
+    ys, h_n = layer(x, hx[0] if len(hx) == 1 else tuple(hx))
+    h_n = [h_n] if len(hx) == 1 else list(h_n)
+    assert [tuple(h.shape) for h in h_n] == [(1, *states[k].shape) for k in names]
+    loss = (ys * torch.from_numpy(d_ys)).sum()
+    loss = loss + sum((h[0] * torch.from_numpy(d_states[k])).sum() for k, h in zip(names, h_n))
+    loss.backward()
+    _close(ys.detach().numpy(), want_ys, "outputs")
+    for k, h in zip(names, h_n):
+        _close(h[0].detach().numpy(), want_final[k], f"final {k}")
+    _close(x.grad.numpy(), want_grads["xs"], "dxs")
+    for k, h in zip(names, hx):
+        _close(h.grad[0].numpy(), want_grads[k], f"d{k}")
+    for k in params:
+        _close(getattr(layer, f"{k}_l0").grad.numpy(), want_grads[k], f"d{k}")
+
+
+def test_mlstm_layer_stacks_and_runs_both_directions():
+    mod = cellc.load(MLSTM, target="torch")
+    torch.manual_seed(0)
+    layer = mod.Layer(input_size=I, heads=NH, head_size=D, num_layers=2, bidirectional=True,
+                      batch_first=True, dtype=torch.float64)
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    ys, (C, _, _) = layer(x)
+    assert ys.shape == (B, T, 2 * NH * D) and C.shape == (4, B, NH * D * D)
+    (ys.square().sum() + C.sum()).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(PAPERS))
+def test_llvm_target_refuses_a_tensor_valued_cell_with_a_located_error(name, tmp_path):
+    path = CELLS_DIR / f"{name}.cell"
+    with pytest.raises(CellTargetError) as info:
+        cellc.load(path, target="llvm")
+    text = str(info.value)
+    assert f"{path}:" in text and "the llvm target does not compile tensor-valued cells yet" in text
+    assert "\n        state  " in text and "^" in text  # the state's line and a caret
+    from cellc.native import NativeCell
+
+    with pytest.raises(CellTargetError):
+        NativeCell(path, input_size=I, heads=NH, head_size=D)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "cellc", "compile", str(path), "--target",
+                          "llvm", "--sizes", "input_size=4,heads=2,head_size=3", "-o", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "does not compile tensor-valued cells yet" in run.stderr and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The constructs one by one, against NumPy formulas (every backward also by the zoo-wide
+# finite-difference tests once a cell is in cells/; here through numpy_ref.backward)
+
+HEADER = "cell X(input_size I, heads N, head_size D):\n    input x[I]\n"
+
+
+def _run(body: str, state: str, state_shape: tuple, seed=0):
+    cell = compile_text(HEADER + body)
+    sizes = cell.bind(input_size=4, heads=2, head_size=3)
+    rng = np.random.default_rng(seed)
+    params = numpy_ref.init_params(cell, sizes, rng)
+    xs = rng.normal(size=(1, 2, 4))
+    s0 = rng.normal(size=(2, int(np.prod(state_shape))))
+    ys, final = numpy_ref.forward(cell, sizes, xs, params, {state: s0})
+    return params, xs[0], s0.reshape((2, *state_shape)), ys[0], final
+
+
+def test_heads_outer_and_transposed_product():
+    body = ("    state S[N, D, D]\n    param Wk[N*D, I], Wq[N*D, I]\n"
+            "    k = heads(Wk @ x, N)\n    q = heads(Wq @ x, N)\n"
+            "    S' = S + outer(k, q)\n    y = merge(transpose(S') @ q)\n    output y\n")
+    p, x, S, y, final = _run(body, "S", (2, 3, 3))
+    k, q = (x @ p["Wk"].T).reshape(2, 2, 3), (x @ p["Wq"].T).reshape(2, 2, 3)
+    S1 = S + k[..., :, None] * q[..., None, :]
+    np.testing.assert_allclose(final["S"], S1.reshape(2, -1), rtol=1e-12)
+    np.testing.assert_allclose(y, np.einsum("bhji,bhj->bhi", S1, q).reshape(2, -1), rtol=1e-12)
+
+
+def test_head_wise_parameter_dot_and_reductions():
+    body = ("    state h[N, D]\n    param R[N, D, D], W[N*D, I]\n"
+            "    a = R @ h + heads(W @ x, N)\n"
+            "    h' = a - reshape(mean(a, axis=-1), N, 1) + reshape(dot(a, h), N, 1)\n"
+            "    y = merge(h') * sum(sum(h', axis=1), axis=0)\n    output y\n")
+    p, x, h, y, final = _run(body, "h", (2, 3))
+    a = np.einsum("hij,bhj->bhi", p["R"], h) + (x @ p["W"].T).reshape(2, 2, 3)
+    h1 = a - a.mean(-1, keepdims=True) + (a * h).sum(-1, keepdims=True)
+    np.testing.assert_allclose(final["h"], h1.reshape(2, -1), rtol=1e-12)
+    np.testing.assert_allclose(y, h1.reshape(2, -1) * h1.sum((1, 2))[:, None], rtol=1e-12)
+
+
+def test_numpy_broadcasting_of_per_example_shapes():
+    t = TensorType((Dim.of("I"),), Batch.STEP)
+    w = TensorType((Dim.of("H"), Dim.of("I")), Batch.NONE)
+    assert broadcast(t, w) == TensorType((Dim.of("H"), Dim.of("I")), Batch.STEP)
+
+
+@pytest.mark.parametrize("line, error", [
+    ("    h' = merge(heads(h, I))\n", "x.cell:6:16: error: cannot split [B,D*N] into I heads"),
+    ("    h' = merge(heads(h, 0))\n", "error: cannot split [B,D*N] into 0 heads"),
+    ("    h' = merge(reshape(h, N, N))\n", "error: reshape: cannot reshape [B,D*N] to [N, N]"),
+    ("    h' = merge(heads(h, N) @ heads(h, N))\n", "a product of two matrices is not supported"),
+    ("    h' = merge(outer(h, h) @ outer(h, h))\n", "a product of two matrices is not supported"),
+    ("    h' = h * dot(heads(h, N), h)\n", "error: dot: the last sizes differ"),
+    ("    h' = h * sum(heads(h, N), axis=2)\n", "error: axis must be a whole number from -2 to 1"),
+    ("    h' = h * sum(heads(h, N), axis=x)\n", "error: axis must be a whole number"),
+    ("    h' = h * sum(h, 1)\n", "error: sum takes 1 argument, not 2"),
+    ("    h' = h * sum(h, axes=1)\n", "error: sum takes no keyword argument 'axes'"),
+    ("    h' = h * reshape(h)\n", "error: use reshape(v, D1, D2, ...)"),
+    ("    h' = merge(transpose(h))\n", "error: transpose: cannot transpose [B,D*N]"),
+    ("    h' = h * outer(h, 1)\n", "outer takes vectors (or stacks of them), not a scalar"),
+])
+def test_tensor_mistakes_are_located(line, error):
+    text = HEADER + "    state h[N*D]\n    param W[N*D, I]\n    h = h + W @ x\n" + line
+    text += "    output h'\n"
+    got = error_text(text.replace("    h = h + W @ x\n", "    y = W @ x\n"))
+    assert error in got, got
+    assert "\n        h' = " in got and "^" in got  # the source line and a caret
+
+
+def test_an_input_stays_a_vector_and_declarations_have_at_most_three_axes():
+    assert "an input is a vector" in error_text(
+        "cell X(input_size I):\n    input x[I, I]\n    state h[I]\n    h' = h\n    output h'\n")
+    assert "a state has at most three dimensions" in error_text(
+        "cell X(input_size I):\n    input x[I]\n    state h[I, I, I, I]\n    h' = h\n"
+        "    output h'\n", kind=CellShapeError)
