@@ -71,7 +71,7 @@ def test_char_lm(tmp_path):
     pytest.importorskip("matplotlib")
     out, m = run_example("char_lm.py", tmp_path)
     check_png(tmp_path / "char_lm.png")
-    assert set(m) == {"lstm", "bigram", "trigram"}
+    assert set(m) == {"lstm", "mlstm", "bigram", "trigram"}
     vocab = int(re.search(r"(\d+) distinct", out).group(1))
     assert all(0 < v < math.log(vocab) + 1 for v in m.values())  # nats/char near or below uniform
     assert m["trigram"] < m["bigram"]
