@@ -201,7 +201,7 @@ def grad_equations(cell: CellIR) -> str:
     step_lines = [_with_comment(line, comments) for line in step_lines]
 
     # After the loop: the reverse loop's stacked outputs keep their step names.
-    outer_names = {}
+    outer_names = {id(prog.bwd.params[-1]): dy}  # the outputs' cotangents, every row at once
     for o, n in zip(bscan.outs[nc:], result_names[nc:]):
         outer_names[id(o)] = n
     initial = [ns.cotangent(s.name + "0") for s in cell.states]

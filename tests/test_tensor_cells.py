@@ -2,14 +2,17 @@
 the torch target, against independent plain-PyTorch loops; the llvm target's located refusal;
 and the located errors of the new constructs.
 
-The mLSTM reference below is written from the xLSTM paper (Beck et al. 2024, eqs. 19-27, with
-the stabilizer), not from cells/mlstm.cell.
+The references below are written from the papers (mLSTM and sLSTM: Beck et al. 2024; gated
+DeltaNet: Yang et al. 2024, eq. 10, with the identity; GLA: Yang et al. 2023; Mamba's S6: Gu &
+Dao 2023, Algorithm 2; RWKV-6: Peng et al. 2024, with torch's group_norm), not from the .cell
+files.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +28,7 @@ from conftest import CELLS_DIR, compile_text, error_text
 
 I, NH, D, T, B = 5, 2, 3, 4, 3
 MLSTM = CELLS_DIR / "mlstm.cell"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def _linear(p, name, x_t, bias=True):
@@ -94,19 +98,101 @@ def gla_reference(x, s, p):
     return torch.stack(ys), {"S": S.reshape(B, -1)}
 
 
-PAPERS = {"mlstm": mlstm_reference, "gated_deltanet": gated_deltanet_reference,
-          "gla": gla_reference}
+def slstm_reference(x, s, p):
+    """sLSTM with exponential gates and the stabilizer; R block-diagonal by heads, written as
+    one dense matrix per gate with zero blocks off the diagonal."""
+    h, c, n, m = s["h"], s["c"], s["n"], s["m"]
+    R = {g: torch.block_diag(*p[f"R_{g}"]) for g in "zifo"}  # [NH*D, NH*D]
+    ys = []
+    for x_t in x:
+        z_in, i_in, f_in, o_in = (x_t @ p["weight_ih"].T + p["bias_ih"]).chunk(4, -1)
+        z_pre, i_pre = z_in + h @ R["z"].T, i_in + h @ R["i"].T
+        f_pre, o_pre = f_in + h @ R["f"].T, o_in + h @ R["o"].T
+        m_next = torch.maximum(f_pre + m, i_pre)
+        i, f = torch.exp(i_pre - m_next), torch.exp(f_pre + m - m_next)
+        c = f * c + i * torch.tanh(z_pre)
+        n = f * n + i
+        m = m_next
+        h = torch.sigmoid(o_pre) * c / n
+        ys.append(h)
+    return torch.stack(ys), {"h": h, "c": c, "n": n, "m": m}
+
+
+def mamba_s6_reference(x, s, p):
+    """Mamba's Algorithm 2 per channel d and state index n, on u = W_in x: h[d, n]' =
+    exp(delta_d A[d, n]) h[d, n] + delta_d B_n u_d, y_d = sum_n C_n h[d, n]' + D_d u_d."""
+    B = x.shape[1]
+    A = -torch.exp(p["A_log"])
+    h = s["h"].reshape(B, *A.shape)
+    ys = []
+    for x_t in x:
+        u = x_t @ p["weight_in"].T
+        delta = F.softplus(u @ p["weight_dt"].T + p["dt_bias"])  # [B, 1] + [H]
+        B_t, C_t = u @ p["weight_B"].T, u @ p["weight_C"].T
+        A_bar = torch.exp(torch.einsum("bd,dn->bdn", delta, A))
+        h = A_bar * h + torch.einsum("bd,bn->bdn", delta * u, B_t)
+        ys.append(torch.einsum("bdn,bn->bd", h, C_t) + p["D_skip"] * u)
+    return torch.stack(ys), {"h": h.reshape(B, -1)}
+
+
+def rwkv6_reference(x, s, p):
+    """RWKV-6 time mixing: ddlerp token shift, wkv_t = r (diag(u) k^T v + S), S' = diag(w) S +
+    k^T v, out = W_o (SiLU(g) * GroupNorm(wkv)); x[t-1] is 0 at the first step."""
+    B = x.shape[1]
+    S = s["S"].reshape(B, NH, D, D)
+    x_prev = torch.zeros_like(x[0])
+    ys = []
+    for x_t in x:
+        shift = x_prev - x_t
+        xx = x_t + shift * p["mu_x"]
+
+        def ddlerp(name, x_t=x_t, shift=shift, xx=xx):
+            mix = p[f"mu_{name}"] + torch.tanh(xx @ p[f"A_{name}"].T) @ p[f"B_{name}"].T
+            return x_t + shift * mix
+
+        r, k, v = (ddlerp(n) @ p[f"weight_{n}"].T for n in "rkv")
+        r, k, v = (t.reshape(B, NH, D) for t in (r, k, v))
+        g = ddlerp("g") @ p["weight_g"].T
+        w = torch.exp(-torch.exp(p["w0"] + torch.tanh(ddlerp("w") @ p["A_d"].T) @ p["B_d"].T))
+        kv = k[..., :, None] * v[..., None, :]
+        wkv = torch.einsum("bhi,bhij->bhj", r, p["u"][..., None] * kv + S)
+        S = w.reshape(B, NH, D)[..., None] * S + kv
+        normed = F.group_norm(wkv.reshape(B, NH * D), NH, p["ln_w"], p["ln_b"], eps=64e-5)
+        ys.append((F.silu(g) * normed) @ p["weight_o"].T)
+        x_prev = x_t
+    return torch.stack(ys), {"S": S.reshape(B, -1)}
+
+
+HEADS = {"input_size": I, "heads": NH, "head_size": D}
+# file -> (reference, size arguments)
+PAPERS = {"mlstm": (mlstm_reference, HEADS), "gated_deltanet": (gated_deltanet_reference, HEADS),
+          "gla": (gla_reference, HEADS), "slstm": (slstm_reference, HEADS),
+          "rwkv6": (rwkv6_reference, HEADS),
+          "mamba_s6": (mamba_s6_reference, {"input_size": I, "hidden_size": 6, "state_size": 4})}
+
+
+def cell_file(name):
+    """cells/NAME.cell; sLSTM's file is in tests/data: cells/ would run the zoo-wide tests on
+    it, whose random initial states put its normalizer n near 0 (h = o c / n blows up), where
+    running from zero states keeps n > 0."""
+    return CELLS_DIR / f"{name}.cell" if name != "slstm" else DATA / "slstm.cell"
 
 
 def _problem(name, seed=0):
-    cell = cellc.load_cell(CELLS_DIR / f"{name}.cell")
-    sizes = cell.bind(input_size=I, heads=NH, head_size=D)
+    cell = cellc.load_cell(cell_file(name))
+    sizes = cell.bind(**PAPERS[name][1])
     rng = np.random.default_rng(seed)
     params = numpy_ref.init_params(cell, sizes, rng)
+    for k, v in params.items():  # zeros at initialization (biases, LoRA halves) would hide terms
+        if not v.any():
+            params[k] = 0.3 * rng.normal(size=v.shape)
     xs = rng.normal(size=(T, B, I))
     states = {st.name: rng.normal(size=st.type.concrete(sizes, 1, B)) * 0.5
               for st in cell.states}
-    d_ys = rng.normal(size=(T, B, NH * D))
+    if "n" in states and name == "slstm":  # a normalizer is a sum of positive gates
+        states["n"] = np.abs(states["n"]) + 0.5
+    ys, _ = numpy_ref.forward(cell, sizes, xs, params, states)
+    d_ys = rng.normal(size=ys.shape)
     d_states = {k: rng.normal(size=v.shape) for k, v in states.items()}
     return cell, sizes, params, xs, states, d_ys, d_states
 
@@ -115,7 +201,7 @@ def _reference(name, params, xs, states, d_ys, d_states):
     p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     x = torch.tensor(xs, requires_grad=True)
     s0 = {k: torch.tensor(v, requires_grad=True) for k, v in states.items()}
-    ys, final = PAPERS[name](x, s0, p)
+    ys, final = PAPERS[name][0](x, s0, p)
     loss = (ys * torch.from_numpy(d_ys)).sum()
     loss = loss + sum((final[k] * torch.from_numpy(d_states[k])).sum() for k in states)
     loss.backward()
@@ -146,8 +232,8 @@ def test_numpy_reference_matches_the_paper(name):
 def test_torch_layer_matches_the_paper(name):
     cell, _, params, xs, states, d_ys, d_states = _problem(name, 1)
     want_ys, want_final, want_grads = _reference(name, params, xs, states, d_ys, d_states)
-    mod = cellc.load(CELLS_DIR / f"{name}.cell", target="torch")
-    layer = mod.Layer(input_size=I, heads=NH, head_size=D, dtype=torch.float64)
+    mod = cellc.load(cell_file(name), target="torch")
+    layer = mod.Layer(**PAPERS[name][1], dtype=torch.float64)
     layer.load_state_dict({f"{k}_l0": torch.from_numpy(v) for k, v in params.items()})
     x = torch.tensor(xs, requires_grad=True)
     names = [st.name for st in cell.states]
@@ -182,19 +268,21 @@ def test_mlstm_layer_stacks_and_runs_both_directions():
 
 @pytest.mark.parametrize("name", sorted(PAPERS))
 def test_llvm_target_refuses_a_tensor_valued_cell_with_a_located_error(name, tmp_path):
-    path = CELLS_DIR / f"{name}.cell"
+    path = cell_file(name)
     with pytest.raises(CellTargetError) as info:
         cellc.load(path, target="llvm")
     text = str(info.value)
     assert f"{path}:" in text and "the llvm target does not compile tensor-valued cells yet" in text
-    assert "\n        state  " in text and "^" in text  # the state's line and a caret
+    lines = text.splitlines()  # the first tensor-valued line of the cell, and a caret
+    assert lines[1].startswith("        ") and set(lines[2].strip()) == {"^"}, text
     from cellc.native import NativeCell
 
     with pytest.raises(CellTargetError):
-        NativeCell(path, input_size=I, heads=NH, head_size=D)
+        NativeCell(path, **PAPERS[name][1])
     out = tmp_path / "out"
+    sizes = ",".join(f"{k}={v}" for k, v in PAPERS[name][1].items())
     run = subprocess.run([sys.executable, "-m", "cellc", "compile", str(path), "--target",
-                          "llvm", "--sizes", "input_size=4,heads=2,head_size=3", "-o", str(out)],
+                          "llvm", "--sizes", sizes, "-o", str(out)],
                          capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "does not compile tensor-valued cells yet" in run.stderr and not out.exists()

@@ -159,14 +159,15 @@ def op_results(results, inputs, like):
     """Results as a torch.library custom op must return them (both targets' sequence ops):
     contiguous tensors, as fake implementations make them (a Python float becomes a 0-d tensor
     of like's dtype), that alias no input and no other result. A residual can be an input, a
-    view of one or of another result (split's parts), or a buffer two results share: those are
-    copied."""
+    view of one or of another result (split's parts), a part of an internal buffer, or a buffer
+    two results share: those are copied."""
     seen = {t.untyped_storage().data_ptr() for t in inputs}
     out = []
     for r in results:
         if not isinstance(r, torch.Tensor):
             r = torch.full((), r, dtype=like.dtype, device=like.device)
-        elif r.untyped_storage().data_ptr() in seen or not r.is_contiguous():
+        elif (r.untyped_storage().data_ptr() in seen or not r.is_contiguous()
+              or r.storage_offset() != 0):  # a part of a buffer nothing else returns
             r = r.clone(memory_format=torch.contiguous_format)
         seen.add(r.untyped_storage().data_ptr())
         out.append(r)
