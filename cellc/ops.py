@@ -82,7 +82,8 @@ def _outer(args, attrs):
 def _reduce_features(args, attrs):
     (x,) = args
     if x.rank != 1:
-        raise ShapeMismatch(f"can only reduce a vector over its features, not {x}")
+        raise ShapeMismatch(f"can only reduce a vector over its features, not {x}"
+                            + ("; give the axis, as in sum(v, axis=-1)" if x.rank > 1 else ""))
     return [x.with_shape((ONE,))]
 
 

@@ -188,7 +188,8 @@ def test_op_table_metadata():
         ("matmul", [P("H", "I"), P("I", "H")], {},
          "the right side of @ must be a vector, not [I,H]"),
         ("matmul", [P("H", "I"), T("H")], {}, "cannot multiply [H,I] by [B,H]: I != H"),
-        ("sum", [P("H", "I")], {}, "can only reduce a vector over its features, not [H,I]"),
+        ("sum", [P("H", "I")], {}, "can only reduce a vector over its features, not [H,I]; give"
+         " the axis, as in sum(v, axis=-1)"),
         ("mean", [P()], {}, "can only reduce a vector over its features, not []"),
         ("split", [P()], {"parts": 2}, "cannot split a scalar"),
         ("concat", [], {}, "concat needs at least one operand"),

@@ -345,6 +345,7 @@ def test_numpy_broadcasting_of_per_example_shapes():
     ("    h' = h * sum(heads(h, N), axis=2)\n", "error: axis must be a whole number from -2 to 1"),
     ("    h' = h * sum(heads(h, N), axis=x)\n", "error: axis must be a whole number"),
     ("    h' = h * sum(h, 1)\n", "error: sum takes 1 argument, not 2"),
+    ("    h' = h * sum(heads(h, N))\n", "give the axis, as in sum(v, axis=-1)"),
     ("    h' = h * sum(h, axes=1)\n", "error: sum takes no keyword argument 'axes'"),
     ("    h' = h * reshape(h)\n", "error: use reshape(v, D1, D2, ...)"),
     ("    h' = merge(transpose(h))\n", "error: transpose: cannot transpose [B,D*N]"),
