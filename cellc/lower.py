@@ -1318,12 +1318,28 @@ class _Lowerer:
         value = st.value
         start = len(self.b.body)
         is_split = isinstance(value, A.Call) and value.fn.id == "split"
-        if is_split:
+        if is_split and len(value.args) > 2:  # split(v, I, E, ...): parts of those sizes
+            self.check_keywords(value)
+            sizes = tuple(self.dim(a) for a in value.args[1:])
+            if len(sizes) != len(st.targets):
+                raise CellShapeError(
+                    f"split into {len(sizes)} parts, but {len(st.targets)} name"
+                    f"{'s are' if len(st.targets) != 1 else ' is'} assigned", st.span)
+            x = self.expr(value.args[0])
+            self.at(value)
+            if x.type.rank == 0:
+                raise CellShapeError("cannot split a scalar", value.args[0].span)
+            try:
+                outs = self.b.emit("split", [x], {"sizes": sizes})
+            except ShapeMismatch as m:
+                raise self.shape_error("split", [x], value, value.args[:1], str(m)) from None
+        elif is_split:
             self.check_keywords(value)
             if (len(value.args) != 2 or not isinstance(value.args[1], A.Num)
                     or value.args[1].value != int(value.args[1].value)
                     or value.args[1].value < 1):
-                raise CellShapeError("use split(x, N) with N a whole number of parts", value.span)
+                raise CellShapeError("use split(x, N) with N a whole number of parts, or"
+                                     " split(x, D1, D2, ...) with the parts' sizes", value.span)
             parts = int(value.args[1].value)
             if parts != len(st.targets):
                 raise CellShapeError(

@@ -106,7 +106,8 @@ def _split(args, attrs):
         raise ShapeMismatch("cannot split a scalar")
     sizes = attrs.get("sizes") or (x.shape[0].divide(attrs["parts"]),) * attrs["parts"]
     if sum(sizes, start=Dim.of(0)) != x.shape[0]:
-        raise ShapeMismatch(f"split sizes {[str(d) for d in sizes]} do not add up to {x.shape[0]}")
+        raise ShapeMismatch(f"the sizes {', '.join(map(str, sizes))} of the parts do not add up"
+                            f" to {x.shape[0]}")
     return [x.with_shape((d,) + x.shape[1:]) for d in sizes]
 
 

@@ -365,3 +365,46 @@ def test_an_input_stays_a_vector_and_declarations_have_at_most_three_axes():
     assert "a state has at most three dimensions" in error_text(
         "cell X(input_size I):\n    input x[I]\n    state h[I, I, I, I]\n    h' = h\n"
         "    output h'\n", kind=CellShapeError)
+
+
+# ---------------------------------------------------------------------------------------------
+# split into parts of given sizes (every target: the IR's split already takes sizes)
+
+UNEQUAL = """cell Ctx(input_size I, hidden_size H):
+    input  x[I]
+    state  h[H]
+    param  W[H, I], U[H, H] ~ uniform(-0.5, 0.5)
+    a, b = split(W @ x + U @ h, 1, H - 1)
+    h' = tanh(concat(b, a))
+    output h'
+"""
+
+
+@pytest.mark.parametrize("target", ["torch", "llvm"])
+def test_split_into_parts_of_given_sizes(tmp_path, target):
+    path = tmp_path / "ctx.cell"
+    path.write_text(UNEQUAL)
+    torch.manual_seed(0)
+    layer = cellc.load(path, target=target).Layer(3, 5, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    ys, _ = layer(x)
+    W, U = layer.W_l0.detach(), layer.U_l0.detach()
+    h, want = torch.zeros(2, 5, dtype=torch.float64), []
+    for x_t in x:
+        z = x_t @ W.T + h @ U.T
+        h = torch.tanh(torch.cat([z[:, 1:], z[:, :1]], -1))
+        want.append(h)
+    torch.testing.assert_close(ys.detach(), torch.stack(want), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("line, error", [
+    ("a, b = split(h, H, I)", "x.cell:4:12: error: split: the sizes H, I of the parts do not add"
+                              " up to H"),
+    ("a, b = split(h, 1, 2, H - 3)", "x.cell:4:5: error: split into 3 parts, but 2 names are"
+                                     " assigned"),
+    ("a, b = split(h, 1, q)", "x.cell:4:24: error: undefined size 'q'"),
+])
+def test_unequal_split_mistakes_are_located(line, error):
+    text = (f"cell C(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n    {line}\n"
+            "    h' = concat(a, b) + 0 * sum(x)\n    output h'\n")
+    assert error_text(text).startswith(error), error_text(text)
