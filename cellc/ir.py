@@ -208,20 +208,25 @@ class Builder:
         attrs = dict(attrs or {})
         if OPS[op].kind == "elementwise":
             args = self.aligned(args)
+        elif op == "matvec":
+            args = self.aligned(args, lead=1)
         types = OPS[op].shape([a.type for a in args], attrs)  # may raise ShapeMismatch
         outs = tuple(Value(self.fresh(name if len(types) == 1 else None), t) for t in types)
         self.body.append(Instr(op, tuple(args), outs, attrs, self.span, self.grad))
         return list(outs)
 
-    def aligned(self, args) -> list[Value]:
+    def aligned(self, args, lead: int = 0) -> list[Value]:
         """Per-example operands of an elementwise op, reshaped to one rank by leading size-1
-        axes (NumPy's broadcasting on the features; the batch axis stays first)."""
+        axes (NumPy's broadcasting on the features; the batch axis stays first). With lead=1
+        (matvec: a matrix and a vector) the first operand keeps one axis more than the others."""
         args = list(args)
-        per_example = [a for a in args if a.type.batch is not Batch.NONE]
-        rank = max((a.type.rank for a in per_example), default=0)
-        for k, a in enumerate(args):
-            if a.type.batch is not Batch.NONE and a.type.rank < rank:
-                shape = (ONE,) * (rank - a.type.rank) + a.type.shape
+        extra = [lead] + [0] * (len(args) - 1) if lead else [0] * len(args)
+        # Every operand counts: a parameter [NH, D, D] times a per-example [D] needs the latter
+        # as [1, 1, D], or the batch axis would line up with NH.
+        rank = max((a.type.rank - x for a, x in zip(args, extra)), default=0)
+        for k, (a, x) in enumerate(zip(args, extra)):
+            if a.type.batch is not Batch.NONE and a.type.rank - x < rank:
+                shape = (ONE,) * (rank - a.type.rank + x) + a.type.shape
                 args[k] = self.op("reshape", a, shape=shape)
         return args
 

@@ -794,9 +794,9 @@ class _Lowerer:
         return self.emit("reshape", [total], e, shape=drop_axis(x.type.shape, k))
 
     def matmul(self, e: A.BinOp, lhs: Value, rhs: Value) -> Value:
-        """W @ v (a parameter matrix and a vector) is one op; A @ v with A a stack of matrices
-        (a per-example value, or a parameter [NH, D, D] applied per head) one rank above v is
-        a sum over A * v[..., None, :]'s last axis: O(size of A) work, per example and step."""
+        """W @ v (a parameter matrix and a vector) is a matmul; A @ v with A a stack of matrices
+        (a per-example value, or a parameter [NH, D, D] applied per head) one rank above v a
+        matvec: O(size of A) work, per example and step."""
         a, v = lhs.type, rhs.type
         if (a.batch is Batch.NONE and a.rank == 2 and v.rank == 1) or a.rank < 2:
             return self.emit("matmul", [lhs, rhs], e, operands=(e.lhs, e.rhs))
@@ -808,9 +808,7 @@ class _Lowerer:
         if a.shape[-1] != v.shape[-1]:
             raise self.shape_error("matmul", [lhs, rhs], e, (e.lhs, e.rhs),
                                    f"cannot multiply {a} by {v}: {a.shape[-1]} != {v.shape[-1]}")
-        row = self.emit("reshape", [rhs], e, shape=v.shape[:-1] + (ONE,) + v.shape[-1:])
-        return self.reduce(self.emit("mul", [lhs, row], e, operands=(e.lhs, e.rhs)), -1, e,
-                           "sum")
+        return self.emit("matvec", [lhs, rhs], e, operands=(e.lhs, e.rhs))
 
     # -- user functions -----------------------------------------------------------------------
 

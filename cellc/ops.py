@@ -168,6 +168,17 @@ def _expand(args, attrs):
     return [x.with_shape(x.shape[:k] + (attrs["size"],) + x.shape[k + 1:])]
 
 
+def _matvec(args, attrs):
+    """matvec: A [..., m, k] times v [..., k], the leading axes broadcast (NumPy's matmul of a
+    stack of matrices and a stack of vectors). A is a per-example value or a parameter, v a
+    per-example value of A's rank minus one (Builder aligns per-example operands)."""
+    a, v = args
+    if a.rank < 2 or v.rank != a.rank - 1 or a.shape[-1] != v.shape[-1]:
+        raise ShapeMismatch(f"cannot multiply {a} by {v}")
+    lead = broadcast(a.with_shape(a.shape[:-2]), v.with_shape(v.shape[:-1]))
+    return [TensorType(lead.shape + (a.shape[-2],), lead.batch)]
+
+
 def _transpose(args, attrs):
     """transpose: the last two feature axes swapped."""
     (x,) = args
@@ -195,12 +206,14 @@ _register("broadcast", 1, _broadcast_to, "rowwise")
 _register("split", 1, _split, "rowwise")
 _register("concat", None, _concat, "rowwise")
 # Tensor-valued cells (per-example values of rank 2 and 3): a movement op, a reduction along one
-# axis and its broadcast, and a transpose. outer, dot and products with per-example matrices are
-# written with these and elementwise mul (cellc/lower.py), as tinygrad builds them.
+# axis and its broadcast, a transpose, and the product of a stack of matrices with a stack of
+# vectors (C @ q per head). outer and dot are written with these and elementwise mul
+# (cellc/lower.py).
 _register("reshape", 1, _reshape, "rowwise")
 _register("sum_axis", 1, _sum_axis, "rowwise")
 _register("expand", 1, _expand, "rowwise")
 _register("transpose", 1, _transpose, "rowwise")
+_register("matvec", 2, _matvec, "rowwise")
 _register("outer", 2, _outer, "reduce_batch")
 _register("sum_batch", 1, _sum_batch, "reduce_batch")
 # scan's shape rule lives in ir.py: its output types come from its step function.

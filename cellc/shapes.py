@@ -168,10 +168,10 @@ def broadcast(a: TensorType, b: TensorType) -> TensorType:
     if Batch.NONE not in (a.batch, b.batch) and a.batch != b.batch:
         raise ShapeMismatch("per-step and whole-sequence values cannot be mixed")
     batch = b.batch if a.batch is Batch.NONE else a.batch
-    if Batch.NONE not in (a.batch, b.batch) and a.rank != b.rank:
-        # Builder.emit aligns them (leading size-1 axes), so that every backend may broadcast
-        # its (rows, features...) arrays as NumPy does.
-        raise ShapeMismatch(f"per-example values of ranks {a.rank} and {b.rank} are not aligned")
+    if any(t.batch is not Batch.NONE and t.rank < max(a.rank, b.rank) for t in (a, b)):
+        # Builder.emit aligns them (leading size-1 axes on the per-example value), so that every
+        # backend may broadcast its (rows, features...) arrays as NumPy does.
+        raise ShapeMismatch(f"values of ranks {a.rank} and {b.rank} are not aligned")
     shape = []
     for i in range(1, max(a.rank, b.rank) + 1):
         da = a.shape[-i] if i <= a.rank else ONE

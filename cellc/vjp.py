@@ -266,6 +266,16 @@ def _expand(b, instr, dys):
     return [b.op("sum_axis", dys[0], axis=instr.attrs["axis"])]
 
 
+@vjp_rule("matvec")
+def _matvec(b, instr, dys):
+    # y = A v per stack element: dA = dy v^T (summed down to A's type by grad.py), dv = A^T dy.
+    a, v = instr.args
+    dy = dys[0]
+    col = b.op("reshape", dy, shape=dy.type.shape + (ONE,))
+    row = b.op("reshape", v, shape=v.type.shape[:-1] + (ONE,) + v.type.shape[-1:])
+    return [b.mul(col, row), b.op("matvec", b.op("transpose", a), dy)]
+
+
 @vjp_rule("transpose")
 def _transpose(b, instr, dys):
     return [b.op("transpose", dys[0])]

@@ -570,6 +570,10 @@ CASES = [
     ("expand", "expand", [TensorType((ID, Dim.of(1)), Batch.STEP)], {"axis": 1, "size": HD},
      None, None),
     ("transpose", "transpose", [TensorType((ID, HD), Batch.STEP)], {}, None, None),
+    ("matvec", "matvec", [TensorType((ID, HD, ID), Batch.STEP), TensorType((ID, ID), Batch.STEP)],
+     {}, None, None),
+    ("matvec-param", "matvec", [TensorType((ID, HD, ID), Batch.NONE),
+                                TensorType((Dim.of(1), ID), Batch.STEP)], {}, None, None),
     ("mul-heads", "mul", [TensorType((ID, Dim.of(1)), Batch.STEP), MAT.with_shape((ID, HD))], {},
      None, None),  # [B,I,1] * [I,H]: summed over the batch and the broadcast axis
 ]

@@ -113,7 +113,8 @@ def test_broadcast_ok(a, b, want):
         (T("H"), P("I"), "feature sizes differ"),
         (P("H", "I"), P("H"), "feature sizes differ"),
         (T("H"), S("H"), "per-step and whole-sequence values cannot be mixed"),
-        (T("I"), T("H", "I"), "per-example values of ranks 1 and 2 are not aligned"),
+        (T("I"), T("H", "I"), "values of ranks 1 and 2 are not aligned"),
+        (T("I"), P("H", "I"), "values of ranks 1 and 2 are not aligned"),  # Builder aligns
     ],
 )
 def test_broadcast_errors(a, b, why):
@@ -159,6 +160,8 @@ RULES = [
     ("sum_axis", [T("H", "I")], {"axis": 1}, [T("H", 1)]),
     ("expand", [T(1, "I")], {"axis": 0, "size": H}, [T("H", "I")]),
     ("transpose", [T(4, "H", "I")], {}, [T(4, "I", "H")]),
+    ("matvec", [T(4, "H", "I"), T(4, "I")], {}, [T(4, "H")]),
+    ("matvec", [P(4, "H", "I"), T(1, "I")], {}, [T(4, "H")]),
 ]
 
 

@@ -330,9 +330,28 @@ def test_head_wise_parameter_dot_and_reductions():
 
 
 def test_numpy_broadcasting_of_per_example_shapes():
-    t = TensorType((Dim.of("I"),), Batch.STEP)
+    t = TensorType((Dim.of(1), Dim.of("I")), Batch.STEP)
     w = TensorType((Dim.of("H"), Dim.of("I")), Batch.NONE)
     assert broadcast(t, w) == TensorType((Dim.of("H"), Dim.of("I")), Batch.STEP)
+
+
+def test_a_per_example_vector_is_aligned_with_a_parameter_of_higher_rank():
+    """W[H, I] * x[I] is a per-example [H, I]: x's batch axis must not line up with H (here
+    B = H, where NumPy would broadcast the wrong axes without an error)."""
+    body = ("    state h[I]\n    param W[N, I]\n    param R[N, D, I]\n"
+            "    y = sum(sum(W * x, axis=1), axis=0) + sum(sum(sum(R * h, axis=2), axis=1),"
+            " axis=0)\n    h' = x * y\n    output h'\n")
+    cell = compile_text(HEADER + body)
+    sizes = cell.bind(input_size=4, heads=2, head_size=3)
+    rng = np.random.default_rng(0)
+    params = numpy_ref.init_params(cell, sizes, rng)
+    params["W"], params["R"] = rng.normal(size=(2, 4)), rng.normal(size=(2, 3, 4))
+    xs, h0 = rng.normal(size=(1, 2, 4)), rng.normal(size=(2, 4))
+    ys, _ = numpy_ref.forward(cell, sizes, xs, params, {"h": h0})
+    x = xs[0]
+    y = (params["W"][None] * x[:, None]).sum((1, 2)) + (params["R"][None]
+                                                         * h0[:, None, None]).sum((1, 2, 3))
+    np.testing.assert_allclose(ys[0], x * y[:, None], rtol=1e-12)
 
 
 @pytest.mark.parametrize("line, error", [

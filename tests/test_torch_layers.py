@@ -504,6 +504,8 @@ OP_CASES = {  # op -> (argument types, attributes); unlisted elementwise ops use
     "sum_axis": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {"axis": 1}),
     "expand": ([TensorType((Dim.of("I"), ONE), Batch.STEP)], {"axis": 1, "size": Dim.of("H")}),
     "transpose": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {}),
+    "matvec": ([TensorType((Dim.of("I"), Dim.of("H"), Dim.of("I")), Batch.NONE),
+                TensorType((ONE, Dim.of("I")), Batch.STEP)], {}),
 }
 POSITIVE = {"log", "sqrt", "pow", "power"}
 

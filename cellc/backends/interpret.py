@@ -181,6 +181,7 @@ def rules(xp: ArrayLib) -> dict[str, Rule]:
         "sum_axis": _sum_axis,
         "expand": partial(_expand, xp),
         "transpose": _apply(lambda x: x.swapaxes(-1, -2)),
+        "matvec": _apply(lambda a, v: (a @ v[..., None])[..., 0]),
         "split": partial(_split, xp),
         "concat": partial(_concat, xp),
     })

@@ -259,6 +259,7 @@ TORCH: dict[str, Emit] = {
     "sum_axis": _sum_axis,
     "expand": _expand,
     "transpose": _unary("{0}.transpose(-1, -2)"),
+    "matvec": _unary("({0} @ {1}.unsqueeze(-1)).squeeze(-1)"),
     # "const" and "scan" are statements, written by the emitter below.
 }
 
