@@ -30,10 +30,10 @@ accumulates no cotangent for them; each still has its (zero) slot among the resu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .ir import Builder, Func, Instr, Scan, Value
-from .shapes import Batch
+from .shapes import ONE, Batch
 from .source import InternalError
 from .vjp import VJP, unbroadcast
 
@@ -119,17 +119,62 @@ def vjp(f: Func, adjoint_names: dict | None = None, frozen=()) -> Vjp:
         adjoint_names.setdefault(id(g), (g, p))
         results.append(g)
 
+    body = _rematerialize(b, forward_body)
     forward_ids = {id(p) for p in f.params} | {id(o) for i in forward_body for o in i.outs}
     residuals: list[Value] = []
     seen: set[int] = set()
-    for instr in b.body:
+    for instr in body:
         for a in instr.args:
             if id(a) in forward_ids and id(a) not in seen:
                 seen.add(id(a))
                 residuals.append(a)
-    bwd = Func(f.name + "_bwd", tuple(residuals) + seeds, tuple(b.body), tuple(results))
+    bwd = Func(f.name + "_bwd", tuple(residuals) + seeds, tuple(body), tuple(results))
     fwd = Func(f.name, f.params, tuple(forward_body), f.results + tuple(residuals))
     return Vjp(fwd, bwd, len(f.results), adjoint_names)
+
+
+# Forward instructions the backward recomputes rather than reads as residuals: a reshape or a
+# transpose costs nothing, and an outer product (a mul that broadcasts two reshaped vectors to a
+# matrix, as outer(v, k) is written) is cheaper to redo than to save at every step.
+_FREE = ("reshape", "transpose", "expand")
+
+
+def _rematerialize(b: Builder, forward_body) -> list[Instr]:
+    """b's backward body, with the forward values it reads that are cheap to recompute
+    (`_FREE` ops and outer products) recomputed at its start from what they read, so the
+    forward saves the smaller values (v and k, not v k^T; the state C, not a reshape of it)."""
+    made = {id(o): i for i in forward_body for o in i.outs}
+    position = {id(i): k for k, i in enumerate(forward_body)}
+
+    def broadcast(a: Value, out: Value) -> bool:  # a has a size-1 axis that out repeats
+        t = out.type
+        return a.type.rank == t.rank and any(d == ONE and e != ONE
+                                             for d, e in zip(a.type.shape, t.shape))
+
+    def cheap(instr: Instr) -> bool:
+        if instr.op in _FREE:
+            return True
+        return (instr.op == "mul" and instr.out.type.rank > 1
+                and all(broadcast(a, instr.out) for a in instr.args))
+
+    todo = [a for i in b.body for a in i.args if id(a) in made and cheap(made[id(a)])]
+    chosen: dict[int, Instr] = {}
+    while todo:
+        instr = made[id(todo.pop())]
+        if id(instr) not in chosen:
+            chosen[id(instr)] = instr
+            todo += [a for a in instr.args if id(a) in made and cheap(made[id(a)])]
+    if not chosen:
+        return list(b.body)
+    mapping: dict[int, Value] = {}
+    front = []
+    for instr in sorted(chosen.values(), key=lambda i: position[id(i)]):
+        outs = tuple(Value(b.fresh(o.name.replace("'", "_next")), o.type) for o in instr.outs)
+        args = tuple(mapping.get(id(a), a) for a in instr.args)
+        front.append(replace(instr, args=args, outs=outs, grad=True))
+        mapping.update((id(o), n) for o, n in zip(instr.outs, outs))
+    rest = [replace(i, args=tuple(mapping.get(id(a), a) for a in i.args)) for i in b.body]
+    return front + rest
 
 
 def _scan_vjp(b: Builder, instr: Instr, dys: list[Value | None], adjoint_names,

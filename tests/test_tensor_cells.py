@@ -427,3 +427,15 @@ def test_unequal_split_mistakes_are_located(line, error):
     text = (f"cell C(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n    {line}\n"
             "    h' = concat(a, b) + 0 * sum(x)\n    output h'\n")
     assert error_text(text).startswith(error), error_text(text)
+
+
+def test_backward_recomputes_outer_products_and_reshapes_instead_of_saving_them():
+    """The mLSTM's forward saves two matrices per head and step (the state before and after the
+    step), not also v k^T or a reshape of the state: the backward recomputes those."""
+    from cellc import pipeline
+
+    text = pipeline.grad_equations(cellc.load_cell(MLSTM))
+    saved = text.split("# Saved per time step for the backward (")[1]
+    assert saved.startswith("13 values, 2*D^2*NH + 4*D*NH + 7*NH numbers per batch row"), saved
+    listed = saved.split("# Also read")[0]
+    assert "#   C\n" in listed and "#   C'\n" in listed and "reshape(v) * reshape(k)" not in listed
