@@ -679,7 +679,8 @@ class _Lowerer:
             if k.id in seen:
                 raise CellNameError(f"keyword argument '{k.id}' is given twice", k.span)
             seen.add(k.id)
-            if e.fn.id in REDUCTIONS and k.id == "axis":
+            if k.id == "axis" and (e.fn.id in REDUCTIONS or (e.fn.id == "max"
+                                                             and len(e.args) == 1)):
                 continue
             if e.fn.id != "dropout" or k.id != "per":
                 raise CellNameError(f"{e.fn.id} takes no keyword argument '{k.id}'" + (
@@ -710,6 +711,8 @@ class _Lowerer:
                 raise CellShapeError(f"use {TENSOR_USAGE['reshape']}", e.span)
             return
         arity = FUNCTION_ARITY.get(fn)
+        if fn == "max" and e.keywords and len(e.args) == 1:  # max(v, axis=k): a reduction
+            return
         if arity is None:
             known = sorted({*FUNCTION_ARITY, "split", "concat", "reshape", *self.defs})
             err = CellNameError(f"unknown function '{fn}'", e.fn.span)
@@ -740,7 +743,7 @@ class _Lowerer:
                 shape = tuple(self.dim(a) for a in e.args[1:])
             return self.emit("reshape", [x], e, operands=e.args[:1], shape=shape)
         args = [self.expr(a) for a in e.args]
-        if fn in TENSOR_ARITY or (fn in REDUCTIONS and e.keywords):
+        if fn in TENSOR_ARITY or (fn in (*REDUCTIONS, "max") and e.keywords):
             return self.tensor_call(e, args)
         if fn == "clamp":  # min(max(x, lo), hi)
             low = self.emit("max", args[:2], e, operands=e.args[:2])
@@ -784,11 +787,11 @@ class _Lowerer:
         return self.reduce(x, int(axis), e, fn)
 
     def reduce(self, x: Value, axis: int, e: A.Expr, fn: str) -> Value:
-        """sum or mean of x along one feature axis, which goes away ([1] for a vector)."""
-        if x.type.rank <= 1:
+        """sum, mean or max of x along one feature axis, which goes away ([1] for a vector)."""
+        if x.type.rank <= 1 and fn != "max":
             return self.emit(fn, [x], e)
         k = axis % x.type.rank
-        total = self.emit("sum_axis", [x], e, axis=k)
+        total = self.emit("max_axis" if fn == "max" else "sum_axis", [x], e, axis=k)
         if fn == "mean":
             total = self.emit("div", [total, self.b.const(x.type.shape[k])], e)
         return self.emit("reshape", [total], e, shape=drop_axis(x.type.shape, k))

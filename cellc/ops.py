@@ -211,6 +211,7 @@ _register("concat", None, _concat, "rowwise")
 # (cellc/lower.py).
 _register("reshape", 1, _reshape, "rowwise")
 _register("sum_axis", 1, _sum_axis, "rowwise")
+_register("max_axis", 1, _sum_axis, "rowwise")  # the maximum along the axis, kept as size 1
 _register("expand", 1, _expand, "rowwise")
 _register("transpose", 1, _transpose, "rowwise")
 _register("matvec", 2, _matvec, "rowwise")

@@ -8,7 +8,7 @@ them: their arities, their usage lines for error notes, and the shape arithmetic
     dot(a, b)           sum over the last axis of a * b
     transpose(A)        the last two axes swapped
     A @ v               A [..., m, k], v [..., k] -> [..., m] (A a state, a value or a parameter)
-    sum(v, axis=k), mean(v, axis=k)   along one axis, which goes away
+    sum(v, axis=k), mean(v, axis=k), max(v, axis=k)   along one axis, which goes away
 
 Lowering writes outer and dot with the IR's reshape, elementwise mul and sum_axis, and A @ v as
 its matvec (cellc/ops.py), so every backend and the symbolic backward need only those.
@@ -54,7 +54,7 @@ def drop_axis(shape: tuple[Dim, ...], k: int) -> tuple[Dim, ...]:
 
 
 # The IR ops only tensor-valued cells use; the llvm target does not lower them yet.
-TENSOR_OPS = ("reshape", "sum_axis", "expand", "transpose", "matvec")
+TENSOR_OPS = ("reshape", "sum_axis", "max_axis", "expand", "transpose", "matvec")
 
 
 def check_native(cell) -> None:

@@ -261,6 +261,16 @@ def _sum_axis(b, instr, dys):
     return [b.op("expand", dys[0], axis=k, size=instr.args[0].type.shape[k])]
 
 
+@vjp_rule("max_axis")
+def _max_axis(b, instr, dys):
+    # As torch.amax: the cotangent is shared evenly among the entries that equal the maximum.
+    (x,) = instr.args
+    k, n = instr.attrs["axis"], x.type.shape[instr.attrs["axis"]]
+    hit = b.op("eq", x, b.op("expand", instr.out, axis=k, size=n))
+    share = b.div(dys[0], b.op("sum_axis", hit, axis=k))
+    return [b.mul(hit, b.op("expand", share, axis=k, size=n))]
+
+
 @vjp_rule("expand")
 def _expand(b, instr, dys):
     return [b.op("sum_axis", dys[0], axis=instr.attrs["axis"])]

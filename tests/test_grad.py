@@ -567,6 +567,7 @@ CASES = [
     ("reshape", "reshape", [TensorType((HD * ID,), Batch.STEP)], {"shape": (ID, HD)}, None,
      None),
     ("sum_axis", "sum_axis", [TensorType((ID, HD), Batch.STEP)], {"axis": 0}, None, None),
+    ("max_axis", "max_axis", [TensorType((ID, HD), Batch.STEP)], {"axis": 1}, None, None),
     ("expand", "expand", [TensorType((ID, Dim.of(1)), Batch.STEP)], {"axis": 1, "size": HD},
      None, None),
     ("transpose", "transpose", [TensorType((ID, HD), Batch.STEP)], {}, None, None),

@@ -158,6 +158,7 @@ RULES = [
     ("reshape", [T(H * 4)], {"shape": (Dim.of(4), H)}, [T(4, "H")]),
     ("reshape", [P(H * 4, "I")], {"shape": (Dim.of(4), H * Dim.of("I"))}, [P(4, H * I)]),
     ("sum_axis", [T("H", "I")], {"axis": 1}, [T("H", 1)]),
+    ("max_axis", [T("H", "I")], {"axis": 0}, [T(1, "I")]),
     ("expand", [T(1, "I")], {"axis": 0, "size": H}, [T("H", "I")]),
     ("transpose", [T(4, "H", "I")], {}, [T(4, "I", "H")]),
     ("matvec", [T(4, "H", "I"), T(4, "I")], {}, [T(4, "H")]),

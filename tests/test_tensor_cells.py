@@ -365,6 +365,7 @@ def test_a_per_example_vector_is_aligned_with_a_parameter_of_higher_rank():
     ("    h' = h * sum(heads(h, N), axis=x)\n", "error: axis must be a whole number"),
     ("    h' = h * sum(h, 1)\n", "error: sum takes 1 argument, not 2"),
     ("    h' = h * sum(heads(h, N))\n", "give the axis, as in sum(v, axis=-1)"),
+    ("    h' = h * max(h, h, axis=0)\n", "error: max takes no keyword argument 'axis'"),
     ("    h' = h * sum(h, axes=1)\n", "error: sum takes no keyword argument 'axes'"),
     ("    h' = h * reshape(h)\n", "error: use reshape(v, D1, D2, ...)"),
     ("    h' = merge(transpose(h))\n", "error: transpose: cannot transpose [B,D*N]"),
@@ -439,3 +440,52 @@ def test_backward_recomputes_outer_products_and_reshapes_instead_of_saving_them(
     assert saved.startswith("13 values, 2*D^2*NH + 4*D*NH + 7*NH numbers per batch row"), saved
     listed = saved.split("# Also read")[0]
     assert "#   C\n" in listed and "#   C'\n" in listed and "reshape(v) * reshape(k)" not in listed
+
+
+MAXED = """cell M(input_size I, heads N, head_size D):
+    input  x[I]
+    state  h[N*D]
+    param  W[N*D, I] ~ uniform(-1, 1)
+    a = heads(W @ x, N) + heads(h, N)
+    h' = merge(a - reshape(max(a, axis=-1), N, 1)) + max(h, axis=0)
+    output h'
+"""
+
+
+def test_max_along_an_axis_matches_torch_amax_with_its_tie_rule(tmp_path):
+    """max(v, axis=k) on the NumPy reference and the torch target against torch.amax, forward
+    and gradients, with ties in h (the cotangent is shared evenly among equal maxima)."""
+    cell = compile_text(MAXED)
+    sizes = cell.bind(input_size=4, heads=2, head_size=3)
+    rng = np.random.default_rng(0)
+    params = numpy_ref.init_params(cell, sizes, rng)
+    xs = rng.normal(size=(3, 2, 4))
+    h0 = np.array([[1.0, 2.0, 2.0, 0.5, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    d_ys = rng.normal(size=(3, 2, 6))
+    ys, _, grads = numpy_ref.backward(cell, sizes, xs, params, {"h": h0}, d_ys=d_ys)
+
+    W = torch.tensor(params["W"], requires_grad=True)
+    x = torch.tensor(xs, requires_grad=True)
+    h = h_init = torch.tensor(h0, requires_grad=True)
+    want = []
+    for x_t in x:
+        a = (x_t @ W.T).reshape(2, 2, 3) + h.reshape(2, 2, 3)
+        h = (a - a.amax(-1, keepdim=True)).reshape(2, 6) + h.amax(1, keepdim=True)
+        want.append(h)
+    want = torch.stack(want)
+    (want * torch.from_numpy(d_ys)).sum().backward()
+    _close(ys, want.detach().numpy(), "outputs")
+    _close(grads["W"], W.grad.numpy(), "dW")
+    _close(grads["h"], h_init.grad.numpy(), "dh (ties)")
+    _close(grads["xs"], x.grad.numpy(), "dx")
+    path = tmp_path / "maxed.cell"
+    path.write_text(MAXED)
+    layer = cellc.load(path, target="torch").Layer(input_size=4, heads=2, head_size=3,
+                                                   dtype=torch.float64)
+    layer.load_state_dict({"W_l0": torch.from_numpy(params["W"])})
+    h1 = torch.tensor(h0[None], requires_grad=True)
+    out, _ = layer(torch.from_numpy(xs), h1)
+    (out * torch.from_numpy(d_ys)).sum().backward()
+    _close(out.detach().numpy(), ys, "torch target outputs")
+    _close(h1.grad[0].numpy(), h_init.grad.numpy(), "torch target dh (ties)")
+    _close(layer.W_l0.grad.numpy(), W.grad.numpy(), "torch target dW")

@@ -502,6 +502,7 @@ OP_CASES = {  # op -> (argument types, attributes); unlisted elementwise ops use
     "where": ([_vec("H"), _vec("H"), _par("H")], {}),
     "reshape": ([TensorType((_H2,), Batch.STEP)], {"shape": (Dim.of(2), Dim.of("H"))}),
     "sum_axis": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {"axis": 1}),
+    "max_axis": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {"axis": 0}),
     "expand": ([TensorType((Dim.of("I"), ONE), Batch.STEP)], {"axis": 1, "size": Dim.of("H")}),
     "transpose": ([TensorType((Dim.of("I"), Dim.of("H")), Batch.STEP)], {}),
     "matvec": ([TensorType((Dim.of("I"), Dim.of("H"), Dim.of("I")), Batch.NONE),

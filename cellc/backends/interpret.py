@@ -55,6 +55,7 @@ class ArrayLib:
     split: Callable[[Any, list[int], int], list]  # parts of the given sizes along an axis
     concat: Callable[[list, int], Any]
     broadcast: Callable[[Any, int], Any]  # (..., 1) -> (..., n)
+    amax: Callable[[Any, int], Any]  # the maximum along an axis, kept as size 1
 
 
 def _feature_axis(t: TensorType) -> int:
@@ -102,6 +103,10 @@ def _reshape(args, instr, ctx):
 
 def _sum_axis(args, instr, ctx):
     return args[0].sum(_rows(instr.args[0].type) + instr.attrs["axis"], keepdims=True)
+
+
+def _max_axis(xp: ArrayLib, args, instr, ctx):
+    return xp.amax(args[0], _rows(instr.args[0].type) + instr.attrs["axis"])
 
 
 def _expand(xp: ArrayLib, args, instr, ctx):
@@ -179,6 +184,7 @@ def rules(xp: ArrayLib) -> dict[str, Rule]:
         "sum_batch": _apply(lambda x: x.sum(0)),
         "reshape": _reshape,
         "sum_axis": _sum_axis,
+        "max_axis": partial(_max_axis, xp),
         "expand": partial(_expand, xp),
         "transpose": _apply(lambda x: x.swapaxes(-1, -2)),
         "matvec": _apply(lambda a, v: (a @ v[..., None])[..., 0]),

@@ -70,6 +70,7 @@ ARRAYS = interpret.ArrayLib(
     split=lambda x, sizes, axis: np.split(x, np.cumsum(sizes)[:-1], axis=axis),
     concat=lambda xs, axis: np.concatenate(xs, axis=axis),
     broadcast=lambda x, n: np.broadcast_to(x, x.shape[:-1] + (n,)).copy(),
+    amax=lambda x, axis: x.max(axis, keepdims=True),
 )
 
 NUMPY = interpret.rules(ARRAYS)

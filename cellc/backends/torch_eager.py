@@ -61,6 +61,7 @@ ARRAYS = interpret.ArrayLib(
     split=lambda x, sizes, axis: list(torch.split(x, sizes, dim=axis)),
     concat=lambda xs, axis: torch.cat(xs, dim=axis),
     broadcast=lambda x, n: x.expand(*x.shape[:-1], n),  # a view: autograd sums the gradient
+    amax=lambda x, axis: x.amax(axis, keepdim=True),
 )
 
 # No "scan": the eager driver loops over time in Python (run_direction_eager), where it can

@@ -168,6 +168,10 @@ def _sum_axis(a, i):
     return f"{a[0]}.sum({_rows(i.args[0].type) + i.attrs['axis']}, keepdim=True)"
 
 
+def _max_axis(a, i):
+    return f"{a[0]}.amax({_rows(i.args[0].type) + i.attrs['axis']}, keepdim=True)"
+
+
 def _expand(a, i):
     t = i.args[0].type
     dims = ["-1"] * (_rows(t) + t.rank)
@@ -257,6 +261,7 @@ TORCH: dict[str, Emit] = {
     "concat": _concat,
     "reshape": _reshape,
     "sum_axis": _sum_axis,
+    "max_axis": _max_axis,
     "expand": _expand,
     "transpose": _unary("{0}.transpose(-1, -2)"),
     "matvec": _unary("({0} @ {1}.unsqueeze(-1)).squeeze(-1)"),
