@@ -112,7 +112,7 @@ def error_text(text: str, name: str = "x.cell", kind: type[CellError] = CellErro
 
 
 def layer_size_args(spec: dict, input_size: int, other: int) -> dict[str, int]:
-    """A layer's size arguments from its SPEC (a generated module's, or `layer._spec`): the
+    """A layer's size arguments from a generated module's SPEC dict (torch target): the
     input's gets input_size, every other required size `other` (hidden_size, or an mLSTM's
     heads and head_size), an optional one its default (none)."""
     optional = spec.get("optional_sizes", ())
