@@ -29,7 +29,7 @@ from .names import (
     why_unusable,
 )
 from .ops import BINARY_FUNCTIONS, REDUCTIONS, UNARY_FUNCTIONS
-from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType
+from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType, product
 from .source import (
     CellError,
     CellNameError,
@@ -166,10 +166,7 @@ class CellIR:
         for p in self.params:
             if p.kind not in TRAINED_KINDS:
                 continue
-            n = Dim.of(1)
-            for d in p.type.shape:
-                n = n * d
-            total = total + n
+            total = total + product(p.type.shape)
         return total
 
     def bind(self, **args: int) -> dict[str, int]:
@@ -759,8 +756,7 @@ class _Lowerer:
         fn = e.fn.id
         if fn == "merge":
             (x,) = args
-            return self.emit("reshape", [x], e, operands=e.args, shape=(x.type.shape and
-                             (_product(x.type.shape),)) or (ONE,))
+            return self.emit("reshape", [x], e, operands=e.args, shape=(product(x.type.shape),))
         if fn == "transpose":
             return self.emit("transpose", args, e, operands=e.args)
         if fn in ("outer", "dot"):
@@ -1281,7 +1277,7 @@ class _Lowerer:
             if st.kind == "state" and len(dims) > 1:
                 # A tensor-valued state travels between steps (and in and out of layers) as its
                 # numbers in row-major order; the step reads it in its declared shape.
-                v = Value(self.b.fresh(d.name.id), TensorType((_product(dims),), batch))
+                v = Value(self.b.fresh(d.name.id), TensorType((product(dims),), batch))
                 self.b.span = d.span
                 shaped = self.b.op("reshape", v, shape=dims)
                 self.define(d.name, _Binding(shaped, d.span, st.kind))
@@ -1386,7 +1382,7 @@ class _Lowerer:
                 carried = v
                 if v.type.rank > 1:  # a tensor-valued state: its numbers, row-major
                     self.b.span = st.value.span
-                    carried = self.b.op("reshape", v, shape=(_product(v.type.shape),))
+                    carried = self.b.op("reshape", v, shape=(product(v.type.shape),))
                 next_values[name[:-1]] = carried
             elif name in self.env and self.env[name].kind in (
                     "input", "state", "param", "bias", "const", "hyper"):
@@ -1409,13 +1405,6 @@ class _Lowerer:
         new = Value(self.b.fresh(name), v.type)
         body[pos] = replace(instr, outs=tuple(new if o is v else o for o in instr.outs))
         return new
-
-
-def _product(dims) -> Dim:
-    total = ONE
-    for d in dims:
-        total = total * d
-    return total
 
 
 def lower(cell: A.Cell, zero: frozenset | None = None) -> CellIR:

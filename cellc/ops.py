@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType, broadcast
+from .shapes import ONE, Batch, Dim, ShapeMismatch, TensorType, broadcast, product
 
 ShapeRule = Callable[[list[TensorType], Mapping[str, Any]], list[TensorType]]
 
@@ -129,21 +129,14 @@ def _concat(args, attrs):
     return [TensorType((total,) + first.shape[1:], batch)]
 
 
-def _product(dims) -> Dim:
-    total = ONE
-    for d in dims:
-        total = total * d
-    return total
-
-
 def _reshape(args, attrs):
     """reshape {shape=(D1, ...)}: the per-example (or parameter) features, in row-major order,
     as that shape; the number of features must not change. The batch axis stays."""
     (x,) = args
     shape = tuple(attrs["shape"])
-    if _product(shape) != _product(x.shape):
+    if product(shape) != product(x.shape):
         raise ShapeMismatch(f"cannot reshape {x} to [{', '.join(map(str, shape))}]:"
-                            f" {_product(x.shape)} != {_product(shape)} numbers")
+                            f" {product(x.shape)} != {product(shape)} numbers")
     return [x.with_shape(shape)]
 
 

@@ -105,7 +105,7 @@ def residual_summary(prog: Program, texts: dict[int, tuple[str, int]]) -> list[s
     """The values the forward pass saves per time step for the backward, and their size;
     `texts` are the forward values' texts from `equations.forward_texts`."""
     from .ir import Scan
-    from .shapes import Dim
+    from .shapes import Dim, product
 
     scan = Scan.of(next(i for i in prog.fwd.body if i.op == "scan"))
     by_out = {id(o): r for o, r in zip(scan.instr.outs, scan.step.results)}
@@ -116,11 +116,9 @@ def residual_summary(prog: Program, texts: dict[int, tuple[str, int]]) -> list[s
         if output is not None and r is output:
             reads.append(f"{prog.cell.output} (the output)")
         elif id(r) in by_out:
-            v, numbers = by_out[id(r)], None
+            v = by_out[id(r)]
             saved.append(texts.get(id(v), (v.name, 0))[0])
-            for d in v.type.shape:  # every axis: a per-example matrix is rows x columns
-                numbers = d if numbers is None else numbers * d
-            total = total + numbers
+            total = total + product(v.type.shape)  # every axis: a matrix is rows x columns
         else:
             reads.append(texts.get(id(r), (r.name, 0))[0])
     lines = [(f"# Saved per time step for the backward ({len(saved)} values, {total} numbers"

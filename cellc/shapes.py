@@ -113,6 +113,14 @@ class Dim:
 ONE = Dim.of(1)
 
 
+def product(dims) -> Dim:
+    """The number of entries of a shape: the product of its dims (1 for a scalar)."""
+    total = ONE
+    for d in dims:
+        total = total * d
+    return total
+
+
 class Batch(enum.Enum):
     NONE = ""
     STEP = "B"
@@ -127,6 +135,11 @@ class TensorType:
     @property
     def rank(self) -> int:
         return len(self.shape)
+
+    @property
+    def batch_axes(self) -> int:
+        """1 where an array of this type has a batch axis (its rows) before the features."""
+        return 0 if self.batch is Batch.NONE else 1
 
     def with_batch(self, batch: Batch) -> TensorType:
         return TensorType(self.shape, batch)

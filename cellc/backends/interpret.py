@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from ..ir import Func, Instr, scan_parts
-from ..shapes import Batch, Dim, TensorType
+from ..shapes import Dim, TensorType
 from ..source import InternalError
 
 
@@ -90,29 +90,25 @@ def _broadcast(xp: ArrayLib, args, instr, ctx):
     return xp.broadcast(x, int(instr.attrs["size"].evaluate(ctx.sizes)))
 
 
-def _rows(t: TensorType) -> int:
-    """1 where a value of this type has a batch axis (its rows) before the features, else 0."""
-    return 0 if t.batch is Batch.NONE else 1
-
 
 def _reshape(args, instr, ctx):
     (x,) = args
     shape = tuple(int(d.evaluate(ctx.sizes)) for d in instr.attrs["shape"])
-    return x.reshape(x.shape[:_rows(instr.args[0].type)] + shape)
+    return x.reshape(x.shape[:instr.args[0].type.batch_axes] + shape)
 
 
 def _sum_axis(args, instr, ctx):
-    return args[0].sum(_rows(instr.args[0].type) + instr.attrs["axis"], keepdims=True)
+    return args[0].sum(instr.args[0].type.batch_axes + instr.attrs["axis"], keepdims=True)
 
 
 def _max_axis(xp: ArrayLib, args, instr, ctx):
-    return xp.amax(args[0], _rows(instr.args[0].type) + instr.attrs["axis"])
+    return xp.amax(args[0], instr.args[0].type.batch_axes + instr.attrs["axis"])
 
 
 def _expand(xp: ArrayLib, args, instr, ctx):
     (x,) = args
     features = instr.outs[0].type.bound(ctx.sizes).features
-    return x + xp.full(x.shape[:_rows(instr.args[0].type)] + features, 0.0, ctx)
+    return x + xp.full(x.shape[:instr.args[0].type.batch_axes] + features, 0.0, ctx)
 
 
 def _compare(compare, xp: ArrayLib, args, instr, ctx):
