@@ -489,3 +489,19 @@ def test_max_along_an_axis_matches_torch_amax_with_its_tie_rule(tmp_path):
     _close(out.detach().numpy(), ys, "torch target outputs")
     _close(h1.grad[0].numpy(), h_init.grad.numpy(), "torch target dh (ties)")
     _close(layer.W_l0.grad.numpy(), W.grad.numpy(), "torch target dW")
+
+
+@pytest.mark.parametrize("line", ["a = heads(W @ x, 3)\n    h' = merge(a) + h",
+                                  "a, b, c = split(W @ x, 3)\n    h' = concat(a, b, c) + h"])
+def test_layers_refuse_sizes_that_make_a_step_size_fractional(tmp_path, line):
+    """H = 4 makes a [H/3]: the torch layer and cell classes refuse it when built (as the llvm
+    layers do through CellIR.bind), not with a torch error inside their first call."""
+    path = tmp_path / "odd.cell"
+    path.write_text("cell Odd(input_size I, hidden_size H):\n    input x[I]\n    state h[H]\n"
+                    f"    param W[H, I]\n    {line}\n    output h'\n")
+    mod = cellc.load(path, target="torch")
+    for cls in (mod.Layer, mod.Cell):
+        with pytest.raises(ValueError, match=r"^Odd: with input_size=2, hidden_size=4, the size"
+                                             r" of 'a' would be 1\.33+; choose sizes"):
+            cls(2, 4)
+    assert mod.Layer(2, 6)(torch.randn(3, 2, 2))[0].shape == (3, 2, 6)

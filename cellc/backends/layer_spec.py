@@ -24,7 +24,7 @@ from fractions import Fraction
 
 from .. import ast_nodes as A
 from ..lower import CellIR, broadcast_values, eval_number, eval_values, fold_number
-from ..shapes import Dim
+from ..shapes import ONE, Dim
 from ..source import Span
 from ..variants import form, optional_sizes
 from .torch_names import check_layer_cell
@@ -93,6 +93,10 @@ class LayerSpec:
     # The step's input row (cellc/inputs.py): x, x[t-1], noise masks; () for a plain cell.
     input_parts: tuple = ()
     optional_sizes: tuple[str, ...] = ()  # constructor arguments of optional sizes (proj_size)
+    # The step's other sizes that some choice of sizes could make fractional or not positive
+    # (`heads(v, 3)` of [H] is [3, H/3]), with a value they size: a layer refuses such sizes
+    # when it is built, as CellIR.bind does, rather than failing inside its first call.
+    step_sizes: tuple[tuple[str, Dim], ...] = ()
 
     def runtime(self) -> dict:
         """The spec dict of cellc.runtime.torch_layers: each size a function of a layer's sizes
@@ -110,6 +114,8 @@ class LayerSpec:
             "params": [_runtime_param(p) for p in self.params],
             "input_parts": [p.runtime() for p in self.input_parts],
             "optional_sizes": list(self.optional_sizes),
+            "step_sizes": [(name, lambda s, d=d: _whole(d.evaluate(s)))
+                           for name, d in self.step_sizes],
         }
 
 
@@ -149,6 +155,9 @@ def layer_spec(cell: CellIR) -> LayerSpec:
                           for a, b in zip(nonzero.state_sizes, zero.state_sizes)),
         output_size=_size_if(sym, nonzero.output_size, zero.output_size),
         params=tuple(params),
+        # A size of one form is checked where that form is the layer's (1 in the other).
+        step_sizes=(*((n, _size_if(sym, d, ONE)) for n, d in nonzero.step_sizes),
+                    *((n, _size_if(sym, ONE, d)) for n, d in zero.step_sizes)),
     )
 
 
@@ -167,7 +176,21 @@ def _layer_spec(cell: CellIR) -> LayerSpec:
                                 p.init.span, p.choices) for p in cell.params),
         input_parts=tuple(cell.input_parts),
         optional_sizes=tuple(s.arg for s in cell.sizes if s.optional),
+        step_sizes=_step_sizes(cell),
     )
+
+
+def _step_sizes(cell: CellIR) -> tuple[tuple[str, Dim], ...]:
+    """Each distinct size of the step's values that is not a whole, positive number for every
+    choice of positive whole sizes (a fraction or a negative coefficient), with a value it
+    sizes."""
+    found: dict[Dim, str] = {}
+    for v in (*cell.step.params, *(o for i in cell.step.body for o in i.outs)):
+        for d in v.type.shape:
+            risky = any(c.denominator != 1 or c < 0 for _, c in d.terms)
+            if risky and d not in found:
+                found[d] = v.name
+    return tuple((name, d) for d, name in found.items())
 
 
 def _whole(x: Fraction) -> int | Fraction:

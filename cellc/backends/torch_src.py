@@ -153,29 +153,25 @@ def _split(a, i):
     return f"torch.split({a[0]}, [{sizes}], dim={_feature_dim(i.args[0].type)})"
 
 
-def _rows(t: TensorType) -> int:
-    """1 for a per-example value (its first axis is the batch's rows), 0 for a parameter."""
-    return 0 if t.batch is Batch.NONE else 1
-
 
 def _reshape(a, i):
     t = i.args[0].type
-    dims = [f"{a[0]}.shape[0]"] * _rows(t) + [size_expr(d) for d in i.attrs["shape"]]
+    dims = [f"{a[0]}.shape[0]"] * t.batch_axes + [size_expr(d) for d in i.attrs["shape"]]
     return f"{a[0]}.reshape({', '.join(dims)})"
 
 
 def _sum_axis(a, i):
-    return f"{a[0]}.sum({_rows(i.args[0].type) + i.attrs['axis']}, keepdim=True)"
+    return f"{a[0]}.sum({i.args[0].type.batch_axes + i.attrs['axis']}, keepdim=True)"
 
 
 def _max_axis(a, i):
-    return f"{a[0]}.amax({_rows(i.args[0].type) + i.attrs['axis']}, keepdim=True)"
+    return f"{a[0]}.amax({i.args[0].type.batch_axes + i.attrs['axis']}, keepdim=True)"
 
 
 def _expand(a, i):
     t = i.args[0].type
-    dims = ["-1"] * (_rows(t) + t.rank)
-    dims[_rows(t) + i.attrs["axis"]] = size_expr(i.attrs["size"])
+    dims = ["-1"] * (t.batch_axes + t.rank)
+    dims[t.batch_axes + i.attrs["axis"]] = size_expr(i.attrs["size"])
     return f"{a[0]}.expand({', '.join(dims)})"
 
 
@@ -503,6 +499,11 @@ def spec_source(spec: LayerSpec) -> str:
     lines.append("    ],")
     if spec.optional_sizes:  # size arguments: checked identifiers
         lines.append(f"    \"optional_sizes\": {list(spec.optional_sizes)!r},")
+    if spec.step_sizes:  # value names: checked identifiers, as repr()
+        lines.append("    \"step_sizes\": [")
+        lines += [f"        ({name!r}, lambda S: {size_expr(d, exact=True)}),"
+                  for name, d in spec.step_sizes]
+        lines.append("    ],")
     if spec.input_parts:  # the step's input row (cellc/inputs.py): names are checked values'
         lines.append("    \"input_parts\": [")
         for part in spec.input_parts:

@@ -266,6 +266,7 @@ class _Spec:
         self._state_sizes = get("state_sizes")
         self._state_init = spec.get("state_init")  # optional: zeros
         self._output_size = get("output_size")
+        self._step_sizes = list(spec.get("step_sizes", ()))  # optional: none to check
         self.params = []
         for p in get("params"):
             p = dict(p)
@@ -319,6 +320,11 @@ class _Spec:
 
     def output_size(self, sizes) -> int:
         return self._whole(self._output_size(sizes), "the output size", sizes)
+
+    def check_step_sizes(self, sizes) -> None:
+        """The step's own sizes (heads(v, 3) of [H] needs H/3 whole) for one layer's sizes."""
+        for name, size in self._step_sizes:
+            self._whole(size(sizes), f"the size of {name!r}", sizes)
 
     def state_init(self, sizes) -> list[float]:
         """Each state's value before the first step when no hx is given (0.0 unless the cell
@@ -602,6 +608,8 @@ class _RNNLayer(_Picklable, torch.nn.Module):
             if spec.state_sizes(ls) != self._state_sizes:
                 raise ValueError(f"{name}: state sizes depend on {spec.input_arg}, so layers"
                                  " cannot be stacked (num_layers must be 1)")
+        for ls in self._layer_sizes:
+            spec.check_step_sizes(ls)
         self._output_sizes = [spec.output_size(ls) for ls in self._layer_sizes]
         self._row_widths = [_part_widths(spec, ls) for ls in self._layer_sizes]
         _check_rates(self)  # a dropout or zoneout rate out of [0, 1): refused now
@@ -978,6 +986,7 @@ class _RNNCell(_Picklable, torch.nn.Module):
                             " which a single step does not see; run whole sequences with the"
                             " layer class")
         self._sizes = sizes
+        spec.check_step_sizes(sizes)
         self._state_sizes = spec.state_sizes(sizes)
         self._state_init = spec.state_init(sizes)
         self._row_widths = _part_widths(spec, sizes)
