@@ -31,7 +31,6 @@ from .backends.llvm_jit import Arrays
 from .inputs import refuse_parts
 from .lower import CellIR
 from .runtime import native_calls as calls
-from .tensors import check_native
 from .variants import variant_for_args
 
 
@@ -65,7 +64,6 @@ class NativeCell:
 
         self.reverse = calls._check_reverse(reverse)
         self.cell = variant_for_args(_cell(cell), size_args)  # cellc/variants.py
-        check_native(self.cell)
         refuse_parts(self.cell, "NativeCell")
         self.dtype = calls._float_dtype(dtype)
         self.sizes = self.cell.bind(**size_args)

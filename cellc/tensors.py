@@ -16,7 +16,7 @@ its matvec (cellc/ops.py), so every backend and the symbolic backward need only 
 
 from __future__ import annotations
 
-from .shapes import ONE, Batch, Dim, TensorType
+from .shapes import ONE, Dim, TensorType
 
 TENSOR_ARITY = {"heads": 2, "merge": 1, "outer": 2, "dot": 2, "transpose": 1}
 TENSOR_USAGE = {"reshape": "reshape(v, D1, D2, ...) with sizes D1, D2, ... whose product is v's"
@@ -51,23 +51,3 @@ def drop_axis(shape: tuple[Dim, ...], k: int) -> tuple[Dim, ...]:
     """The shape without axis k; a vector's only axis leaves [1] (sum's result)."""
     rest = shape[:k] + shape[k + 1:]
     return rest or (ONE,)
-
-
-# The IR ops only tensor-valued cells use; the llvm target does not lower them yet.
-TENSOR_OPS = ("reshape", "sum_axis", "max_axis", "expand", "transpose", "matvec")
-
-
-def check_native(cell) -> None:
-    """Raise a located CellTargetError if the llvm target cannot compile the cell: a
-    tensor-valued step (per-example matrices, heads) runs on the NumPy reference and the torch
-    target only, for now."""
-    from .ir import all_instrs
-    from .source import CellTargetError
-
-    for instr in all_instrs(cell.step):
-        wide = [v for v in instr.outs if v.type.batch is not Batch.NONE and v.type.rank > 1]
-        if instr.op in TENSOR_OPS or wide or any(a.type.rank > 2 for a in instr.args):
-            what = f"{wide[0]} : {wide[0].type}" if wide else instr.op
-            raise CellTargetError(
-                f"the llvm target does not compile tensor-valued cells yet ({what}); use"
-                " target='torch' (or --target torch)", instr.span, cell.source.name)

@@ -120,25 +120,6 @@ def layer_size_args(spec: dict, input_size: int, other: int) -> dict[str, int]:
             for arg, _ in spec["sizes"] if arg not in optional}
 
 
-def native_compiles(path) -> bool:
-    """False for a cell the llvm target refuses (a tensor-valued one, for now: cellc/tensors.py)."""
-    from cellc.frontend import load_file
-    from cellc.source import CellTargetError
-    from cellc.tensors import check_native
-
-    try:
-        check_native(load_file(str(path)))
-    except CellTargetError:
-        return False
-    return True
-
-
-def skip_if_not_native(path) -> None:
-    """Skip a test of the llvm target for a cell it refuses (with the reason)."""
-    if not native_compiles(path):
-        pytest.skip("the llvm target does not compile tensor-valued cells yet (issue 11)")
-
-
 def skip_native_cell_if_row(cell: CellIR) -> None:
     """NativeCell and the native library run cells whose step reads only its input; one that
     reads x[t-1] or noise masks (cellc/inputs.py) runs through its layers, tested elsewhere

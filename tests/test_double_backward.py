@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import cellc
 from cellc.backends import llvm_jit
 
-from conftest import layer_size_args, skip_if_not_native
+from conftest import layer_size_args
 
 CELLS_DIR = Path(__file__).resolve().parent.parent / "cells"
 T, B, I, H = 3, 2, 2, 3
@@ -41,8 +41,6 @@ def layer_and_inputs(path, target, seed=0, lengths=None, **kwargs):
     """A float64 layer, and the inputs of `layer_function` (input, initial states, parameters),
     all leaves requiring grad."""
     torch.manual_seed(seed)
-    if target == "llvm":
-        skip_if_not_native(path)
     sizes = layer_size_args(module(path, "torch").SPEC, I, H)
     layer = module(path, target).Layer(**sizes, dtype=torch.float64, **kwargs)
     directions = 2 if layer.bidirectional else 1

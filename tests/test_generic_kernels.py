@@ -22,7 +22,7 @@ from cellc.frontend import load_file
 from cellc.native import NativeCell
 from cellc.runtime import native_calls
 
-from conftest import skip_if_not_native, skip_native_cell_if_row
+from conftest import skip_native_cell_if_row
 
 ROOT = Path(__file__).resolve().parent.parent
 CELLS_DIR = ROOT / "cells"
@@ -142,7 +142,6 @@ def reference(nc, p64, lengths=None) -> dict:
 @pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_generic_kernels_match_specialized_and_reference(cell_path, dtype):
-    skip_if_not_native(cell_path)
     program = generic(str(cell_path), dtype)
     tol = TOL[dtype]
     for k, (I, H) in enumerate(SIZES):

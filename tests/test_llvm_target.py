@@ -38,7 +38,7 @@ import pytest
 import cellc
 from cellc.backends import cache, numpy_ref
 
-from conftest import skip_if_not_native, skip_native_cell_if_row
+from conftest import skip_native_cell_if_row
 
 torch = pytest.importorskip("torch")
 
@@ -199,7 +199,6 @@ def grad_names(cell) -> set[str]:
 @pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_backward_match_reference(cell_path, dtype):
-    skip_if_not_native(cell_path)
     nc = native(str(cell_path), dtype)
     p64 = problem(nc, T, B)
     p = cast(p64, dtype)
@@ -233,7 +232,6 @@ def test_forward_backward_match_reference(cell_path, dtype):
 def test_reference_comparison_can_fail(cell_path):
     """Guard: the initial states, the final-state cotangents and every parameter move the
     results by much more than the tolerance (so a kernel ignoring any of them would fail)."""
-    skip_if_not_native(cell_path)
     nc = native(str(cell_path), "float64")
     p = problem(nc, T, B)
     ys, _, grads = reference(nc, p)
@@ -283,7 +281,6 @@ LENGTHS = [3, 0, 5]  # unsorted, one empty sequence, one of full length (T = 5, 
 @pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lengths_match_per_sequence_reference(cell_path, dtype):
-    skip_if_not_native(cell_path)
     nc = native(str(cell_path), dtype)
     p = cast(problem(nc, T, B, seed=1), dtype)
     p64 = cast(p, np.float64)
@@ -350,7 +347,6 @@ def test_lengths_all_zero():
 @pytest.mark.slow_cells
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_steps_equal_forward(cell_path, dtype):
-    skip_if_not_native(cell_path)
     nc = native(str(cell_path), dtype)
     p = cast(problem(nc, T, B, seed=5), dtype)
     ys, final, _ = nc.forward(p["xs"], p["params"], p["states"])

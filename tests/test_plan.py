@@ -27,11 +27,8 @@ from cellc.lowering import (
 from cellc.pipeline import compile_program
 from cellc.source import InternalError
 
-from conftest import native_compiles
-
 ROOT = Path(__file__).resolve().parent.parent
 CELLS = sorted((ROOT / "cells").glob("*.cell"))
-NATIVE = [p for p in CELLS if native_compiles(p)]  # the llvm target refuses tensor-valued cells
 
 
 def lstm_plan(hidden: int = 16, caps: Caps | None = None):
@@ -53,7 +50,7 @@ def nodes(ops, kind):
     return found
 
 
-@pytest.mark.parametrize("path", NATIVE, ids=[p.stem for p in NATIVE])
+@pytest.mark.parametrize("path", CELLS, ids=[p.stem for p in CELLS])
 def test_emit_plan_prints_for_every_cell(path, capsys):
     rc = main(["show", str(path), "--emit", "plan", "--sizes", "input_size=8,hidden_size=16"])
     out = capsys.readouterr().out
@@ -131,7 +128,7 @@ def test_workspace_is_the_sum_of_the_regions():
 
 
 def test_every_zoo_plan_verifies():
-    for path in NATIVE:
+    for path in CELLS:
         cell = load_file(str(path))
         prog = compile_program(cell)
         sizes = cell.bind(**{s.arg: 16 for s in cell.sizes if not s.optional})
@@ -146,7 +143,7 @@ def generic_plan(path: Path):
                       cell.symbols)
 
 
-@pytest.mark.parametrize("path", NATIVE, ids=[p.stem for p in NATIVE])
+@pytest.mark.parametrize("path", CELLS, ids=[p.stem for p in CELLS])
 def test_every_generic_plan_verifies_and_evaluates_to_the_specialized_one(path):
     """The generic plan (sizes None) keeps sizes symbolic and sends every product to the
     library; at concrete sizes its workspace is the specialized no-inline plan's."""

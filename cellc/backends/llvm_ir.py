@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -48,6 +48,7 @@ from ..lowering import (
     FunctionPlan,
     Kernel,
     Loc,
+    Nest,
     Offset,
     Plan,
     Product,
@@ -398,6 +399,68 @@ class FunctionRenderer:
         gb.ret_void()
         self.b.call(g, [self.nrows(rows)] + ptr_args + [self.size(x) for x in sizes]
                     + [self.float_size(x) for x in consts] + list(col_range or []))
+
+    def nest(self, n: Nest) -> None:
+        """A tensor op's loop nest, as a separate function like `elementwise_loop`: a loop over
+        the rows, then one per axis of n.shape (row-major: the innermost reads contiguous
+        numbers where the op does). An accumulating nest combines its output with each value;
+        a sum reassociates, so that a sum along the innermost axis vectorizes."""
+        t = self.t
+        code = (self._fused_code(n) if n.what == "fused" else
+                _copy_code if n.what == "copy" else _mul_code)
+        unique: list = []  # one pointer per distinct operand
+        for x in [*n.outs, *n.ins]:
+            if x.ptr is not None and not any(x is u for u in unique):
+                unique.append(x)
+        ptr_args = [self.ptr(x.ptr) for x in unique]
+        sizes = _distinct([*n.shape, *(v for x in unique for v in (x.row_stride, *x.strides))])
+        consts = _distinct([x.const for x in n.ins if x.ptr is None])
+        fty = ir.FunctionType(ir.VoidType(), [I64] + [PTR] * len(ptr_args) + [I64] * len(sizes)
+                              + [t] * len(consts))
+        self.groups += 1
+        g = ir.Function(self.module, fty, f"{self.fn.name}.nest{self.groups}")
+        g.linkage = "internal"
+        for a in g.args[1:1 + len(ptr_args)]:
+            a.add_attribute("noalias")
+        gb = ir.IRBuilder(g.append_basic_block("entry"))
+        gptr = {id(x): a for x, a in zip(unique, g.args[1:])}
+        first = 1 + len(ptr_args)
+        size_args = dict(zip(sizes, g.args[first:]))
+        const_args = dict(zip(consts, g.args[first + len(sizes):]))
+
+        def size(x) -> ir.Value:
+            return size_args[x] if isinstance(x, Dim) else ir.Constant(I64, x)
+
+        with ExitStack() as loops:
+            r = loops.enter_context(for_range(gb, 0, g.args[0], name="r", head="row",
+                                              exit="exit"))
+            index = [loops.enter_context(for_range(gb, 0, size(extent), name=f"i{k}",
+                                                   head=f"axis{k}", exit=f"axis{k}_end"))
+                     for k, extent in enumerate(n.shape)]
+
+            def addr(x):
+                off = gb.mul(r, size(x.row_stride))
+                for i, stride in zip(index, x.strides):
+                    if stride != 0:
+                        off = gb.add(off, gb.mul(i, size(stride)))
+                return gb.gep(gptr[id(x)], [off], source_etype=t)
+
+            vals = [(const_args[x.const] if isinstance(x.const, Dim) else
+                     ir.Constant(t, x.const)) if x.ptr is None else gb.load(addr(x), typ=t)
+                    for x in n.ins]
+            results = code(gb, vals)
+            if n.accumulate is None:
+                for x, v in zip(n.outs, results):
+                    gb.store(v, addr(x))
+            else:
+                where = addr(n.outs[0])
+                old = gb.load(where, typ=t)
+                new = (gb.fadd(old, results[0], flags=("reassoc",)) if n.accumulate == "sum"
+                       else TABLE["max"](gb, t, [old, results[0]], None))
+                gb.store(new, where)
+        gb.ret_void()
+        self.b.call(g, [self.nrows(n.rows)] + ptr_args + [self.size(x) for x in sizes]
+                    + [self.float_size(x) for x in consts])
 
     # -- products and reductions ----------------------------------------------------------
 
@@ -925,6 +988,9 @@ def _outer_ptrs(body: list) -> list[int]:
         elif isinstance(node, RowSum):
             use(node.src.ptr)
             use(node.out.ptr)
+        elif isinstance(node, Nest):
+            for x in (*node.ins, *node.outs):
+                use(x.ptr)
     return used
 
 
@@ -967,6 +1033,10 @@ def _copy_code(b, vals):
     return [vals[0]]
 
 
+def _mul_code(b, vals):
+    return [b.fmul(vals[0], vals[1])]
+
+
 def _add_code(b, vals):
     return [b.fadd(vals[0], vals[1])]
 
@@ -986,6 +1056,7 @@ NODES = {
     Kernel: FunctionRenderer.kernel,
     Product: FunctionRenderer.product,
     RowSum: FunctionRenderer.row_sum,
+    Nest: FunctionRenderer.nest,
     TimeLoop: FunctionRenderer.scan,
 }
 KERNELS = {

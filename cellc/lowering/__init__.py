@@ -8,7 +8,10 @@ kernels compute at run time, and every product a library GEMM; see `sizes`):
   `broadcast` or parameter vector costs nothing, a scalar constant is an immediate, a value
   whose only use is a `concat` is computed into its slice of the concat's buffer);
 - which elementwise instructions fuse into one loop nest (`Kernel`), and which of their values
-  must be stored because something outside the kernel reads them;
+  must be stored because something outside the kernel reads them; a tensor-valued value
+  (per-example matrices, heads) keeps its numbers row-major in one row, so a `reshape` is a
+  view, and an op that broadcasts, transposes, reduces along an axis or multiplies a matrix by
+  a vector per head is a loop nest over its axes with a stride per operand and axis (`Nest`);
 - how each matrix product runs (`Product`: a library GEMM, or inside the time loop the inlined
   kernel, with a GEMV for one active row and a transposed copy of the weight made per call);
 - the workspace: every region the function needs, and its size as a*T*B + b*B + c elements;
@@ -37,6 +40,7 @@ from .nodes import (
     FunctionPlan,
     Kernel,
     Loc,
+    Nest,
     Offset,
     Plan,
     Product,
@@ -44,6 +48,7 @@ from .nodes import (
     Result,
     RowBlock,
     RowSum,
+    Strided,
     TimeLoop,
     Work,
 )
@@ -53,7 +58,7 @@ from .text import format_plan
 __all__ = [
     "INLINE_MAX_ELEMENTS", "INLINE_MIN_STEPS", "PACKED_MAX_ELEMENTS", "TEAM_GEMM_MIN",
     "TEAM_GEMM_ROWS", "Arg", "Caps",
-    "FunctionPlan", "Kernel", "Loc",
-    "Offset", "Plan", "Product", "Ptr", "Result", "RowBlock", "RowSum", "TimeLoop", "Work",
+    "FunctionPlan", "Kernel", "Loc", "Nest", "Offset", "Plan", "Product", "Ptr", "Result",
+    "RowBlock", "RowSum", "Strided", "TimeLoop", "Work",
     "broadcast_to", "dims", "format_plan", "group", "plan", "plan_function", "verify_plan",
 ]

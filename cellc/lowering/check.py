@@ -8,6 +8,7 @@ from .nodes import (
     FunctionPlan,
     Kernel,
     Loc,
+    Nest,
     Offset,
     Plan,
     Product,
@@ -29,6 +30,8 @@ def _locs_of(node) -> tuple[list[Loc], list[Loc]]:
         return [x for x in (node.a, node.b, node.bm) if x is not None], [node.out]
     if isinstance(node, RowSum):
         return [node.src], [node.out]
+    if isinstance(node, Nest):
+        return node.ins, node.outs
     raise InternalError(f"plan: unknown node {type(node).__name__}")
 
 
@@ -115,6 +118,11 @@ def _verify_function(fp: FunctionPlan) -> None:
                 if op.what == "fused" and (len(op.ins) != len(op.inputs)
                                            or len(op.outs) != len(op.outputs) or not op.outs):
                     fail("fused kernel without a location for each value it reads or stores")
+            if isinstance(op, Nest):
+                if any(len(x.strides) != len(op.shape) for x in [*op.ins, *op.outs]):
+                    fail(f"nest {op.what} reads or writes with strides of another rank")
+                if op.accumulate and len(op.outs) != 1:
+                    fail("an accumulating nest has more than one output")
             inlined = isinstance(op, Product) and op.strategy != "library"
             if inlined and (not in_loop or op.bm is None):
                 fail(f"{op.strategy} product outside a loop or without its kernel operand")

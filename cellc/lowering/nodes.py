@@ -31,7 +31,7 @@ TEAM_GEMM_ROWS = 16
 # products (an H=256 LSTM has 256*1024): each op then ends in a barrier (~0.1-0.3 us).
 COLUMN_MIN_WORK = 1 << 17
 # Ops that need no code: their result is a view of their argument.
-VIEWS = ("split", "broadcast")
+VIEWS = ("split", "broadcast", "reshape")
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,37 @@ class RowSum:
     src: Loc
     out: Loc
     scale: float | None  # None: 1/n with n symbolic, computed at run time
+
+
+@dataclass(eq=False)
+class Strided:
+    """Where an operand of a Nest is: element (r, i) of the nest's index i at
+    ptr[r * row_stride + sum_k i[k] * strides[k]] (stride 0: that axis repeats; ptr None: the
+    constant `const`)."""
+
+    ptr: Ptr | None
+    row_stride: object
+    strides: tuple
+    const: float | None = None
+
+
+@dataclass(eq=False)
+class Nest:
+    """The loop nest of a tensor-valued op: for r < rows and every index i < shape (the
+    per-example axes, row-major), outs[k][r, i] = f(ins[..][r, i]); with `accumulate` ("sum"
+    or "max") the one output is combined with f instead, and is read at stride 0 along the
+    axes it reduces (it was filled before). f: "fused" (the elementwise `instrs`, reading
+    `inputs`, storing `outputs`), "copy" or "mul" (the product of the two inputs: matvec)."""
+
+    what: str
+    ins: list[Strided]
+    outs: list[Strided]
+    rows: object
+    shape: tuple
+    accumulate: str | None = None
+    instrs: list[Instr] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
 
 
 @dataclass(eq=False)

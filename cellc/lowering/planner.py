@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..ir import Func, Instr, Value, scan_parts
 from ..ops import OPS
-from ..shapes import Batch, Dim
+from ..shapes import ONE, Batch, Dim
 from ..source import InternalError
 from .nodes import (
     COLUMN_MIN_WORK,
@@ -20,6 +20,7 @@ from .nodes import (
     FunctionPlan,
     Kernel,
     Loc,
+    Nest,
     Offset,
     Plan,
     Product,
@@ -27,6 +28,7 @@ from .nodes import (
     Result,
     RowBlock,
     RowSum,
+    Strided,
     TimeLoop,
     Work,
 )
@@ -91,16 +93,27 @@ def _place(loc: Loc) -> tuple[int, tuple]:
     return id(p), (offset, blocks, loc.row_stride, loc.col_stride)
 
 
+def total_size(shape) -> object:
+    """The number of elements of a shape of plan sizes."""
+    n = 1
+    for d in shape:
+        n = mul(n, d)
+    return n
+
+
 def dims(v: Value, sizes, at_step: bool) -> tuple[object, object]:
     """(rows kind, cols) of a value as a 2-D array; sizes None (a generic plan): a feature size
-    with symbols stays a Dim."""
+    with symbols stays a Dim. A parameter matrix has its rows; any other value of two or more
+    axes has its numbers in one row each, row-major (a per-example matrix, a head-wise
+    parameter)."""
     t = v.type
     shape = [size(d, sizes) for d in t.shape]
+    if t.batch is Batch.NONE and len(shape) == 2:
+        return shape[0], shape[1]
+    # A vector, or the numbers of a tensor-valued one in row-major order (see Nest).
+    cols = total_size(shape)
     if t.batch is Batch.NONE:
-        if len(shape) == 2:
-            return shape[0], shape[1]
-        return 1, (shape[0] if shape else 1)
-    cols = shape[0] if shape else 1
+        return 1, cols
     if t.batch is Batch.SEQ:
         return "seq", cols
     return ("step" if at_step else "batch"), cols
@@ -331,7 +344,7 @@ class _Planner:
         off = 0
         for o in i.outs:
             rows, cols = self.dims(o, at_step)
-            if i.args[0].type.rank == 2:  # matrices split by rows
+            if _is_matrix(i.args[0]):  # parameter matrices split by rows
                 ptr = self.offset(src, mul(off, src.row_stride))
                 off = add(off, rows)
             else:
@@ -352,9 +365,9 @@ class _Planner:
             loc = self.scope.locs[id(a)]
             rows, cols = self.dims(a, at_step)
             if id(a) in self.scope.into_concat:  # already computed in place
-                off = add(off, cols if a.type.rank == 1 else 0)
+                off = add(off, 0 if _is_matrix(a) else cols)
                 continue
-            if a.type.rank == 2:
+            if _is_matrix(a):
                 dst = Loc(self.offset(out, mul(off, out.row_stride)), out.row_stride, 1, rows,
                           cols)
                 off = add(off, rows)
@@ -386,9 +399,101 @@ class _Planner:
         if not outputs:
             return
         rows, cols = self.dims(instrs[0].out, at_step)
+        shape = instrs[0].out.type.shape
+        if any(_needs_nest(a, instrs[0].out) for a in inputs):
+            ins = [self.strided(a, shape) for a in inputs]
+            outs = [self.strided_out(o, at_step, shape) for o in outputs]
+            self.emit(Nest("fused", ins, outs, self.nest_rows(instrs[0].out, at_step),
+                           self.extents(shape), None, list(instrs), inputs, outputs))
+            return
         in_locs = [broadcast_to(self.scope.locs[id(a)], rows, cols) for a in inputs]
         out_locs = [self.storage(o, at_step) for o in outputs]
         self.emit(Kernel("fused", in_locs, out_locs, rows, cols, list(instrs), inputs, outputs))
+
+    # -- tensor-valued ops: loop nests over the per-example axes ---------------------------
+
+    def extents(self, shape) -> tuple:
+        return tuple(size(d, self.sizes) for d in shape)
+
+    def contiguous(self, v: Value) -> Loc:
+        """v's Loc with its numbers in row-major order in each row (a copy if they are not)."""
+        loc = self.scope.locs[id(v)]
+        if loc.ptr is None or (loc.col_stride == 1 and (
+                v.type.batch is not Batch.NONE or loc.rows == 1 or loc.row_stride == loc.cols)):
+            return loc
+        out = Loc(self.alloc(loc.rows, loc.cols), 0 if loc.rows == 1 else loc.cols, 1,
+                  loc.rows, loc.cols)
+        self.copy(loc, out, loc.rows, loc.cols)
+        self.scope.locs[id(v)] = out
+        return out
+
+    def strided(self, v: Value, target: tuple, shape: tuple | None = None) -> Strided:
+        """v as an operand of a nest over `target` (a shape): its axes (`shape`: v's numbers
+        seen in another shape of the same size) right-aligned with the target's, at stride 0
+        where v has size 1 and the target does not (NumPy's broadcasting)."""
+        loc = self.contiguous(v)
+        shape = v.type.shape if shape is None else shape
+        row_stride = 0 if v.type.batch is Batch.NONE else loc.row_stride
+        return Strided(loc.ptr, row_stride, _strides(shape, target, self.sizes), loc.const)
+
+    def strided_out(self, v: Value, at_step: bool, target: tuple,
+                    shape: tuple | None = None) -> Strided:
+        loc = self.storage(v, at_step)
+        shape = v.type.shape if shape is None else shape
+        row_stride = 0 if v.type.batch is Batch.NONE else loc.row_stride
+        return Strided(loc.ptr, row_stride, _strides(shape, target, self.sizes))
+
+    def nest_rows(self, v: Value, at_step: bool):
+        """A nest's rows: the batch rows of a per-example value, one for a parameter's."""
+        return 1 if v.type.batch is Batch.NONE else self.dims(v, at_step)[0]
+
+    def reshape(self, i: Instr, at_step: bool):
+        """The same numbers in another shape: a view (of a row-major copy if need be)."""
+        src = self.contiguous(i.args[0])
+        rows, cols = self.dims(i.out, at_step)
+        if src.ptr is None:
+            view = Loc(None, 0, 0, rows, cols, src.const)
+        elif i.out.type.batch is Batch.NONE:
+            view = Loc(src.ptr, cols if rows != 1 or i.out.type.rank == 2 else 0, 1, rows, cols)
+        else:
+            view = Loc(src.ptr, src.row_stride, 1, rows, cols)
+        self.bind_view(i.out, view, at_step)
+
+    def tensor_copy(self, i: Instr, at_step: bool):
+        """expand (the size-1 axis read at stride 0) and transpose (the last two strides
+        swapped)."""
+        (x,) = i.args
+        shape = i.out.type.shape
+        if i.op == "transpose":
+            src = self.strided(x, x.type.shape)
+            src.strides = src.strides[:-2] + (src.strides[-1], src.strides[-2])
+        else:
+            src = self.strided(x, shape)
+        out = self.strided_out(i.out, at_step, shape)
+        self.emit(Nest("copy", [src], [out], self.nest_rows(i.out, at_step), self.extents(shape)))
+
+    def reduce_axis(self, i: Instr, at_step: bool):
+        """sum_axis, max_axis: the output filled (0, -inf), then combined with each element
+        along the axis (the output's stride there is 0)."""
+        (x,) = i.args
+        shape = x.type.shape
+        src = self.strided(x, shape)
+        self.fill(self.storage(i.out, at_step), 0.0 if i.op == "sum_axis" else float("-inf"))
+        out = self.strided_out(i.out, at_step, shape)
+        self.emit(Nest("copy", [src], [out], self.nest_rows(i.out, at_step), self.extents(shape),
+                       "sum" if i.op == "sum_axis" else "max"))
+
+    def matvec(self, i: Instr, at_step: bool):
+        """y[..., m] = sum_k A[..., m, k] v[..., k]: a nest over (..., m, k) that sums
+        products into y (stride 0 along k), v read at stride 0 along m."""
+        a, v = i.args
+        y = i.out
+        space = y.type.shape + (a.type.shape[-1],)
+        ins = [self.strided(a, space),
+               self.strided(v, space, v.type.shape[:-1] + (ONE,) + v.type.shape[-1:])]
+        self.fill(self.storage(y, at_step), 0.0)
+        out = self.strided_out(y, at_step, space, y.type.shape + (ONE,))
+        self.emit(Nest("mul", ins, [out], self.nest_rows(y, at_step), self.extents(space), "sum"))
 
     # -- products and reductions --------------------------------------------------------
 
@@ -424,9 +529,10 @@ class _Planner:
         src = self.scope.locs[id(i.args[0])]
         out = self.storage(i.out, at_step)
         self.fill(out, 0.0)
-        acc = Loc(out.ptr, 0, 1, src.rows, out.cols)  # every row adds into row 0
+        # Every row adds into row 0 (a tensor-valued one: all its numbers in one row).
+        acc = Loc(out.ptr, 0, 1, src.rows, src.cols)
         # out[c] += src[r, c] for each r: a loop nest whose inner loop vectorizes.
-        self.emit(Kernel("sum", [acc, src], [acc], src.rows, out.cols))
+        self.emit(Kernel("sum", [acc, src], [acc], src.rows, src.cols))
 
     # -- the time loop ------------------------------------------------------------------
 
@@ -519,13 +625,15 @@ class _Planner:
                 # (row blocks would each read the whole weight, every step).
                 return "its library products are split across the threads, one at a time"
         for node in loop.body:
+            if isinstance(node, Nest) and node.rows != "step":
+                return "a step computes values shared by all rows"
             locs = (node.ins + node.outs if isinstance(node, Kernel) else
                     [node.out, node.a, node.b] if isinstance(node, Product) else
                     [node.src, node.out] if isinstance(node, RowSum) else [])
             if any(loc is not None and loc.rows == "batch" for loc in locs):
                 return "a step works on the whole batch"
         for node in loop.body:
-            written = (node.outs if isinstance(node, Kernel) else
+            written = (node.outs if isinstance(node, (Kernel, Nest)) else
                        [node.out] if isinstance(node, (Product, RowSum)) else [])
             for loc in written:
                 if loc.ptr is not None and id(loc.ptr) not in own:
@@ -539,10 +647,11 @@ class _Planner:
         """(whether a small batch may split the loop's steps by columns, whether every product
         has its one-row GEMV). Each op must work column by column: elementwise kernels, and
         products on packed panels (split by panels) or by GEMV (split by W's rows); a
-        reduction over a row's features cannot split. Only for enough work per step."""
+        reduction over a row's features and a tensor op's nest cannot split. Only for enough
+        work per step."""
         products = [n for n in loop.body if isinstance(n, Product)]
         if not self.caps.panel or not products or any(
-                isinstance(n, RowSum) for n in loop.body):
+                isinstance(n, (RowSum, Nest)) for n in loop.body):
             return False, False
         if any(p.strategy != "choose" or not p.panel or p.bm is None for p in products):
             return False, False
@@ -624,7 +733,45 @@ class _Planner:
                 self.copy(src, Loc(loc.ptr, loc.row_stride, 1, "step", loc.cols), "step", loc.cols)
 
 
+def _is_matrix(v: Value) -> bool:
+    """A parameter matrix: a plan keeps its rows (any other value has one row of numbers)."""
+    return v.type.batch is Batch.NONE and v.type.rank == 2
+
+
+def _needs_nest(a: Value, out: Value) -> bool:
+    """Whether an elementwise kernel with output `out` must read `a` through a Nest: it
+    broadcasts along some axes (other than a single number), or it is a parameter of two or
+    more axes next to a per-example value (its rows are not the kernel's)."""
+    t, o = a.type, out.type
+    if t.rank <= 1 and o.rank <= 1:
+        return False
+    if t.shape != o.shape:
+        return any(d != ONE for d in t.shape)
+    return t.batch is Batch.NONE and o.batch is not Batch.NONE
+
+
+def _strides(shape: tuple, target: tuple, sizes) -> tuple:
+    """The strides of a row-major array of `shape` along the axes of `target`, right-aligned;
+    0 along the target's leading axes it lacks and where it has size 1 and the target not."""
+    natural, step = [], 1
+    for d in reversed(shape):
+        natural.append(step)
+        step = mul(step, size(d, sizes))
+    natural.reverse()
+    lead = len(target) - len(shape)
+    if lead < 0:
+        raise InternalError(f"a nest over {target} reads a value of shape {shape}")
+    return (0,) * lead + tuple(
+        0 if d == ONE and t != ONE else n for d, t, n in zip(shape, target[lead:], natural))
+
+
 _RULES = {
+    "reshape": _Planner.reshape,
+    "expand": _Planner.tensor_copy,
+    "transpose": _Planner.tensor_copy,
+    "sum_axis": _Planner.reduce_axis,
+    "max_axis": _Planner.reduce_axis,
+    "matvec": _Planner.matvec,
     "const": _Planner.const,
     "split": _Planner.split,
     "broadcast": _Planner.broadcast,

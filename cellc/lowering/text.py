@@ -14,6 +14,7 @@ from .nodes import (
     FunctionPlan,
     Kernel,
     Loc,
+    Nest,
     Offset,
     Plan,
     Product,
@@ -21,6 +22,7 @@ from .nodes import (
     Result,
     RowBlock,
     RowSum,
+    Strided,
     TimeLoop,
     Work,
 )
@@ -60,6 +62,14 @@ class _Names:
                  for v, s in (("r", loc.row_stride), ("c", loc.col_stride)) if s != 0]
         return f"{self.ptr(loc.ptr)}[{' + '.join(terms) or '0'}]"
 
+    def strided(self, s: Strided) -> str:
+        """ptr[r*row_stride + i0*s0 + ...] over a nest's index i (axes at stride 0 left out)."""
+        if s.ptr is None:
+            return repr(s.const)
+        axes = [("r", s.row_stride)] + [(f"i{k}", x) for k, x in enumerate(s.strides)]
+        terms = [f"{v}*{factor(x)}" if x != 1 else v for v, x in axes if x != 0]
+        return f"{self.ptr(s.ptr)}[{' + '.join(terms) or '0'}]"
+
 
 def _shape(rows, cols: int) -> str:
     return f"[{_rows(rows)}, {cols}]"
@@ -97,6 +107,15 @@ def _node_lines(node, names: _Names, indent: str) -> list[str]:
             return [f"{indent}kernel   fused{_shape(node.rows, node.cols)}: {ops}; {stored}"]
         ins = " + ".join(names.loc(i) for i in node.ins)
         return [f"{indent}kernel   {node.what}{_shape(node.rows, node.cols)}: {ins} -> {outs}"]
+    if isinstance(node, Nest):
+        space = ", ".join(map(factor, node.shape))
+        head = f"{indent}nest     {node.what}[{_rows(node.rows)}; {space}]: "
+        if node.what == "fused":
+            head += " ".join(i.op for i in node.instrs) + "; "
+        ins = ", ".join(names.strided(x) for x in node.ins)
+        outs = ", ".join(names.strided(x) for x in node.outs)
+        how = f" {node.accumulate}=" if node.accumulate else " ->"
+        return [f"{head}{ins}{how} {outs}"]
     if isinstance(node, Product):
         i = node.instr
         what = (f"%{i.out.name}{_shape(node.out.rows, node.out.cols)} = {i.op}"
