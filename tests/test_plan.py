@@ -52,10 +52,13 @@ def nodes(ops, kind):
 
 @pytest.mark.parametrize("path", CELLS, ids=[p.stem for p in CELLS])
 def test_emit_plan_prints_for_every_cell(path, capsys):
-    rc = main(["show", str(path), "--emit", "plan", "--sizes", "input_size=8,hidden_size=16"])
+    args = {s.arg for s in load_file(str(path)).sizes if not s.optional}
+    heads = {"heads", "head_size"} <= args  # a head-wise cell: its sizes are NH and D
+    sizes = "input_size=8," + ("heads=2,head_size=8" if heads else "hidden_size=16")
+    rc = main(["show", str(path), "--emit", "plan", "--sizes", sizes])
     out = capsys.readouterr().out
     assert rc == 0
-    assert out.startswith("plan for sizes I=8, H=16")
+    assert out.startswith("plan for sizes I=8, " + ("NH=2, D=8" if heads else "H=16"))
     for name in ("func cellc_forward", "func cellc_backward", "loop t = 0..T-1",
                  "loop t = T-1..0", "product  "):
         assert name in out, name
@@ -151,13 +154,14 @@ def test_every_generic_plan_verifies_and_evaluates_to_the_specialized_one(path):
     verify_plan(gp)
     assert gp.sizes is None and not gp.caps.inline_products
     assert all(n.strategy == "library" for fp in gp.functions for n, _ in nodes(fp.ops, Product))
-    for args in ({"input_size": 3, "hidden_size": 5}, {"input_size": 1, "hidden_size": 1}):
-        sizes = cell.bind(**args)
+    required = [s.arg for s in cell.sizes if not s.optional]
+    for values in ((3, 5, 2), (1, 1, 1)):  # the input size, then the others
+        sizes = cell.bind(**dict(zip(required, (values[0], *values[1:], values[-1]))))
         prog = compile_program(cell)
         sp = plan([(prog.fwd, "f"), (prog.bwd, "b")], sizes, Caps(inline_products=False))
         for g, s in zip(gp.functions, sp.functions):
             ws = [c if isinstance(c, int) else int(c.evaluate(sizes)) for c in g.workspace]
-            assert tuple(ws) == s.workspace, (path.stem, args)
+            assert tuple(ws) == s.workspace, (path.stem, sizes)
             assert len(g.regions) == len(s.regions)
 
 
