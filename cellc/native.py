@@ -161,7 +161,7 @@ class NativeCell:
         seeds = self._states(d_states, B, "d_states[{name}]", tape.order)
         dy = d_ys if tape.order is None else d_ys[:, tape.order]
         dy = calls._reverse_time(dy, tape.batch_sizes) if self.reverse else dy
-        seeds.append(np.ascontiguousarray(dy).reshape(T * B, ys_shape[2]))
+        seeds.append(calls._seed_rows(dy, tape.batch_sizes, T, B, ys_shape[2]))
         grads = self.program.backward_kernel.run(T, B, tape.batch_sizes,
                                                  list(tape.residuals) + seeds, _ARRAYS,
                                                  threads=self.threads)

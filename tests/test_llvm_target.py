@@ -238,9 +238,14 @@ def test_reference_comparison_can_fail(cell_path):
     zero_states = dict(p, states={k: np.zeros_like(v) for k, v in p["states"].items()})
     assert np.abs(reference(nc, zero_states)[0] - ys).max() > 1e-3
     zero_seeds = dict(p, d_states={k: np.zeros_like(v) for k, v in p["d_states"].items()})
-    for k, g in reference(nc, zero_seeds)[2].items():
-        if k != "xs" or T > 1:
-            assert np.abs(g - grads[k]).max() > 1e-6, k
+    zero_d_ys = dict(p, d_ys=np.zeros_like(p["d_ys"]))
+    without_seeds, without_d_ys = reference(nc, zero_seeds)[2], reference(nc, zero_d_ys)[2]
+    for s in p["states"]:  # the final-state cotangents reach the initial states
+        assert np.abs(without_seeds[s] - grads[s]).max() > 1e-6, s
+    for k, g in grads.items():  # and every gradient depends on one of the two seeds
+        # (mLSTM's query weights reach only the outputs, not the states)
+        moved = max(np.abs(without_seeds[k] - g).max(), np.abs(without_d_ys[k] - g).max())
+        assert moved > 1e-6, k
     for k in p["params"]:
         if k in grad_names(nc.cell):  # not a constant or hyper-parameter
             assert np.abs(grads[k]).max() > 1e-3, f"gradient of {k} is (nearly) zero"

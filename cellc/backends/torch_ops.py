@@ -139,8 +139,12 @@ def backward(direction: int, batch_sizes, T: int, B: int, args: list) -> list:
 
     program = _direction(direction).program(args[0].dtype)
     kargs = [a.contiguous() for a in args]
-    out = program.backward_kernel.run(T, B, _kernel_batch_sizes(batch_sizes, T, B), kargs,
-                                      TORCH_ARRAYS, threads=torch.get_num_threads())
+    bs = _kernel_batch_sizes(batch_sizes, T, B)
+    if bs.size and bs.min() < B:  # zero past the ends, as native_calls._seed_rows
+        running = torch.from_numpy(np.arange(B).reshape(1, B) < bs.reshape(T, 1))
+        kargs[-1] = kargs[-1] * running.reshape(T * B, 1).to(kargs[-1].dtype)
+    out = program.backward_kernel.run(T, B, bs, kargs, TORCH_ARRAYS,
+                                      threads=torch.get_num_threads())
     return op_results(out, kargs, kargs[0])
 
 

@@ -509,7 +509,7 @@ class _LoadedCell:
         seeds = _states(d_states, B, self._state_sizes, self.dtype, "d_states[{name}]", order)
         dy = d_ys if order is None else d_ys[:, order]
         dy = _reverse_time(dy, bs) if self.reverse else dy
-        seeds.append(np.ascontiguousarray(dy).reshape(T * B, self._output_size))
+        seeds.append(_seed_rows(dy, bs, T, B, self._output_size))
         grads = _unshared(self._library.call(self._backward, T, B, bs, list(residuals) + seeds,
                                              self.sizes))
         names = ["xs"] + [name for name, _ in self._state_sizes]
@@ -542,6 +542,18 @@ def _check_reverse(reverse):
     if not isinstance(reverse, bool):
         raise TypeError(f"reverse must be a bool, not {type(reverse).__name__}")
     return reverse
+
+
+def _seed_rows(dy, batch_sizes, T, B, width):
+    """The output cotangents as the backward kernel reads them, (T*B, width) in the kernels'
+    row order, zero past each sequence's end: the kernels read only the running rows inside the
+    time loop, but a product hoisted out of it (mamba_s6's D_skip * u) reads all T*B rows."""
+    dy = np.ascontiguousarray(dy).reshape(T * B, width)
+    bs = np.asarray(batch_sizes)
+    if bs.size and bs.min() < B:  # some sequence ends early: a copy, not the caller's array
+        running = (np.arange(B).reshape(1, B) < bs.reshape(T, 1)).reshape(T * B, 1)
+        dy = np.where(running, dy, 0).astype(dy.dtype, copy=False)
+    return dy
 
 
 def _reverse_time(a, batch_sizes):
