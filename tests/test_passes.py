@@ -561,6 +561,29 @@ def test_hoist_leaves_batch_reductions_in_the_loop():
     np.testing.assert_array_equal(acc, np.full(4, T * B))
 
 
+OUTER = """cell O(input_size I, heads N, head_size D):
+    input  x[I]
+    state  S[N, D, D]
+    param  W[N*D, I] ~ uniform(-1, 1)
+    k = heads(W @ x, N) / sqrt(D)
+    S' = S + outer(k, k)
+    y = merge(S' @ k)
+    output y
+"""
+
+
+def test_hoist_moves_work_on_constants_but_not_an_outer_product():
+    f = sequence_program(load(OUTER))
+    g = ir.verify(passes.hoist(f))
+    assert "sqrt" in ops_of(g) and "sqrt" not in step_ops(g)  # sqrt(D): once, not per step
+    assert "div" in ops_of(g)  # k reads only the input: computed over all T*B rows
+    # k k^T reads only the input too, but hoisted it would fill a T*B*N*D*D buffer: it stays
+    # in the step, where it fuses into S + k k^T.
+    assert "mul" in step_ops(g) and "mul" not in ops_of(g)
+    sizes = {"I": 3, "N": 2, "D": 4}
+    assert_same_results(f, g, random_args(f, np.random.default_rng(8), sizes), sizes)
+
+
 def test_hoist_nothing_to_move():
     f = sequence_program(
         load(

@@ -9,8 +9,10 @@ Step work that does not read the carried state runs once over all T*B rows befor
         %r = add %q, (W_hh @ %h)                       %r = add %q, (W_hh @ %h)
 
 Per-step values become sequences (the loop then reads row block t); work on parameters only
-(e.g. a weight concatenation made by `fuse_matmul`) runs once. Batch reductions are never
-hoisted: summing over B rows is not summing over T*B. Elementwise work on per-step values stays
+(e.g. a weight concatenation made by `fuse_matmul`, or mLSTM's `sqrt(D)`) runs once. Batch
+reductions are never hoisted: summing over B rows is not summing over T*B. Nor are broadcasts
+that grow a row (an outer product): hoisted, they would fill a whole-sequence buffer larger than
+their operands. Elementwise work on per-step values stays
 in the loop unless hoisted work needs it: there it fuses into the step's elementwise pass (in
 the sketch above `%q = add %p, %b` stays, and joins `%r`'s add), where hoisted it is a pass of
 its own over T*B rows and a whole-sequence buffer.
@@ -22,7 +24,7 @@ from dataclasses import replace
 
 from ..ir import Func, Instr, Scan
 from ..ops import OPS
-from ..shapes import Batch
+from ..shapes import ONE, Batch
 from .util import all_names, moved_instr
 
 
@@ -49,11 +51,13 @@ def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
     origin: dict[int, Instr] = {}  # id of a hoisted copy -> the step's instruction
     hoisted: set[int] = set()
     for i in step.body:
-        if i.op in ("const", "scan") or not any(id(a) in outer for a in i.args):
+        if i.op in ("const", "scan") or not i.args:
             continue
         if not all(id(a) in outer or id(a) in const_instrs for a in i.args):
             continue
         if OPS[i.op].kind == "reduce_batch" and any(a.type.batch is not Batch.NONE for a in i.args):
+            continue
+        if OPS[i.op].kind == "elementwise" and _grows(i):
             continue
         args = []
         for a in i.args:
@@ -84,6 +88,18 @@ def _hoist_scan(instr: Instr, names: set[str]) -> tuple[list[Instr], Instr]:
     xs = (*scan.xs, *(outer[id(o)] for o in new_xs))
     consts = (*scan.consts, *(outer[id(o)] for o in new_consts))
     return pre, scan.rebuild(step, xs=xs, consts=consts)
+
+
+def _grows(i: Instr) -> bool:
+    """Whether an elementwise instruction broadcasts its per-step operands up to more numbers
+    per row (mLSTM's outer product v k^T, [NH, D, 1] * [NH, 1, D]): hoisted, it would fill a
+    whole-sequence buffer T*B*NH*D*D large; in the loop it fuses into the step's pass."""
+    steps = [a.type.shape for a in i.args if a.type.batch is not Batch.NONE]
+    out = i.outs[0].type.shape
+    def covers(s):  # s has every axis of the output: as many numbers per row
+        return all(out[-k] == ONE or (k <= len(s) and s[-k] != ONE)
+                   for k in range(1, len(out) + 1))
+    return bool(steps) and not any(covers(s) for s in steps)
 
 
 def _keep_needed(pre: list[Instr], origin: dict, hoisted: set[int], outer: dict,

@@ -13,7 +13,8 @@ one product over all T*B rows:
 
 An instruction moves when nothing that feeds the carry needs it and it is either row-wise (its
 per-step values become stacked sequences) or a sum over the batch whose result only accumulates
-over time (sums over B, and sums and differences of them, add up to sums over T*B).
+over time (sums over B, and sums, differences and linear reshapes of them, add up to sums over
+T*B).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def _sink_scan(instr: Instr, names: set[str]):
     for i in step.body:
         kind = OPS[i.op].kind
         batch_sum = kind == "reduce_batch" and all(a.type.batch is Batch.STEP for a in i.args)
-        sum_of_sums = i.op in ("add", "sub", "neg") and all(id(a) in summable for a in i.args)
+        # and linear maps of them (rwkv6's bonus: a sum along an axis of a sum over the batch)
+        sum_of_sums = (i.op in ("add", "sub", "neg", "sum_axis", "reshape", "transpose")
+                       and all(id(a) in summable for a in i.args))
         if batch_sum or sum_of_sums:
             summable.add(id(i.out))
 
